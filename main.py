@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""Orthweb CDKTF app: ``build_app()`` builds the app; ``main()`` validates config and synthesizes.
+
+Importing this module has no side effects. ``cdktf synth`` (through cdktf.json) and
+``python main.py`` both run ``main()``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_OUTDIR = "cdktf.out"
+EXIT_CONFIG_ERROR = 2
+
+
+def build_app(config, outdir: str | None = None):
+    """An App holding the Orthweb stack for ``config`` (an ``OrthwebConfig``)."""
+    from cdktf import App
+
+    from stacks.orthweb_stack import OrthwebStack
+
+    app = App(outdir=outdir) if outdir else App()
+    OrthwebStack(app, config.name, config=config)
+    return app
+
+
+def synth(config, outdir: Path) -> Path:
+    """Synthesize into a temporary sibling folder, then swap it in: never a half-written outdir."""
+    outdir = outdir.resolve()
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
+    try:
+        build_app(config, str(staging)).synth()
+        if outdir.exists():
+            old = outdir.with_name(f".{outdir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            outdir.rename(old)
+            staging.rename(outdir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(outdir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return outdir
+
+
+def main(environ: Mapping[str, str] | None = None) -> int:
+    from stacks.config import ConfigError, load_config
+
+    environ = os.environ if environ is None else environ
+    try:
+        config = load_config(ROOT, environ)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"orthweb: config error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    # The cdktf CLI tells the app where to write through CDKTF_OUTDIR.
+    outdir = synth(config, Path(environ.get("CDKTF_OUTDIR", ROOT / DEFAULT_OUTDIR)))
+    print(f"orthweb: synthesized stack '{config.name}' into {outdir}/stacks/{config.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""RDS PostgreSQL: Orthanc's study index."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from cdktf_cdktf_provider_aws.db_instance import DbInstance
+from cdktf_cdktf_provider_aws.db_parameter_group import DbParameterGroup, DbParameterGroupParameter
+from cdktf_cdktf_provider_aws.db_subnet_group import DbSubnetGroup
+from cdktf_cdktf_provider_aws.security_group import SecurityGroup
+from cdktf_cdktf_provider_aws.vpc_security_group_egress_rule import VpcSecurityGroupEgressRule
+from cdktf_cdktf_provider_aws.vpc_security_group_ingress_rule import VpcSecurityGroupIngressRule
+from constructs import Construct
+
+# Major version only, with automatic minor upgrades: RDS applies security patches itself and
+# Terraform accepts the prefix, so a minor upgrade by AWS causes no perpetual diff.
+POSTGRES_ENGINE_VERSION = "17"
+POSTGRES_PARAMETER_FAMILY = "postgres17"
+POSTGRES_PORT = 5432
+DB_NAME = "orthanc"
+MASTER_USERNAME = "orthweb_admin"
+# No statement text in server logs: statements carry patient names and IDs (PHI).
+NO_PHI_LOGGING = {
+    "rds.force_ssl": "1",
+    "log_statement": "none",
+    "log_min_duration_statement": "-1",
+    "log_min_error_statement": "panic",
+    "log_connections": "1",
+    "log_disconnections": "1",
+}
+
+
+@dataclass(frozen=True)
+class DatabaseProps:
+    name: str
+    vpc_id: str
+    subnet_ids: Sequence[str]
+    key_arn: str
+    instance_class: str
+    allocated_storage_gb: int
+    max_allocated_storage_gb: int
+    multi_az: bool
+    backup_retention_days: int
+    prod: bool
+
+
+class Database(Construct):
+    """An encrypted RDS PostgreSQL instance in private subnets.
+
+    Secure defaults: storage and the master secret encrypted with the site key; the master password
+    generated and kept by RDS in Secrets Manager (never in Terraform state); TLS forced
+    (``rds.force_ssl``); no statement logging; not publicly accessible; no ingress until a client
+    security group is allowed; backups kept 7+ days with tags copied to snapshots; in prod,
+    deletion protection, a final snapshot with a stable name, and automated backups kept.
+    """
+
+    def __init__(self, scope: Construct, id_: str, *, props: DatabaseProps):
+        super().__init__(scope, id_)
+        self.security_group = SecurityGroup(self, "sg", name=f"{props.name}-db", vpc_id=props.vpc_id,
+                                            description="PostgreSQL from the Orthanc host only")
+        self.subnet_group = DbSubnetGroup(self, "subnets", name=f"{props.name}-db", subnet_ids=list(props.subnet_ids))
+        self.parameter_group = DbParameterGroup(
+            self, "parameters", name=f"{props.name}-pg17", family=POSTGRES_PARAMETER_FAMILY,
+            description="TLS only, no statement logging",
+            parameter=[DbParameterGroupParameter(name=k, value=v, apply_method="pending-reboot" if k == "rds.force_ssl"
+                                                 else "immediate")
+                       for k, v in NO_PHI_LOGGING.items()])
+        self.instance = DbInstance(
+            self, "db",
+            identifier=f"{props.name}-db",
+            engine="postgres",
+            engine_version=POSTGRES_ENGINE_VERSION,
+            auto_minor_version_upgrade=True,
+            instance_class=props.instance_class,
+            allocated_storage=props.allocated_storage_gb,
+            max_allocated_storage=props.max_allocated_storage_gb,
+            storage_type="gp3",
+            storage_encrypted=True,
+            kms_key_id=props.key_arn,
+            db_name=DB_NAME,
+            username=MASTER_USERNAME,
+            manage_master_user_password=True,
+            master_user_secret_kms_key_id=props.key_arn,
+            port=POSTGRES_PORT,
+            db_subnet_group_name=self.subnet_group.name,
+            parameter_group_name=self.parameter_group.name,
+            vpc_security_group_ids=[self.security_group.id],
+            publicly_accessible=False,
+            multi_az=props.multi_az,
+            iam_database_authentication_enabled=True,
+            backup_retention_period=props.backup_retention_days,
+            copy_tags_to_snapshot=True,
+            deletion_protection=props.prod,
+            skip_final_snapshot=not props.prod,
+            final_snapshot_identifier=f"{props.name}-db-final" if props.prod else None,
+            delete_automated_backups=not props.prod,
+            apply_immediately=not props.prod,
+        )
+        # Stateful: renaming this logical ID would make Terraform destroy the study index.
+        self.instance.override_logical_id("database")
+        self.secret_arn = self.instance.master_user_secret.get(0).secret_arn
+
+    def allow_client(self, id_: str, client_security_group_id: str) -> None:
+        """Open 5432 from one security group (never a CIDR), and let that group reach the database."""
+        VpcSecurityGroupIngressRule(self, f"{id_}-in", security_group_id=self.security_group.id,
+                                    ip_protocol="tcp", from_port=POSTGRES_PORT, to_port=POSTGRES_PORT,
+                                    referenced_security_group_id=client_security_group_id,
+                                    description="PostgreSQL from the Orthanc host")
+        VpcSecurityGroupEgressRule(self, f"{id_}-out", security_group_id=client_security_group_id,
+                                   ip_protocol="tcp", from_port=POSTGRES_PORT, to_port=POSTGRES_PORT,
+                                   referenced_security_group_id=self.security_group.id,
+                                   description="PostgreSQL to the database")

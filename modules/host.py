@@ -1,0 +1,109 @@
+"""The Orthanc host: one EC2 instance from a launch template, behind an Elastic IP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from cdktf import Fn
+from cdktf_cdktf_provider_aws.data_aws_ssm_parameter import DataAwsSsmParameter
+from cdktf_cdktf_provider_aws.eip import Eip
+from cdktf_cdktf_provider_aws.eip_association import EipAssociation
+from cdktf_cdktf_provider_aws.instance import Instance
+from cdktf_cdktf_provider_aws.key_pair import KeyPair
+from cdktf_cdktf_provider_aws.launch_template import (
+    LaunchTemplate,
+    LaunchTemplateBlockDeviceMappings,
+    LaunchTemplateBlockDeviceMappingsEbs,
+    LaunchTemplateNetworkInterfaces,
+    LaunchTemplateTagSpecifications,
+)
+from cdktf_cdktf_provider_aws.security_group import SecurityGroup
+from cdktf_cdktf_provider_aws.vpc_security_group_egress_rule import VpcSecurityGroupEgressRule
+from cdktf_cdktf_provider_aws.vpc_security_group_ingress_rule import VpcSecurityGroupIngressRule
+from constructs import Construct
+
+from modules.hcl import base64gzip_expression
+
+# Public SSM parameter AWS keeps pointing at the newest Amazon Linux 2023 x86_64 AMI.
+AL2023_AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+HTTPS_PORT = 443
+DICOM_TLS_PORT = 11112
+# Containers reach IMDS through the Docker bridge: one extra hop.
+IMDS_HOP_LIMIT = 2
+
+
+@dataclass(frozen=True)
+class HostProps:
+    name: str
+    vpc_id: str
+    subnet_id: str
+    instance_type: str
+    instance_profile_arn: str
+    key_arn: str
+    root_volume_gb: int
+    web_client_cidrs: Sequence[str]
+    dicom_client_cidrs: Sequence[str]
+    user_data: str
+    ami_id: str = ""
+    ssh_public_key: str = ""
+
+
+class Host(Construct):
+    """The Orthanc host and its front door.
+
+    Secure defaults: IMDSv2 required (hop limit 2 for containers); encrypted gp3 root volume with
+    the site key; no port 22 (administer through SSM Session Manager); 443 and 11112 only from the
+    configured client networks; egress limited to HTTPS (AWS APIs, packages) plus what other
+    constructs open (PostgreSQL to the database); an Elastic IP so the address, and the certificate
+    names tied to it, survive host replacement; user data gzip-compressed.
+    """
+
+    def __init__(self, scope: Construct, id_: str, *, props: HostProps):
+        super().__init__(scope, id_)
+        self.security_group = SecurityGroup(self, "sg", name=f"{props.name}-host", vpc_id=props.vpc_id,
+                                            description="Orthanc host: HTTPS and DICOM TLS in")
+        for label, port, cidrs in (("https", HTTPS_PORT, props.web_client_cidrs),
+                                   ("dicom-tls", DICOM_TLS_PORT, props.dicom_client_cidrs)):
+            for i, cidr in enumerate(cidrs):
+                VpcSecurityGroupIngressRule(self, f"{label}-in-{i}", security_group_id=self.security_group.id,
+                                            ip_protocol="tcp", from_port=port, to_port=port, cidr_ipv4=cidr,
+                                            description=f"{label} from allowed clients")
+        VpcSecurityGroupEgressRule(self, "https-out", security_group_id=self.security_group.id,
+                                   ip_protocol="tcp", from_port=HTTPS_PORT, to_port=HTTPS_PORT,
+                                   cidr_ipv4="0.0.0.0/0", description="AWS APIs and package repositories")
+        self.key_pair = None
+        if props.ssh_public_key:
+            self.key_pair = KeyPair(self, "key-pair", key_name=f"{props.name}-host",
+                                    public_key=props.ssh_public_key)
+        image_id = props.ami_id or DataAwsSsmParameter(self, "ami", name=AL2023_AMI_PARAMETER).insecure_value
+        self.eip = Eip(self, "eip", domain="vpc", tags={"Name": f"{props.name}-site"})
+        self.launch_template = LaunchTemplate(
+            self, "template",
+            name=f"{props.name}-host",
+            image_id=image_id,
+            instance_type=props.instance_type,
+            key_name=self.key_pair.key_name if self.key_pair else None,
+            update_default_version=True,
+            ebs_optimized="true",
+            iam_instance_profile={"arn": props.instance_profile_arn},
+            metadata_options={"http_endpoint": "enabled", "http_tokens": "required",
+                              "http_put_response_hop_limit": IMDS_HOP_LIMIT, "instance_metadata_tags": "disabled"},
+            monitoring={"enabled": True},
+            block_device_mappings=[LaunchTemplateBlockDeviceMappings(
+                device_name="/dev/xvda", ebs=LaunchTemplateBlockDeviceMappingsEbs(
+                    volume_type="gp3", volume_size=props.root_volume_gb, encrypted="true",
+                    kms_key_id=props.key_arn, delete_on_termination="true"))],
+            # A public address from launch, so first-boot downloads do not wait for the Elastic IP.
+            network_interfaces=[LaunchTemplateNetworkInterfaces(
+                device_index=0, subnet_id=props.subnet_id, associate_public_ip_address="true",
+                delete_on_termination="true", security_groups=[self.security_group.id])],
+            tag_specifications=[LaunchTemplateTagSpecifications(resource_type=t, tags={"Name": f"{props.name}-host"})
+                                for t in ("instance", "volume")],
+        )
+        # Rendered text with deploy-time tokens; gzip keeps it under EC2's 16 KB user-data limit.
+        self.launch_template.add_override("user_data", base64gzip_expression(props.user_data))
+        self.instance = Instance(self, "instance", launch_template={
+            "id": self.launch_template.id, "version": Fn.tostring(self.launch_template.latest_version)})
+        self.eip_association = EipAssociation(self, "eip-association", allocation_id=self.eip.allocation_id,
+                                              instance_id=self.instance.id)

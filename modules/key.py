@@ -1,0 +1,57 @@
+"""The site's customer-managed KMS key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cdktf_cdktf_provider_aws.kms_alias import KmsAlias
+from cdktf_cdktf_provider_aws.kms_key import KmsKey
+from constructs import Construct
+
+from modules.account import Account
+from modules.policy import Statement, policy_document
+
+# Key administration and use for the account's IAM principals, spelled out so no statement
+# carries a bare "kms:*" (IAM policies still decide which principal may do what).
+ACCOUNT_KEY_ACTIONS = (
+    "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*",
+    "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource", "kms:UntagResource",
+    "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion", "kms:RotateKeyOnDemand",
+    "kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:CreateGrant",
+    "kms:RetireGrant",
+)
+LOGS_KEY_ACTIONS = ("kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*")
+
+
+@dataclass(frozen=True)
+class SiteKeyProps:
+    name: str
+    account: Account
+    deletion_window_days: int = 30
+
+
+class SiteKey(Construct):
+    """One symmetric KMS key (rotation on) for S3, RDS, EBS, Secrets Manager and CloudWatch Logs.
+
+    Secure defaults: yearly automatic rotation; 30-day deletion window; the key policy lets the
+    account's IAM policies grant use, and CloudWatch Logs use it only for this account's log groups.
+    """
+
+    def __init__(self, scope: Construct, id_: str, *, props: SiteKeyProps):
+        super().__init__(scope, id_)
+        acct = props.account
+        policy = policy_document(self, "policy", [
+            Statement(sid="AccountAdministersAndDelegates", actions=ACCOUNT_KEY_ACTIONS,
+                      principals={"AWS": [f"arn:{acct.partition}:iam::{acct.account_id}:root"]}),
+            Statement(sid="CloudWatchLogsUse", actions=LOGS_KEY_ACTIONS,
+                      principals={"Service": [f"logs.{acct.region}.amazonaws.com"]},
+                      conditions=[("ArnLike", "kms:EncryptionContext:aws:logs:arn",
+                                   [f"arn:{acct.partition}:logs:{acct.region}:{acct.account_id}:log-group:*"])]),
+        ])
+        self.key = KmsKey(self, "key", description=f"{props.name}: Orthweb site data key",
+                          enable_key_rotation=True, deletion_window_in_days=props.deletion_window_days,
+                          policy=policy.json)
+        # Stateful: every encrypted byte depends on this key; keep the logical ID stable.
+        self.key.override_logical_id("site_key")
+        self.alias = KmsAlias(self, "alias", name=f"alias/{props.name}", target_key_id=self.key.key_id)
+        self.arn = self.key.arn

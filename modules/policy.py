@@ -1,0 +1,49 @@
+"""IAM policy documents built from plain statements, computed locally by the AWS provider."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from cdktf_cdktf_provider_aws.data_aws_iam_policy_document import (
+    DataAwsIamPolicyDocument,
+    DataAwsIamPolicyDocumentStatement,
+    DataAwsIamPolicyDocumentStatementCondition,
+    DataAwsIamPolicyDocumentStatementPrincipals,
+)
+from constructs import Construct
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One policy statement; ``principals`` maps a principal type to identifiers."""
+
+    actions: Sequence[str]
+    resources: Sequence[str] = ("*",)
+    effect: str = "Allow"
+    sid: str | None = None
+    principals: dict[str, Sequence[str]] = field(default_factory=dict)
+    conditions: Sequence[tuple[str, str, Sequence[str]]] = ()  # (test, variable, values)
+
+
+def policy_document(scope: Construct, id_: str, statements: Sequence[Statement]) -> DataAwsIamPolicyDocument:
+    return DataAwsIamPolicyDocument(scope, id_, statement=[
+        DataAwsIamPolicyDocumentStatement(
+            sid=s.sid,
+            effect=s.effect,
+            actions=list(s.actions),
+            resources=list(s.resources) or None,
+            principals=[DataAwsIamPolicyDocumentStatementPrincipals(type=t, identifiers=list(ids))
+                        for t, ids in s.principals.items()] or None,
+            condition=[DataAwsIamPolicyDocumentStatementCondition(test=t, variable=v, values=list(vals))
+                       for t, v, vals in s.conditions] or None,
+        )
+        for s in statements
+    ])
+
+
+def assume_role_policy(scope: Construct, id_: str, service: str,
+                       conditions: Sequence[tuple[str, str, Sequence[str]]] = ()) -> DataAwsIamPolicyDocument:
+    """Trust policy letting one AWS service assume a role."""
+    return policy_document(scope, id_, [Statement(actions=["sts:AssumeRole"], resources=(),
+                                                  principals={"Service": [service]}, conditions=conditions)])

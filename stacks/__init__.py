@@ -1,0 +1,1 @@
+"""Stacks wire the constructs of modules/ together and own the outputs."""

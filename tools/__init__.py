@@ -1,0 +1,1 @@
+"""Developer and operator tooling: offline Terraform, the AWS API emulator, checks."""

@@ -1,0 +1,88 @@
+"""Run the real Terraform CLI offline against the local provider mirror.
+
+The CLI config is written to a folder we own (never the user's home) and passed through
+``TF_CLI_CONFIG_FILE``; the provider comes from a filesystem mirror, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+PROVIDER_GLOB = "registry.terraform.io/hashicorp/aws/*/linux_amd64/terraform-provider-aws_v*"
+MIRROR_CANDIDATES = ("/opt/tf-plugins", "/usr/share/terraform/plugins", "/usr/local/share/terraform/plugins",
+                     "~/.terraform.d/plugins")
+
+
+class TerraformError(RuntimeError):
+    """A terraform command failed; the message carries its output."""
+
+
+def find_mirror(environ: Mapping[str, str] = os.environ) -> Path:
+    """The provider mirror root: ``ORTHWEB_TF_MIRROR`` or the first known folder holding the AWS provider."""
+    candidates = [environ["ORTHWEB_TF_MIRROR"]] if environ.get("ORTHWEB_TF_MIRROR") else list(MIRROR_CANDIDATES)
+    for candidate in candidates:
+        root = Path(candidate).expanduser()
+        if any(root.glob(PROVIDER_GLOB)):
+            return root
+    raise TerraformError(f"no hashicorp/aws provider in a filesystem mirror; looked in {', '.join(candidates)}"
+                         " (set ORTHWEB_TF_MIRROR to the folder that contains registry.terraform.io)")
+
+
+def write_cli_config(folder: Path, mirror: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "terraform.rc"
+    path.write_text(
+        "provider_installation {\n"
+        f'  filesystem_mirror {{\n    path    = "{mirror}"\n    include = ["registry.terraform.io/hashicorp/*"]\n  }}\n'
+        '  direct {\n    exclude = ["registry.terraform.io/hashicorp/*"]\n  }\n'
+        "}\n")
+    return path
+
+
+@dataclass
+class Terraform:
+    """Terraform in one working directory (a synthesized stack folder)."""
+
+    workdir: Path
+    cli_config: Path
+    extra_env: Mapping[str, str] | None = None
+
+    @classmethod
+    def offline(cls, workdir: Path, scratch: Path, extra_env: Mapping[str, str] | None = None) -> "Terraform":
+        if not shutil.which("terraform"):
+            raise TerraformError("terraform is not on PATH (install Terraform 1.11: see README)")
+        return cls(workdir, write_cli_config(scratch, find_mirror()), extra_env)
+
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, "TF_CLI_CONFIG_FILE": str(self.cli_config), "CHECKPOINT_DISABLE": "1",
+               "TF_IN_AUTOMATION": "1", "TF_INPUT": "0"}
+        env.update(self.extra_env or {})
+        return env
+
+    def run(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["terraform", *args], cwd=self.workdir, env=self.env(), capture_output=True,
+                              text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise TerraformError(f"terraform {' '.join(args)} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        return proc
+
+    def init(self) -> None:
+        self.run("init", "-no-color", "-input=false")
+
+    def validate(self) -> dict:
+        proc = self.run("validate", "-json", "-no-color", check=False)
+        result = json.loads(proc.stdout)
+        if not result.get("valid"):
+            raise TerraformError("terraform validate found problems:\n" + json.dumps(result["diagnostics"], indent=1))
+        return result
+
+    def plan_json(self, planfile: str = "plan.tfplan", args: Sequence[str] = ()) -> dict:
+        self.run("plan", "-no-color", "-lock=false", f"-out={planfile}", *args)
+        return json.loads(self.run("show", "-json", planfile).stdout)
