@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from cdktf_cdktf_provider_aws.db_instance import DbInstance
 from cdktf_cdktf_provider_aws.db_parameter_group import DbParameterGroup, DbParameterGroupParameter
@@ -57,17 +57,30 @@ class Database(Construct):
 
     def __init__(self, scope: Construct, id_: str, *, props: DatabaseProps):
         super().__init__(scope, id_)
-        self.security_group = SecurityGroup(self, "sg", name=f"{props.name}-db", vpc_id=props.vpc_id,
-                                            description="PostgreSQL from the Orthanc host only")
+        self.security_group = SecurityGroup(
+            self,
+            "sg",
+            name=f"{props.name}-db",
+            vpc_id=props.vpc_id,
+            description="PostgreSQL from the Orthanc host only",
+        )
         self.subnet_group = DbSubnetGroup(self, "subnets", name=f"{props.name}-db", subnet_ids=list(props.subnet_ids))
         self.parameter_group = DbParameterGroup(
-            self, "parameters", name=f"{props.name}-pg17", family=POSTGRES_PARAMETER_FAMILY,
+            self,
+            "parameters",
+            name=f"{props.name}-pg17",
+            family=POSTGRES_PARAMETER_FAMILY,
             description="TLS only, no statement logging",
-            parameter=[DbParameterGroupParameter(name=k, value=v, apply_method="pending-reboot" if k == "rds.force_ssl"
-                                                 else "immediate")
-                       for k, v in NO_PHI_LOGGING.items()])
+            parameter=[
+                DbParameterGroupParameter(
+                    name=k, value=v, apply_method="pending-reboot" if k == "rds.force_ssl" else "immediate"
+                )
+                for k, v in NO_PHI_LOGGING.items()
+            ],
+        )
         self.instance = DbInstance(
-            self, "db",
+            self,
+            "db",
             identifier=f"{props.name}-db",
             engine="postgres",
             engine_version=POSTGRES_ENGINE_VERSION,
@@ -103,11 +116,23 @@ class Database(Construct):
 
     def allow_client(self, id_: str, client_security_group_id: str) -> None:
         """Open 5432 from one security group (never a CIDR), and let that group reach the database."""
-        VpcSecurityGroupIngressRule(self, f"{id_}-in", security_group_id=self.security_group.id,
-                                    ip_protocol="tcp", from_port=POSTGRES_PORT, to_port=POSTGRES_PORT,
-                                    referenced_security_group_id=client_security_group_id,
-                                    description="PostgreSQL from the Orthanc host")
-        VpcSecurityGroupEgressRule(self, f"{id_}-out", security_group_id=client_security_group_id,
-                                   ip_protocol="tcp", from_port=POSTGRES_PORT, to_port=POSTGRES_PORT,
-                                   referenced_security_group_id=self.security_group.id,
-                                   description="PostgreSQL to the database")
+        VpcSecurityGroupIngressRule(
+            self,
+            f"{id_}-in",
+            security_group_id=self.security_group.id,
+            ip_protocol="tcp",
+            from_port=POSTGRES_PORT,
+            to_port=POSTGRES_PORT,
+            referenced_security_group_id=client_security_group_id,
+            description="PostgreSQL from the Orthanc host",
+        )
+        VpcSecurityGroupEgressRule(
+            self,
+            f"{id_}-out",
+            security_group_id=client_security_group_id,
+            ip_protocol="tcp",
+            from_port=POSTGRES_PORT,
+            to_port=POSTGRES_PORT,
+            referenced_security_group_id=self.security_group.id,
+            description="PostgreSQL to the database",
+        )

@@ -25,7 +25,7 @@ def quoted_template(text: str) -> str:
     parts: list[str] = []
     last = 0
     for match in TOKEN.finditer(text):
-        parts.append(escape_literal(text[last:match.start()]))
+        parts.append(escape_literal(text[last : match.start()]))
         parts.append(match.group(0))
         last = match.end()
     parts.append(escape_literal(text[last:]))

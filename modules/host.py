@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from cdktf import Fn
 from cdktf_cdktf_provider_aws.data_aws_ssm_parameter import DataAwsSsmParameter
@@ -61,25 +61,48 @@ class Host(Construct):
 
     def __init__(self, scope: Construct, id_: str, *, props: HostProps):
         super().__init__(scope, id_)
-        self.security_group = SecurityGroup(self, "sg", name=f"{props.name}-host", vpc_id=props.vpc_id,
-                                            description="Orthanc host: HTTPS and DICOM TLS in")
-        for label, port, cidrs in (("https", HTTPS_PORT, props.web_client_cidrs),
-                                   ("dicom-tls", DICOM_TLS_PORT, props.dicom_client_cidrs)):
+        self.security_group = SecurityGroup(
+            self,
+            "sg",
+            name=f"{props.name}-host",
+            vpc_id=props.vpc_id,
+            description="Orthanc host: HTTPS and DICOM TLS in",
+        )
+        for label, port, cidrs in (
+            ("https", HTTPS_PORT, props.web_client_cidrs),
+            ("dicom-tls", DICOM_TLS_PORT, props.dicom_client_cidrs),
+        ):
             for i, cidr in enumerate(cidrs):
-                VpcSecurityGroupIngressRule(self, f"{label}-in-{i}", security_group_id=self.security_group.id,
-                                            ip_protocol="tcp", from_port=port, to_port=port, cidr_ipv4=cidr,
-                                            description=f"{label} from allowed clients")
-        VpcSecurityGroupEgressRule(self, "https-out", security_group_id=self.security_group.id,
-                                   ip_protocol="tcp", from_port=HTTPS_PORT, to_port=HTTPS_PORT,
-                                   cidr_ipv4="0.0.0.0/0", description="AWS APIs and package repositories")
+                VpcSecurityGroupIngressRule(
+                    self,
+                    f"{label}-in-{i}",
+                    security_group_id=self.security_group.id,
+                    ip_protocol="tcp",
+                    from_port=port,
+                    to_port=port,
+                    cidr_ipv4=cidr,
+                    description=f"{label} from allowed clients",
+                )
+        VpcSecurityGroupEgressRule(
+            self,
+            "https-out",
+            security_group_id=self.security_group.id,
+            ip_protocol="tcp",
+            from_port=HTTPS_PORT,
+            to_port=HTTPS_PORT,
+            cidr_ipv4="0.0.0.0/0",
+            description="AWS APIs and package repositories",
+        )
         self.key_pair = None
         if props.ssh_public_key:
-            self.key_pair = KeyPair(self, "key-pair", key_name=f"{props.name}-host",
-                                    public_key=props.ssh_public_key)
+            self.key_pair = KeyPair(self, "key-pair", key_name=f"{props.name}-host", public_key=props.ssh_public_key)
         image_id = props.ami_id or DataAwsSsmParameter(self, "ami", name=AL2023_AMI_PARAMETER).insecure_value
         self.eip = Eip(self, "eip", domain="vpc", tags={"Name": f"{props.name}-site"})
+        # Stateful for users: PACS configurations and the certificate's names point at this address.
+        self.eip.override_logical_id("site_eip")
         self.launch_template = LaunchTemplate(
-            self, "template",
+            self,
+            "template",
             name=f"{props.name}-host",
             image_id=image_id,
             instance_type=props.instance_type,
@@ -87,23 +110,50 @@ class Host(Construct):
             update_default_version=True,
             ebs_optimized="true",
             iam_instance_profile={"arn": props.instance_profile_arn},
-            metadata_options={"http_endpoint": "enabled", "http_tokens": "required",
-                              "http_put_response_hop_limit": IMDS_HOP_LIMIT, "instance_metadata_tags": "disabled"},
+            metadata_options={
+                "http_endpoint": "enabled",
+                "http_tokens": "required",
+                "http_put_response_hop_limit": IMDS_HOP_LIMIT,
+                "instance_metadata_tags": "disabled",
+            },
             monitoring={"enabled": True},
-            block_device_mappings=[LaunchTemplateBlockDeviceMappings(
-                device_name="/dev/xvda", ebs=LaunchTemplateBlockDeviceMappingsEbs(
-                    volume_type="gp3", volume_size=props.root_volume_gb, encrypted="true",
-                    kms_key_id=props.key_arn, delete_on_termination="true"))],
+            block_device_mappings=[
+                LaunchTemplateBlockDeviceMappings(
+                    device_name="/dev/xvda",
+                    ebs=LaunchTemplateBlockDeviceMappingsEbs(
+                        volume_type="gp3",
+                        volume_size=props.root_volume_gb,
+                        encrypted="true",
+                        kms_key_id=props.key_arn,
+                        delete_on_termination="true",
+                    ),
+                )
+            ],
             # A public address from launch, so first-boot downloads do not wait for the Elastic IP.
-            network_interfaces=[LaunchTemplateNetworkInterfaces(
-                device_index=0, subnet_id=props.subnet_id, associate_public_ip_address="true",
-                delete_on_termination="true", security_groups=[self.security_group.id])],
-            tag_specifications=[LaunchTemplateTagSpecifications(resource_type=t, tags={"Name": f"{props.name}-host"})
-                                for t in ("instance", "volume")],
+            network_interfaces=[
+                LaunchTemplateNetworkInterfaces(
+                    device_index=0,
+                    subnet_id=props.subnet_id,
+                    associate_public_ip_address="true",
+                    delete_on_termination="true",
+                    security_groups=[self.security_group.id],
+                )
+            ],
+            tag_specifications=[
+                LaunchTemplateTagSpecifications(resource_type=t, tags={"Name": f"{props.name}-host"})
+                for t in ("instance", "volume")
+            ],
         )
         # Rendered text with deploy-time tokens; gzip keeps it under EC2's 16 KB user-data limit.
         self.launch_template.add_override("user_data", base64gzip_expression(props.user_data))
-        self.instance = Instance(self, "instance", launch_template={
-            "id": self.launch_template.id, "version": Fn.tostring(self.launch_template.latest_version)})
-        self.eip_association = EipAssociation(self, "eip-association", allocation_id=self.eip.allocation_id,
-                                              instance_id=self.instance.id)
+        self.instance = Instance(
+            self,
+            "instance",
+            launch_template={
+                "id": self.launch_template.id,
+                "version": Fn.tostring(self.launch_template.latest_version),
+            },
+        )
+        self.eip_association = EipAssociation(
+            self, "eip-association", allocation_id=self.eip.allocation_id, instance_id=self.instance.id
+        )

@@ -14,10 +14,26 @@ from modules.policy import Statement, policy_document
 # Key administration and use for the account's IAM principals, spelled out so no statement
 # carries a bare "kms:*" (IAM policies still decide which principal may do what).
 ACCOUNT_KEY_ACTIONS = (
-    "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*",
-    "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource", "kms:UntagResource",
-    "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion", "kms:RotateKeyOnDemand",
-    "kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:CreateGrant",
+    "kms:Create*",
+    "kms:Describe*",
+    "kms:Enable*",
+    "kms:List*",
+    "kms:Put*",
+    "kms:Update*",
+    "kms:Revoke*",
+    "kms:Disable*",
+    "kms:Get*",
+    "kms:Delete*",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:ScheduleKeyDeletion",
+    "kms:CancelKeyDeletion",
+    "kms:RotateKeyOnDemand",
+    "kms:Encrypt",
+    "kms:Decrypt",
+    "kms:ReEncrypt*",
+    "kms:GenerateDataKey*",
+    "kms:CreateGrant",
     "kms:RetireGrant",
 )
 LOGS_KEY_ACTIONS = ("kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*")
@@ -40,17 +56,37 @@ class SiteKey(Construct):
     def __init__(self, scope: Construct, id_: str, *, props: SiteKeyProps):
         super().__init__(scope, id_)
         acct = props.account
-        policy = policy_document(self, "policy", [
-            Statement(sid="AccountAdministersAndDelegates", actions=ACCOUNT_KEY_ACTIONS,
-                      principals={"AWS": [f"arn:{acct.partition}:iam::{acct.account_id}:root"]}),
-            Statement(sid="CloudWatchLogsUse", actions=LOGS_KEY_ACTIONS,
-                      principals={"Service": [f"logs.{acct.region}.amazonaws.com"]},
-                      conditions=[("ArnLike", "kms:EncryptionContext:aws:logs:arn",
-                                   [f"arn:{acct.partition}:logs:{acct.region}:{acct.account_id}:log-group:*"])]),
-        ])
-        self.key = KmsKey(self, "key", description=f"{props.name}: Orthweb site data key",
-                          enable_key_rotation=True, deletion_window_in_days=props.deletion_window_days,
-                          policy=policy.json)
+        policy = policy_document(
+            self,
+            "policy",
+            [
+                Statement(
+                    sid="AccountAdministersAndDelegates",
+                    actions=ACCOUNT_KEY_ACTIONS,
+                    principals={"AWS": [f"arn:{acct.partition}:iam::{acct.account_id}:root"]},
+                ),
+                Statement(
+                    sid="CloudWatchLogsUse",
+                    actions=LOGS_KEY_ACTIONS,
+                    principals={"Service": [f"logs.{acct.region}.amazonaws.com"]},
+                    conditions=[
+                        (
+                            "ArnLike",
+                            "kms:EncryptionContext:aws:logs:arn",
+                            [f"arn:{acct.partition}:logs:{acct.region}:{acct.account_id}:log-group:*"],
+                        )
+                    ],
+                ),
+            ],
+        )
+        self.key = KmsKey(
+            self,
+            "key",
+            description=f"{props.name}: Orthweb site data key",
+            enable_key_rotation=True,
+            deletion_window_in_days=props.deletion_window_days,
+            policy=policy.json,
+        )
         # Stateful: every encrypted byte depends on this key; keep the logical ID stable.
         self.key.override_logical_id("site_key")
         self.alias = KmsAlias(self, "alias", name=f"alias/{props.name}", target_key_id=self.key.key_id)

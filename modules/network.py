@@ -65,83 +65,165 @@ class Network(Construct):
 
     def __init__(self, scope: Construct, id_: str, *, props: NetworkProps):
         super().__init__(scope, id_)
-        self.vpc = Vpc(self, "vpc", cidr_block=props.vpc_cidr, enable_dns_support=True,
-                       enable_dns_hostnames=True, tags={"Name": f"{props.name}-vpc"})
-        self.default_security_group = DefaultSecurityGroup(self, "default-sg", vpc_id=self.vpc.id,
-                                                           ingress=[], egress=[])
-        zones = DataAwsAvailabilityZones(self, "azs", state="available",
-                                         filter=[DataAwsAvailabilityZonesFilter(name="opt-in-status",
-                                                                                values=["opt-in-not-required"])])
+        self.vpc = Vpc(
+            self,
+            "vpc",
+            cidr_block=props.vpc_cidr,
+            enable_dns_support=True,
+            enable_dns_hostnames=True,
+            tags={"Name": f"{props.name}-vpc"},
+        )
+        self.default_security_group = DefaultSecurityGroup(
+            self, "default-sg", vpc_id=self.vpc.id, ingress=[], egress=[]
+        )
+        zones = DataAwsAvailabilityZones(
+            self,
+            "azs",
+            state="available",
+            filter=[DataAwsAvailabilityZonesFilter(name="opt-in-status", values=["opt-in-not-required"])],
+        )
 
         def az(i: int) -> str:
             return Fn.element(zones.names, i)
 
         private_count = max(props.az_count, MIN_DB_SUBNET_AZS)
         self.public_subnets = [
-            Subnet(self, f"public-{i}", vpc_id=self.vpc.id, cidr_block=cidr, availability_zone=az(i),
-                   map_public_ip_on_launch=False, tags={"Name": f"{props.name}-public-{i}", "Tier": "public"})
+            Subnet(
+                self,
+                f"public-{i}",
+                vpc_id=self.vpc.id,
+                cidr_block=cidr,
+                availability_zone=az(i),
+                map_public_ip_on_launch=False,
+                tags={"Name": f"{props.name}-public-{i}", "Tier": "public"},
+            )
             for i, cidr in enumerate(subnet_cidrs(props.vpc_cidr, props.az_count))
         ]
         self.private_subnets = [
-            Subnet(self, f"private-{i}", vpc_id=self.vpc.id, cidr_block=cidr, availability_zone=az(i),
-                   map_public_ip_on_launch=False, tags={"Name": f"{props.name}-private-{i}", "Tier": "private"})
+            Subnet(
+                self,
+                f"private-{i}",
+                vpc_id=self.vpc.id,
+                cidr_block=cidr,
+                availability_zone=az(i),
+                map_public_ip_on_launch=False,
+                tags={"Name": f"{props.name}-private-{i}", "Tier": "private"},
+            )
             for i, cidr in enumerate(subnet_cidrs(props.vpc_cidr, private_count, PRIVATE_SUBNET_OFFSET))
         ]
-        self.internet_gateway = InternetGateway(self, "igw", vpc_id=self.vpc.id,
-                                                tags={"Name": f"{props.name}-igw"})
-        self.public_route_table = RouteTable(self, "public-rt", vpc_id=self.vpc.id,
-                                             tags={"Name": f"{props.name}-public"})
-        self.private_route_table = RouteTable(self, "private-rt", vpc_id=self.vpc.id,
-                                              tags={"Name": f"{props.name}-private"})
-        Route(self, "public-default-route", route_table_id=self.public_route_table.id,
-              destination_cidr_block="0.0.0.0/0", gateway_id=self.internet_gateway.id)
+        self.internet_gateway = InternetGateway(self, "igw", vpc_id=self.vpc.id, tags={"Name": f"{props.name}-igw"})
+        self.public_route_table = RouteTable(
+            self, "public-rt", vpc_id=self.vpc.id, tags={"Name": f"{props.name}-public"}
+        )
+        self.private_route_table = RouteTable(
+            self, "private-rt", vpc_id=self.vpc.id, tags={"Name": f"{props.name}-private"}
+        )
+        Route(
+            self,
+            "public-default-route",
+            route_table_id=self.public_route_table.id,
+            destination_cidr_block="0.0.0.0/0",
+            gateway_id=self.internet_gateway.id,
+        )
         for i, subnet in enumerate(self.public_subnets):
-            RouteTableAssociation(self, f"public-rta-{i}", subnet_id=subnet.id,
-                                  route_table_id=self.public_route_table.id)
+            RouteTableAssociation(
+                self, f"public-rta-{i}", subnet_id=subnet.id, route_table_id=self.public_route_table.id
+            )
         for i, subnet in enumerate(self.private_subnets):
-            RouteTableAssociation(self, f"private-rta-{i}", subnet_id=subnet.id,
-                                  route_table_id=self.private_route_table.id)
+            RouteTableAssociation(
+                self, f"private-rta-{i}", subnet_id=subnet.id, route_table_id=self.private_route_table.id
+            )
         self.s3_endpoint = VpcEndpoint(
-            self, "s3-endpoint", vpc_id=self.vpc.id, service_name=f"com.amazonaws.{props.account.region}.s3",
+            self,
+            "s3-endpoint",
+            vpc_id=self.vpc.id,
+            service_name=f"com.amazonaws.{props.account.region}.s3",
             vpc_endpoint_type="Gateway",
             route_table_ids=[self.public_route_table.id, self.private_route_table.id],
-            tags={"Name": f"{props.name}-s3"})
-        self.endpoint_security_group = None
+            tags={"Name": f"{props.name}-s3"},
+        )
+        self.endpoint_security_group: SecurityGroup | None = None
         self.interface_endpoints: dict[str, VpcEndpoint] = {}
         if props.interface_endpoints:
             self._interface_endpoints(props)
         self._flow_logs(props)
 
     def _interface_endpoints(self, props: NetworkProps) -> None:
-        self.endpoint_security_group = SecurityGroup(
-            self, "endpoint-sg", name=f"{props.name}-endpoints", vpc_id=self.vpc.id,
-            description="HTTPS from inside the VPC to AWS interface endpoints")
-        VpcSecurityGroupIngressRule(self, "endpoint-https-in", security_group_id=self.endpoint_security_group.id,
-                                    ip_protocol="tcp", from_port=443, to_port=443, cidr_ipv4=props.vpc_cidr,
-                                    description="HTTPS from the VPC")
-        VpcSecurityGroupEgressRule(self, "endpoint-https-out", security_group_id=self.endpoint_security_group.id,
-                                   ip_protocol="tcp", from_port=443, to_port=443, cidr_ipv4=props.vpc_cidr,
-                                   description="Replies stay in the VPC")
+        sg = self.endpoint_security_group = SecurityGroup(
+            self,
+            "endpoint-sg",
+            name=f"{props.name}-endpoints",
+            vpc_id=self.vpc.id,
+            description="HTTPS from inside the VPC to AWS interface endpoints",
+        )
+        VpcSecurityGroupIngressRule(
+            self,
+            "endpoint-https-in",
+            security_group_id=sg.id,
+            ip_protocol="tcp",
+            from_port=443,
+            to_port=443,
+            cidr_ipv4=props.vpc_cidr,
+            description="HTTPS from the VPC",
+        )
+        VpcSecurityGroupEgressRule(
+            self,
+            "endpoint-https-out",
+            security_group_id=sg.id,
+            ip_protocol="tcp",
+            from_port=443,
+            to_port=443,
+            cidr_ipv4=props.vpc_cidr,
+            description="Replies stay in the VPC",
+        )
         for service in props.interface_endpoints:
             self.interface_endpoints[service] = VpcEndpoint(
-                self, f"endpoint-{service}", vpc_id=self.vpc.id, vpc_endpoint_type="Interface",
-                service_name=f"com.amazonaws.{props.account.region}.{service}", private_dns_enabled=True,
+                self,
+                f"endpoint-{service}",
+                vpc_id=self.vpc.id,
+                vpc_endpoint_type="Interface",
+                service_name=f"com.amazonaws.{props.account.region}.{service}",
+                private_dns_enabled=True,
                 subnet_ids=[s.id for s in self.public_subnets],
-                security_group_ids=[self.endpoint_security_group.id], tags={"Name": f"{props.name}-{service}"})
+                security_group_ids=[sg.id],
+                tags={"Name": f"{props.name}-{service}"},
+            )
 
     def _flow_logs(self, props: NetworkProps) -> None:
-        self.flow_log_group = encrypted_log_group(self, "flow-log-group", name=f"/{props.name}/vpc-flow-logs",
-                                                  key_arn=props.key_arn, retention_days=props.log_retention_days)
-        trust = assume_role_policy(self, "flow-log-trust", "vpc-flow-logs.amazonaws.com",
-                                   conditions=[("StringEquals", "aws:SourceAccount", [props.account.account_id])])
-        self.flow_log_role = IamRole(self, "flow-log-role", name=f"{props.name}-vpc-flow-logs",
-                                     assume_role_policy=trust.json)
-        write = policy_document(self, "flow-log-write", [Statement(
-            actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-            resources=[self.flow_log_group.arn, f"{self.flow_log_group.arn}:*"])])
-        IamRolePolicy(self, "flow-log-policy", name="write-flow-logs", role=self.flow_log_role.id,
-                      policy=write.json)
-        self.flow_log = FlowLog(self, "flow-log", vpc_id=self.vpc.id, traffic_type="ALL",
-                                log_destination_type="cloud-watch-logs",
-                                log_destination=self.flow_log_group.arn, iam_role_arn=self.flow_log_role.arn,
-                                max_aggregation_interval=60)
+        self.flow_log_group = encrypted_log_group(
+            self,
+            "flow-log-group",
+            name=f"/{props.name}/vpc-flow-logs",
+            key_arn=props.key_arn,
+            retention_days=props.log_retention_days,
+        )
+        trust = assume_role_policy(
+            self,
+            "flow-log-trust",
+            "vpc-flow-logs.amazonaws.com",
+            conditions=[("StringEquals", "aws:SourceAccount", [props.account.account_id])],
+        )
+        self.flow_log_role = IamRole(
+            self, "flow-log-role", name=f"{props.name}-vpc-flow-logs", assume_role_policy=trust.json
+        )
+        write = policy_document(
+            self,
+            "flow-log-write",
+            [
+                Statement(
+                    actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                    resources=[self.flow_log_group.arn, f"{self.flow_log_group.arn}:*"],
+                )
+            ],
+        )
+        IamRolePolicy(self, "flow-log-policy", name="write-flow-logs", role=self.flow_log_role.id, policy=write.json)
+        self.flow_log = FlowLog(
+            self,
+            "flow-log",
+            vpc_id=self.vpc.id,
+            traffic_type="ALL",
+            log_destination_type="cloud-watch-logs",
+            log_destination=self.flow_log_group.arn,
+            iam_role_arn=self.flow_log_role.arn,
+            max_aggregation_interval=60,
+        )

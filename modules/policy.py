@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from cdktf_cdktf_provider_aws.data_aws_iam_policy_document import (
     DataAwsIamPolicyDocument,
@@ -27,23 +27,37 @@ class Statement:
 
 
 def policy_document(scope: Construct, id_: str, statements: Sequence[Statement]) -> DataAwsIamPolicyDocument:
-    return DataAwsIamPolicyDocument(scope, id_, statement=[
-        DataAwsIamPolicyDocumentStatement(
-            sid=s.sid,
-            effect=s.effect,
-            actions=list(s.actions),
-            resources=list(s.resources) or None,
-            principals=[DataAwsIamPolicyDocumentStatementPrincipals(type=t, identifiers=list(ids))
-                        for t, ids in s.principals.items()] or None,
-            condition=[DataAwsIamPolicyDocumentStatementCondition(test=t, variable=v, values=list(vals))
-                       for t, v, vals in s.conditions] or None,
-        )
-        for s in statements
-    ])
+    return DataAwsIamPolicyDocument(
+        scope,
+        id_,
+        statement=[
+            DataAwsIamPolicyDocumentStatement(
+                sid=s.sid,
+                effect=s.effect,
+                actions=list(s.actions),
+                resources=list(s.resources) or None,
+                principals=[
+                    DataAwsIamPolicyDocumentStatementPrincipals(type=t, identifiers=list(ids))
+                    for t, ids in s.principals.items()
+                ]
+                or None,
+                condition=[
+                    DataAwsIamPolicyDocumentStatementCondition(test=t, variable=v, values=list(vals))
+                    for t, v, vals in s.conditions
+                ]
+                or None,
+            )
+            for s in statements
+        ],
+    )
 
 
-def assume_role_policy(scope: Construct, id_: str, service: str,
-                       conditions: Sequence[tuple[str, str, Sequence[str]]] = ()) -> DataAwsIamPolicyDocument:
+def assume_role_policy(
+    scope: Construct, id_: str, service: str, conditions: Sequence[tuple[str, str, Sequence[str]]] = ()
+) -> DataAwsIamPolicyDocument:
     """Trust policy letting one AWS service assume a role."""
-    return policy_document(scope, id_, [Statement(actions=["sts:AssumeRole"], resources=(),
-                                                  principals={"Service": [service]}, conditions=conditions)])
+    return policy_document(
+        scope,
+        id_,
+        [Statement(actions=["sts:AssumeRole"], resources=(), principals={"Service": [service]}, conditions=conditions)],
+    )

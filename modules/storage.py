@@ -21,6 +21,8 @@ from cdktf_cdktf_provider_aws.s3_bucket_public_access_block import S3BucketPubli
 from cdktf_cdktf_provider_aws.s3_bucket_server_side_encryption_configuration import (
     S3BucketServerSideEncryptionConfigurationA,
     S3BucketServerSideEncryptionConfigurationRuleA,
+)
+from cdktf_cdktf_provider_aws.s3_bucket_server_side_encryption_configuration import (
     S3BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultA as EncryptionDefault,
 )
 from cdktf_cdktf_provider_aws.s3_bucket_versioning import S3BucketVersioningA
@@ -47,9 +49,14 @@ class StorageProps:
 
 
 def _deny_insecure_transport(bucket: S3Bucket) -> Statement:
-    return Statement(sid="DenyInsecureTransport", effect="Deny", actions=["s3:*"],
-                     resources=[bucket.arn, f"{bucket.arn}/*"], principals={"*": ["*"]},
-                     conditions=[("Bool", "aws:SecureTransport", ["false"])])
+    return Statement(
+        sid="DenyInsecureTransport",
+        effect="Deny",
+        actions=["s3:*"],
+        resources=[bucket.arn, f"{bucket.arn}/*"],
+        principals={"*": ["*"]},
+        conditions=[("Bool", "aws:SecureTransport", ["false"])],
+    )
 
 
 class Storage(Construct):
@@ -63,69 +70,134 @@ class Storage(Construct):
 
     def __init__(self, scope: Construct, id_: str, *, props: StorageProps):
         super().__init__(scope, id_)
-        self.log_bucket = S3Bucket(self, "log-bucket", bucket_prefix=f"{props.name}-logs-",
-                                   force_destroy=props.force_destroy)
+        self.log_bucket = S3Bucket(
+            self, "log-bucket", bucket_prefix=f"{props.name}-logs-", force_destroy=props.force_destroy
+        )
         self.log_bucket.override_logical_id("log_bucket")
-        self.bucket = S3Bucket(self, "dicom-bucket", bucket_prefix=f"{props.name}-dicom-",
-                               force_destroy=props.force_destroy)
+        self.bucket = S3Bucket(
+            self, "dicom-bucket", bucket_prefix=f"{props.name}-dicom-", force_destroy=props.force_destroy
+        )
         # Stateful: renaming this logical ID would make Terraform destroy the DICOM files.
         self.bucket.override_logical_id("dicom_bucket")
 
         self._protect(self.log_bucket, "log", sse=EncryptionDefault(sse_algorithm="AES256"))
-        self._protect(self.bucket, "dicom", sse=EncryptionDefault(sse_algorithm="aws:kms",
-                                                                 kms_master_key_id=props.key_arn))
+        self._protect(
+            self.bucket, "dicom", sse=EncryptionDefault(sse_algorithm="aws:kms", kms_master_key_id=props.key_arn)
+        )
 
         log_prefix = f"s3-access/{props.name}-dicom/"
-        self.log_bucket_policy = S3BucketPolicy(self, "log-policy", bucket=self.log_bucket.id, policy=policy_document(
-            self, "log-policy-doc", [
-                _deny_insecure_transport(self.log_bucket),
-                Statement(sid="S3ServerAccessLogs", actions=["s3:PutObject"],
-                          resources=[f"{self.log_bucket.arn}/{log_prefix}*"],
-                          principals={"Service": ["logging.s3.amazonaws.com"]},
-                          conditions=[("ArnLike", "aws:SourceArn", [self.bucket.arn]),
-                                      ("StringEquals", "aws:SourceAccount", [props.account.account_id])]),
-            ]).json)
-        self.bucket_policy = S3BucketPolicy(self, "dicom-policy", bucket=self.bucket.id, policy=policy_document(
-            self, "dicom-policy-doc", [_deny_insecure_transport(self.bucket)]).json)
-        S3BucketLoggingA(self, "dicom-logging", bucket=self.bucket.id, target_bucket=self.log_bucket.id,
-                         target_prefix=log_prefix)
+        self.log_bucket_policy = S3BucketPolicy(
+            self,
+            "log-policy",
+            bucket=self.log_bucket.id,
+            policy=policy_document(
+                self,
+                "log-policy-doc",
+                [
+                    _deny_insecure_transport(self.log_bucket),
+                    Statement(
+                        sid="S3ServerAccessLogs",
+                        actions=["s3:PutObject"],
+                        resources=[f"{self.log_bucket.arn}/{log_prefix}*"],
+                        principals={"Service": ["logging.s3.amazonaws.com"]},
+                        conditions=[
+                            ("ArnLike", "aws:SourceArn", [self.bucket.arn]),
+                            ("StringEquals", "aws:SourceAccount", [props.account.account_id]),
+                        ],
+                    ),
+                ],
+            ).json,
+        )
+        self.bucket_policy = S3BucketPolicy(
+            self,
+            "dicom-policy",
+            bucket=self.bucket.id,
+            policy=policy_document(self, "dicom-policy-doc", [_deny_insecure_transport(self.bucket)]).json,
+        )
+        S3BucketLoggingA(
+            self, "dicom-logging", bucket=self.bucket.id, target_bucket=self.log_bucket.id, target_prefix=log_prefix
+        )
 
         every_object = [S3BucketLifecycleConfigurationRuleFilter(prefix="")]
         abort_uploads = S3BucketLifecycleConfigurationRule(
-            id="abort-incomplete-uploads", status="Enabled", filter=every_object,
-            abort_incomplete_multipart_upload=[S3BucketLifecycleConfigurationRuleAbortIncompleteMultipartUpload(
-                days_after_initiation=ABORT_INCOMPLETE_UPLOAD_DAYS)])
+            id="abort-incomplete-uploads",
+            status="Enabled",
+            filter=every_object,
+            abort_incomplete_multipart_upload=[
+                S3BucketLifecycleConfigurationRuleAbortIncompleteMultipartUpload(
+                    days_after_initiation=ABORT_INCOMPLETE_UPLOAD_DAYS
+                )
+            ],
+        )
         dicom_rules = [
             S3BucketLifecycleConfigurationRule(
-                id="expire-noncurrent-versions", status="Enabled", filter=every_object,
-                noncurrent_version_expiration=[S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(
-                    noncurrent_days=props.noncurrent_version_expiration_days)]),
+                id="expire-noncurrent-versions",
+                status="Enabled",
+                filter=every_object,
+                noncurrent_version_expiration=[
+                    S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(
+                        noncurrent_days=props.noncurrent_version_expiration_days
+                    )
+                ],
+            ),
             abort_uploads,
         ]
         if props.intelligent_tiering:
-            dicom_rules.append(S3BucketLifecycleConfigurationRule(
-                id="intelligent-tiering", status="Enabled", filter=every_object,
-                transition=[S3BucketLifecycleConfigurationRuleTransition(
-                    days=INTELLIGENT_TIERING_AFTER_DAYS, storage_class="INTELLIGENT_TIERING")]))
+            dicom_rules.append(
+                S3BucketLifecycleConfigurationRule(
+                    id="intelligent-tiering",
+                    status="Enabled",
+                    filter=every_object,
+                    transition=[
+                        S3BucketLifecycleConfigurationRuleTransition(
+                            days=INTELLIGENT_TIERING_AFTER_DAYS, storage_class="INTELLIGENT_TIERING"
+                        )
+                    ],
+                )
+            )
         S3BucketLifecycleConfiguration(self, "dicom-lifecycle", bucket=self.bucket.id, rule=dicom_rules)
-        S3BucketLifecycleConfiguration(self, "log-lifecycle", bucket=self.log_bucket.id, rule=[
-            S3BucketLifecycleConfigurationRule(
-                id="expire-logs", status="Enabled", filter=every_object,
-                expiration=[S3BucketLifecycleConfigurationRuleExpiration(days=props.log_retention_days)],
-                noncurrent_version_expiration=[S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(
-                    noncurrent_days=LOG_NONCURRENT_DAYS)]),
-            abort_uploads,
-        ])
+        S3BucketLifecycleConfiguration(
+            self,
+            "log-lifecycle",
+            bucket=self.log_bucket.id,
+            rule=[
+                S3BucketLifecycleConfigurationRule(
+                    id="expire-logs",
+                    status="Enabled",
+                    filter=every_object,
+                    expiration=[S3BucketLifecycleConfigurationRuleExpiration(days=props.log_retention_days)],
+                    noncurrent_version_expiration=[
+                        S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(
+                            noncurrent_days=LOG_NONCURRENT_DAYS
+                        )
+                    ],
+                ),
+                abort_uploads,
+            ],
+        )
 
     def _protect(self, bucket: S3Bucket, id_: str, *, sse: EncryptionDefault) -> None:
         """Encryption, versioning, public access block and owner-enforced objects for one bucket."""
         S3BucketServerSideEncryptionConfigurationA(
-            self, f"{id_}-encryption", bucket=bucket.id,
-            rule=[S3BucketServerSideEncryptionConfigurationRuleA(
-                apply_server_side_encryption_by_default=sse, bucket_key_enabled=True)])
-        S3BucketVersioningA(self, f"{id_}-versioning", bucket=bucket.id,
-                            versioning_configuration={"status": "Enabled"})
-        S3BucketPublicAccessBlock(self, f"{id_}-public-access-block", bucket=bucket.id, block_public_acls=True,
-                                  block_public_policy=True, ignore_public_acls=True, restrict_public_buckets=True)
-        S3BucketOwnershipControls(self, f"{id_}-ownership", bucket=bucket.id,
-                                  rule={"object_ownership": "BucketOwnerEnforced"})
+            self,
+            f"{id_}-encryption",
+            bucket=bucket.id,
+            rule=[
+                S3BucketServerSideEncryptionConfigurationRuleA(
+                    apply_server_side_encryption_by_default=sse, bucket_key_enabled=True
+                )
+            ],
+        )
+        S3BucketVersioningA(self, f"{id_}-versioning", bucket=bucket.id, versioning_configuration={"status": "Enabled"})
+        S3BucketPublicAccessBlock(
+            self,
+            f"{id_}-public-access-block",
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+        )
+        S3BucketOwnershipControls(
+            self, f"{id_}-ownership", bucket=bucket.id, rule={"object_ownership": "BucketOwnerEnforced"}
+        )

@@ -12,9 +12,10 @@ import ipaddress
 import json
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 ENV_PREFIX = "ORTHWEB_"
@@ -23,11 +24,32 @@ CONFIG_FILE_NAME = "orthweb.toml"
 ENVIRONMENTS = ("dev", "test", "prod")
 TARGETS = ("aws", "emulator")
 # CloudWatch Logs accepts only these retention periods (days).
-LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827,
-                      2192, 2557, 2922, 3288, 3653)
+LOG_RETENTION_DAYS = (
+    1,
+    3,
+    5,
+    7,
+    14,
+    30,
+    60,
+    90,
+    120,
+    150,
+    180,
+    365,
+    400,
+    545,
+    731,
+    1096,
+    1827,
+    2192,
+    2557,
+    2922,
+    3288,
+    3653,
+)
 # Interface endpoints worth having for a host in a VPC without NAT; each costs ~$7/month per AZ.
-INTERFACE_ENDPOINT_SERVICES = ("ssm", "ssmmessages", "ec2messages", "secretsmanager", "kms", "logs",
-                               "sts")
+INTERFACE_ENDPOINT_SERVICES = ("ssm", "ssmmessages", "ec2messages", "secretsmanager", "kms", "logs", "sts")
 DICOM_RIGHTS = ("echo", "find", "move", "get", "store")
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$")
@@ -108,10 +130,9 @@ class OrthwebConfig:
 
     @property
     def tag_map(self) -> dict[str, str]:
-        return {"Application": "orthweb", "Name": self.name, "Environment": self.environment,
-                **dict(self.tags)}
+        return {"Application": "orthweb", "Name": self.name, "Environment": self.environment, **dict(self.tags)}
 
-    def validate(self) -> "OrthwebConfig":
+    def validate(self) -> OrthwebConfig:
         problems = list(_problems(self))
         if problems:
             raise ConfigError(problems)
@@ -165,10 +186,16 @@ def _problems(c: OrthwebConfig):  # noqa: C901 - one flat list of rules reads be
         yield _allowed("db_instance_class", c.db_instance_class, "an RDS instance class such as db.t4g.small")
     yield from _int_range("db_allocated_storage_gb", c.db_allocated_storage_gb, 20, 65536)
     yield from _int_range("db_max_allocated_storage_gb", c.db_max_allocated_storage_gb, 20, 65536)
-    if isinstance(c.db_allocated_storage_gb, int) and isinstance(c.db_max_allocated_storage_gb, int) \
-            and c.db_max_allocated_storage_gb < c.db_allocated_storage_gb:
-        yield _allowed("db_max_allocated_storage_gb", c.db_max_allocated_storage_gb,
-                       f"at least db_allocated_storage_gb ({c.db_allocated_storage_gb})")
+    if (
+        isinstance(c.db_allocated_storage_gb, int)
+        and isinstance(c.db_max_allocated_storage_gb, int)
+        and c.db_max_allocated_storage_gb < c.db_allocated_storage_gb
+    ):
+        yield _allowed(
+            "db_max_allocated_storage_gb",
+            c.db_max_allocated_storage_gb,
+            f"at least db_allocated_storage_gb ({c.db_allocated_storage_gb})",
+        )
     if c.db_multi_az not in (None, True, False):
         yield _allowed("db_multi_az", c.db_multi_az, "true, false, or empty (on in prod)")
     yield from _int_range("db_backup_retention_days", c.db_backup_retention_days, 7, 35)
@@ -196,8 +223,11 @@ def _problems(c: OrthwebConfig):  # noqa: C901 - one flat list of rules reads be
     for fname in ("orthanc_image", "nginx_image"):
         value = getattr(c, fname)
         if value and not _IMAGE.match(value):
-            yield _allowed(fname, value, "empty, or name:tag with an exact release tag (not latest), "
-                                         "optionally @sha256:<64 hex digits>")
+            yield _allowed(
+                fname,
+                value,
+                "empty, or name:tag with an exact release tag (not latest), optionally @sha256:<64 hex digits>",
+            )
 
 
 def _emulator_problems(c: OrthwebConfig):
@@ -210,10 +240,11 @@ def _emulator_problems(c: OrthwebConfig):
         except ValueError:
             pass
         if url.scheme not in ("http", "https") or not loopback or not url.port:
-            yield _allowed("emulator_endpoint", c.emulator_endpoint,
-                           "http://127.0.0.1:PORT, http://localhost:PORT or http://[::1]:PORT (loopback only)")
-        if c.is_prod:
-            yield _allowed("environment", c.environment, "dev or test when target is emulator")
+            yield _allowed(
+                "emulator_endpoint",
+                c.emulator_endpoint,
+                "http://127.0.0.1:PORT, http://localhost:PORT or http://[::1]:PORT (loopback only)",
+            )
     elif c.emulator_endpoint:
         yield _allowed("emulator_endpoint", c.emulator_endpoint, "empty unless target is emulator")
 
@@ -226,48 +257,82 @@ def _int_range(name: str, value: Any, low: int, high: int):
 # ---------------------------------------------------------------------------------------------
 # Loading: defaults < orthweb.toml < ORTHWEB_* environment variables.
 
+
 def _field_types() -> dict[str, str]:
     return {f.name: str(f.type) for f in fields(OrthwebConfig)}
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError
+    return int(value)
+
+
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _to_bool(value: Any) -> bool:
+    return value if isinstance(value, bool) else _BOOL_WORDS[str(value).strip().lower()]
+
+
+def _to_optional_bool(value: Any) -> bool | None:
+    return None if isinstance(value, str) and not value.strip() else _to_bool(value)
+
+
+def _to_strings(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError
+
+
+def _to_pairs(value: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, dict):
+        return tuple((str(k), str(v)) for k, v in value.items())
+    if not isinstance(value, str):
+        raise ValueError
+    pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError
+    return tuple((k.strip(), v.strip()) for k, v in pairs)
+
+
+def _to_modalities(value: Any) -> tuple[DicomModality, ...]:
+    items = json.loads(value) if isinstance(value, str) else value
+    return tuple(
+        DicomModality(
+            aet=str(i["aet"]),
+            host=str(i["host"]),
+            port=int(i.get("port", 104)),
+            rights=tuple(i.get("rights", DicomModality.rights)),
+        )
+        for i in items
+    )
+
+
+def _to_text(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        raise ValueError
+    return str(value)
+
+
+_CONVERTERS = {
+    "int": _to_int,
+    "bool": _to_bool,
+    "bool | None": _to_optional_bool,
+    "tuple[str, ...]": _to_strings,
+    "tuple[tuple[str, str], ...]": _to_pairs,
+    "tuple[DicomModality, ...]": _to_modalities,
+    "str": _to_text,
+}
 
 
 def _coerce(name: str, value: Any, problems: list[str]) -> Any:
     """Turn a TOML or environment value into the field's type; record a problem if impossible."""
     kind = _field_types()[name]
     try:
-        if kind == "int":
-            if isinstance(value, bool):
-                raise ValueError
-            return int(value)
-        if kind in ("bool", "bool | None"):
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if kind == "bool | None" and text == "":
-                return None
-            return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[text]
-        if kind == "tuple[str, ...]":
-            if isinstance(value, str):
-                return tuple(part.strip() for part in value.split(",") if part.strip())
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                return tuple(value)
-            raise ValueError
-        if kind == "tuple[tuple[str, str], ...]":
-            if isinstance(value, str):
-                pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
-                if any(len(p) != 2 for p in pairs):
-                    raise ValueError
-                return tuple((k.strip(), v.strip()) for k, v in pairs)
-            if isinstance(value, dict):
-                return tuple((str(k), str(v)) for k, v in value.items())
-            raise ValueError
-        if kind == "tuple[DicomModality, ...]":
-            items = json.loads(value) if isinstance(value, str) else value
-            return tuple(DicomModality(aet=str(i["aet"]), host=str(i["host"]), port=int(i.get("port", 104)),
-                                       rights=tuple(i.get("rights", DicomModality.rights)))
-                         for i in items)
-        if isinstance(value, (dict, list)):
-            raise ValueError
-        return str(value)
+        return _CONVERTERS[kind](value)
     except (ValueError, KeyError, TypeError, json.JSONDecodeError):
         problems.append(_allowed(name, value, _EXPECTED[kind]))
         return dataclasses.MISSING
@@ -303,7 +368,7 @@ def load_config(root: Path, environ: Mapping[str, str]) -> OrthwebConfig:
     for env_name, value in environ.items():
         if not env_name.startswith(ENV_PREFIX):
             continue
-        key = env_name[len(ENV_PREFIX):].lower()
+        key = env_name[len(ENV_PREFIX) :].lower()
         if key not in known:
             problems.append(_allowed(env_name, "set", "ORTHWEB_<FIELD> for the fields listed in README"))
         else:

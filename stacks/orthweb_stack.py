@@ -17,8 +17,7 @@ from stacks.config import OrthwebConfig
 from userdata import render_user_data
 
 # Services the stack calls; the emulator target points each at the loopback emulator.
-EMULATED_SERVICES = ("ec2", "s3", "rds", "iam", "kms", "secretsmanager", "sts", "cloudwatchlogs", "ssm",
-                     "cloudwatch")
+EMULATED_SERVICES = ("ec2", "s3", "rds", "iam", "kms", "secretsmanager", "sts", "cloudwatchlogs", "ssm", "cloudwatch")
 # Not credentials: the emulator accepts any key; these only keep the provider from looking for real ones.
 EMULATOR_ACCESS_KEY = "emulator-placeholder"
 
@@ -29,11 +28,19 @@ def _provider(stack: TerraformStack, config: OrthwebConfig) -> AwsProvider:
         return AwsProvider(stack, "aws", region=config.region, default_tags=default_tags)
     endpoint = config.emulator_endpoint
     return AwsProvider(
-        stack, "aws", region=config.region, default_tags=default_tags,
-        access_key=EMULATOR_ACCESS_KEY, secret_key=EMULATOR_ACCESS_KEY,
-        skip_credentials_validation=True, skip_requesting_account_id=True, skip_metadata_api_check="true",
-        skip_region_validation=True, s3_use_path_style=True,
-        endpoints=[AwsProviderEndpoints(**{service: endpoint for service in EMULATED_SERVICES})])
+        stack,
+        "aws",
+        region=config.region,
+        default_tags=default_tags,
+        access_key=EMULATOR_ACCESS_KEY,
+        secret_key=EMULATOR_ACCESS_KEY,
+        skip_credentials_validation=True,
+        skip_requesting_account_id=True,
+        skip_metadata_api_check="true",
+        skip_region_validation=True,
+        s3_use_path_style=True,
+        endpoints=[AwsProviderEndpoints(**{service: endpoint for service in EMULATED_SERVICES})],
+    )
 
 
 class OrthwebStack(TerraformStack):
@@ -46,30 +53,79 @@ class OrthwebStack(TerraformStack):
         name = self._name(config)
         account = Account(self, "account")
         self.key = SiteKey(self, "key", props=SiteKeyProps(name=name, account=account))
-        self.network = Network(self, "network", props=NetworkProps(
-            name=name, account=account, vpc_cidr=config.vpc_cidr, az_count=config.az_count,
-            key_arn=self.key.arn, log_retention_days=config.log_retention_days,
-            interface_endpoints=config.interface_endpoints))
-        self.storage = Storage(self, "storage", props=StorageProps(
-            name=name, account=account, key_arn=self.key.arn, force_destroy=not config.is_prod,
-            noncurrent_version_expiration_days=config.noncurrent_version_expiration_days,
-            log_retention_days=config.log_retention_days, intelligent_tiering=config.intelligent_tiering))
-        self.database = Database(self, "database", props=DatabaseProps(
-            name=name, vpc_id=self.network.vpc.id, subnet_ids=[s.id for s in self.network.private_subnets],
-            key_arn=self.key.arn, instance_class=config.db_instance_class,
-            allocated_storage_gb=config.db_allocated_storage_gb,
-            max_allocated_storage_gb=config.db_max_allocated_storage_gb, multi_az=config.multi_az,
-            backup_retention_days=config.db_backup_retention_days, prod=config.is_prod))
-        self.access = HostAccess(self, "access", props=HostAccessProps(
-            name=name, account=account, key_arn=self.key.arn, bucket_arn=self.storage.bucket.arn,
-            db_secret_arn=self.database.secret_arn, log_retention_days=config.log_retention_days,
-            prod=config.is_prod))
-        self.host = Host(self, "host", props=HostProps(
-            name=name, vpc_id=self.network.vpc.id, subnet_id=self.network.public_subnets[0].id,
-            instance_type=config.instance_type, instance_profile_arn=self.access.instance_profile.arn,
-            key_arn=self.key.arn, root_volume_gb=config.root_volume_gb,
-            web_client_cidrs=config.web_client_cidrs, dicom_client_cidrs=config.dicom_client_cidrs,
-            user_data=render_user_data(), ami_id=config.ami_id, ssh_public_key=config.ssh_public_key))
+        self.network = Network(
+            self,
+            "network",
+            props=NetworkProps(
+                name=name,
+                account=account,
+                vpc_cidr=config.vpc_cidr,
+                az_count=config.az_count,
+                key_arn=self.key.arn,
+                log_retention_days=config.log_retention_days,
+                interface_endpoints=config.interface_endpoints,
+            ),
+        )
+        self.storage = Storage(
+            self,
+            "storage",
+            props=StorageProps(
+                name=name,
+                account=account,
+                key_arn=self.key.arn,
+                force_destroy=not config.is_prod,
+                noncurrent_version_expiration_days=config.noncurrent_version_expiration_days,
+                log_retention_days=config.log_retention_days,
+                intelligent_tiering=config.intelligent_tiering,
+            ),
+        )
+        self.database = Database(
+            self,
+            "database",
+            props=DatabaseProps(
+                name=name,
+                vpc_id=self.network.vpc.id,
+                subnet_ids=[s.id for s in self.network.private_subnets],
+                key_arn=self.key.arn,
+                instance_class=config.db_instance_class,
+                allocated_storage_gb=config.db_allocated_storage_gb,
+                max_allocated_storage_gb=config.db_max_allocated_storage_gb,
+                multi_az=config.multi_az,
+                backup_retention_days=config.db_backup_retention_days,
+                prod=config.is_prod,
+            ),
+        )
+        self.access = HostAccess(
+            self,
+            "access",
+            props=HostAccessProps(
+                name=name,
+                account=account,
+                key_arn=self.key.arn,
+                bucket_arn=self.storage.bucket.arn,
+                db_secret_arn=self.database.secret_arn,
+                log_retention_days=config.log_retention_days,
+                prod=config.is_prod,
+            ),
+        )
+        self.host = Host(
+            self,
+            "host",
+            props=HostProps(
+                name=name,
+                vpc_id=self.network.vpc.id,
+                subnet_id=self.network.public_subnets[0].id,
+                instance_type=config.instance_type,
+                instance_profile_arn=self.access.instance_profile.arn,
+                key_arn=self.key.arn,
+                root_volume_gb=config.root_volume_gb,
+                web_client_cidrs=config.web_client_cidrs,
+                dicom_client_cidrs=config.dicom_client_cidrs,
+                user_data=render_user_data(),
+                ami_id=config.ami_id,
+                ssh_public_key=config.ssh_public_key,
+            ),
+        )
         self.database.allow_client("host", self.host.security_group.id)
         self._outputs(account)
 
@@ -94,8 +150,10 @@ class OrthwebStack(TerraformStack):
             "site_url": (f"https://{dns}", "Orthanc web UI and REST API"),
             "dicom_endpoint": (f"{dns}:{DICOM_TLS_PORT}", "DICOM TLS endpoint (host:port)"),
             "db_secret_arn": (self.database.secret_arn, "RDS-managed master secret in Secrets Manager"),
-            "ssm_session_command": (f"aws ssm start-session --target {self.host.instance.id} --region {account.region}",
-                                    "Shell on the host without SSH"),
+            "ssm_session_command": (
+                f"aws ssm start-session --target {self.host.instance.id} --region {account.region}",
+                "Shell on the host without SSH",
+            ),
         }
         for name, (value, description) in outputs.items():
             TerraformOutput(self, name, value=value, description=description)

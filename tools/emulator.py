@@ -37,24 +37,30 @@ class Emulator:
 
     def client_env(self) -> dict[str, str]:
         """Environment for AWS SDK/CLI clients talking to the emulator."""
-        return {**FAKE_CREDENTIALS, "AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region,
-                "AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_DISABLED": "true"}
+        return {
+            **FAKE_CREDENTIALS,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
 
-    def start(self, timeout: float = 60) -> "Emulator":
+    def start(self, timeout: float = 60) -> Emulator:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         server = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
         if not server:
             raise RuntimeError("moto_server not found: install the dev dependencies (pipenv sync --dev)")
         env = {**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true", **FAKE_CREDENTIALS}
         log = open(self.log_dir / "emulator.log", "ab")
-        self.process = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(self.port)], stdout=log,
-                                        stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(
+            [server, "-H", "127.0.0.1", "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"emulator exited early; see {self.log_dir / 'emulator.log'}")
             try:
-                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2)
+                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2)  # noqa: S310 - loopback http
                 return self
             except OSError:
                 time.sleep(0.2)
@@ -70,7 +76,7 @@ class Emulator:
                 self.process.kill()
                 self.process.wait()
 
-    def __enter__(self) -> "Emulator":
+    def __enter__(self) -> Emulator:
         return self.start()
 
     def __exit__(self, *exc) -> None:

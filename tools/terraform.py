@@ -10,13 +10,17 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 PROVIDER_GLOB = "registry.terraform.io/hashicorp/aws/*/linux_amd64/terraform-provider-aws_v*"
-MIRROR_CANDIDATES = ("/opt/tf-plugins", "/usr/share/terraform/plugins", "/usr/local/share/terraform/plugins",
-                     "~/.terraform.d/plugins")
+MIRROR_CANDIDATES = (
+    "/opt/tf-plugins",
+    "/usr/share/terraform/plugins",
+    "/usr/local/share/terraform/plugins",
+    "~/.terraform.d/plugins",
+)
 
 
 class TerraformError(RuntimeError):
@@ -30,8 +34,10 @@ def find_mirror(environ: Mapping[str, str] = os.environ) -> Path:
         root = Path(candidate).expanduser()
         if any(root.glob(PROVIDER_GLOB)):
             return root
-    raise TerraformError(f"no hashicorp/aws provider in a filesystem mirror; looked in {', '.join(candidates)}"
-                         " (set ORTHWEB_TF_MIRROR to the folder that contains registry.terraform.io)")
+    raise TerraformError(
+        f"no hashicorp/aws provider in a filesystem mirror; looked in {', '.join(candidates)}"
+        " (set ORTHWEB_TF_MIRROR to the folder that contains registry.terraform.io)"
+    )
 
 
 def write_cli_config(folder: Path, mirror: Path) -> Path:
@@ -41,7 +47,8 @@ def write_cli_config(folder: Path, mirror: Path) -> Path:
         "provider_installation {\n"
         f'  filesystem_mirror {{\n    path    = "{mirror}"\n    include = ["registry.terraform.io/hashicorp/*"]\n  }}\n'
         '  direct {\n    exclude = ["registry.terraform.io/hashicorp/*"]\n  }\n'
-        "}\n")
+        "}\n"
+    )
     return path
 
 
@@ -54,23 +61,30 @@ class Terraform:
     extra_env: Mapping[str, str] | None = None
 
     @classmethod
-    def offline(cls, workdir: Path, scratch: Path, extra_env: Mapping[str, str] | None = None) -> "Terraform":
+    def offline(cls, workdir: Path, scratch: Path, extra_env: Mapping[str, str] | None = None) -> Terraform:
         if not shutil.which("terraform"):
             raise TerraformError("terraform is not on PATH (install Terraform 1.11: see README)")
         return cls(workdir, write_cli_config(scratch, find_mirror()), extra_env)
 
     def env(self) -> dict[str, str]:
-        env = {**os.environ, "TF_CLI_CONFIG_FILE": str(self.cli_config), "CHECKPOINT_DISABLE": "1",
-               "TF_IN_AUTOMATION": "1", "TF_INPUT": "0"}
+        env = {
+            **os.environ,
+            "TF_CLI_CONFIG_FILE": str(self.cli_config),
+            "CHECKPOINT_DISABLE": "1",
+            "TF_IN_AUTOMATION": "1",
+            "TF_INPUT": "0",
+        }
         env.update(self.extra_env or {})
         return env
 
     def run(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-        proc = subprocess.run(["terraform", *args], cwd=self.workdir, env=self.env(), capture_output=True,
-                              text=True, timeout=timeout)
+        proc = subprocess.run(
+            ["terraform", *args], cwd=self.workdir, env=self.env(), capture_output=True, text=True, timeout=timeout
+        )
         if check and proc.returncode != 0:
-            raise TerraformError(f"terraform {' '.join(args)} failed ({proc.returncode}):\n"
-                                 f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+            raise TerraformError(
+                f"terraform {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+            )
         return proc
 
     def init(self) -> None:

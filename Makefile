@@ -1,0 +1,74 @@
+# Orthweb: one entry point for users, developers and CI.
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -euo pipefail -c
+
+PIPENV_VERSION := 2024.4.1
+export PIPENV_VENV_IN_PROJECT := 1
+export PIPENV_YES := 1
+export PIPENV_NOSPIN := 1
+export PIPENV_VERBOSITY := -1
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export CHECKPOINT_DISABLE := 1
+PY := .venv/bin/python
+# Debian packages the test suite drives for real (cloud-init schema, shellcheck, nginx -t, compose config).
+APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose
+
+.PHONY: synth test setup setup-dev system-deps lint typecheck pytest cli diff deploy destroy output clean
+
+## synth: install runtime dependencies and synthesize cdktf.out/stacks/<name> (no AWS account needed)
+synth: setup
+	$(PY) main.py
+
+## test: install everything the suite needs, then lint, type-check and run every test
+test: setup-dev system-deps lint typecheck pytest
+
+setup: .venv/.synced-runtime
+setup-dev: .venv/.synced-dev
+
+.venv/.synced-runtime: Pipfile.lock
+	python3 -m pipenv --version >/dev/null 2>&1 || python3 -m pip install -q "pipenv==$(PIPENV_VERSION)"
+	python3 -m pipenv sync
+	touch $@
+
+.venv/.synced-dev: Pipfile.lock
+	python3 -m pipenv --version >/dev/null 2>&1 || python3 -m pip install -q "pipenv==$(PIPENV_VERSION)"
+	python3 -m pipenv sync --dev
+	touch .venv/.synced-runtime $@
+
+system-deps:
+	missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done)
+	if [ -n "$$missing" ]; then
+	  echo "installing Debian packages: $$missing"
+	  apt-get -o DPkg::Lock::Timeout=300 update -qq
+	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $$missing >/dev/null
+	fi
+	command -v terraform >/dev/null || { echo "terraform 1.11 is required on PATH (see README)"; exit 1; }
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck:
+	$(PY) -m mypy .
+
+pytest:
+	mkdir -p build
+	$(PY) -m pytest --junitxml=build/junit.xml $(PYTEST_ARGS)
+
+## cli: the pinned CDKTF CLI (npm), for diff/deploy/destroy
+cli: node_modules/.package-lock.json
+node_modules/.package-lock.json: package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+
+diff: setup cli
+	npx cdktf diff
+deploy: setup cli
+	npx cdktf deploy
+destroy: setup cli
+	npx cdktf destroy
+output: setup cli
+	npx cdktf output
+
+clean:
+	rm -rf cdktf.out build .pytest_cache .ruff_cache .mypy_cache

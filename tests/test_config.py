@@ -1,0 +1,157 @@
+"""Config: defaults, sources and precedence, and one failing input per validation rule."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from main import EXIT_CONFIG_ERROR, ROOT, main
+from stacks.config import ConfigError, DicomModality, OrthwebConfig, load_config
+
+BAD_INPUTS = [
+    ("NAME", "Orthweb", "name: 'Orthweb' is not allowed; allowed: 3-20 chars"),
+    ("NAME", "a-very-long-name-over-twenty", "name:"),
+    ("ENVIRONMENT", "staging", "environment: 'staging' is not allowed; allowed: dev, test, prod"),
+    ("REGION", "mars-1", "region: 'mars-1' is not allowed; allowed: an AWS region name"),
+    ("TARGET", "gcp", "target: 'gcp' is not allowed; allowed: aws, emulator"),
+    ("VPC_CIDR", "172.17.0.1/16", "vpc_cidr: '172.17.0.1/16' is not allowed; allowed: an IPv4 network"),
+    ("VPC_CIDR", "10.0.0.0/8", "vpc_cidr: '10.0.0.0/8' is not allowed; allowed: a prefix length from /16 to /24"),
+    ("AZ_COUNT", "4", "az_count: 4 is not allowed; allowed: a whole number from 1 to 3"),
+    ("AZ_COUNT", "two", "az_count: 'two' is not allowed; allowed: a whole number"),
+    ("INTERFACE_ENDPOINTS", "ssm,ec2", "interface_endpoints: 'ec2' is not allowed; allowed: ssm, ssmmessages"),
+    ("INSTANCE_TYPE", "big", "instance_type: 'big' is not allowed; allowed: an EC2 instance type"),
+    ("AMI_ID", "ami-xyz", "ami_id: 'ami-xyz' is not allowed; allowed: empty, or an AMI id"),
+    ("ROOT_VOLUME_GB", "4", "root_volume_gb: 4 is not allowed; allowed: a whole number from 8 to 1024"),
+    ("SSH_PUBLIC_KEY", "not a key", "ssh_public_key: '<key text>' is not allowed; allowed: empty, or an OpenSSH"),
+    ("WEB_CLIENT_CIDRS", "10.0.0.0/33", "web_client_cidrs: '10.0.0.0/33' is not allowed"),
+    ("DICOM_CLIENT_CIDRS", "hospital", "dicom_client_cidrs: 'hospital' is not allowed"),
+    ("DB_INSTANCE_CLASS", "t4g.small", "db_instance_class: 't4g.small' is not allowed; allowed: an RDS instance class"),
+    ("DB_ALLOCATED_STORAGE_GB", "10", "db_allocated_storage_gb: 10 is not allowed; allowed: a whole number from 20"),
+    ("DB_MAX_ALLOCATED_STORAGE_GB", "19", "db_max_allocated_storage_gb: 19 is not allowed"),
+    ("DB_MULTI_AZ", "maybe", "db_multi_az: 'maybe' is not allowed; allowed: true, false, or empty"),
+    (
+        "DB_BACKUP_RETENTION_DAYS",
+        "3",
+        "db_backup_retention_days: 3 is not allowed; allowed: a whole number from 7 to 35",
+    ),
+    ("NONCURRENT_VERSION_EXPIRATION_DAYS", "0", "noncurrent_version_expiration_days: 0 is not allowed"),
+    ("INTELLIGENT_TIERING", "sometimes", "intelligent_tiering: 'sometimes' is not allowed; allowed: true or false"),
+    ("LOG_RETENTION_DAYS", "100", "log_retention_days: 100 is not allowed; allowed: 1, 3, 5"),
+    ("UNIQUE_SUFFIX", "2", "unique_suffix: '2' is not allowed; allowed: true or false"),
+    ("TAGS", "aws:owner=x", "tags: 'aws:owner=x' is not allowed; allowed: key=value pairs"),
+    ("TAGS", "novalue", "tags: 'novalue' is not allowed; allowed: key=value pairs separated by commas"),
+    ("SITE_NAME", "PACS_Site", "site_name: 'PACS_Site' is not allowed; allowed: empty, or a lowercase DNS name"),
+    ("AE_TITLE", "THIS_AE_TITLE_IS_TOO_LONG", "ae_title: 'THIS_AE_TITLE_IS_TOO_LONG' is not allowed; allowed: 1-16"),
+    ("TLS_CERTIFICATE_SECRET", "my secret", "tls_certificate_secret: 'my secret' is not allowed"),
+    ("DICOM_MODALITIES", '[{"aet": "PACS"}]', 'dicom_modalities: \'[{"aet": "PACS"}]\' is not allowed'),
+    (
+        "DICOM_MODALITIES",
+        '[{"aet": "PACS", "host": "10.0.0.5", "rights": ["delete"]}]',
+        "dicom_modalities.rights: 'delete' is not allowed; allowed: echo, find, move, get, store",
+    ),
+    (
+        "DICOM_MODALITIES",
+        '[{"aet": "PACS", "host": "10.0.0.5", "port": 70000}]',
+        "dicom_modalities.port: 70000 is not allowed",
+    ),
+    ("ORTHANC_IMAGE", "orthancteam/orthanc:latest", "orthanc_image: 'orthancteam/orthanc:latest' is not allowed"),
+    ("NGINX_IMAGE", "nginx", "nginx_image: 'nginx' is not allowed; allowed: empty, or name:tag"),
+    ("CONTAINER_LOGS", "on", "container_logs: 'on' is not allowed; allowed: true or false"),
+    (
+        "EMULATOR_ENDPOINT",
+        "http://127.0.0.1:5000",
+        "emulator_endpoint: 'http://127.0.0.1:5000' is not allowed; allowed: empty unless target is emulator",
+    ),
+    ("COLOUR", "blue", "ORTHWEB_COLOUR: 'set' is not allowed"),
+]
+
+
+def run_main(monkeypatch, tmp_path, capsys, env: dict[str, str]) -> tuple[int, str]:
+    environ = {"CDKTF_OUTDIR": str(tmp_path / "out"), **{f"ORTHWEB_{k}": v for k, v in env.items()}}
+    monkeypatch.setattr("main.ROOT", tmp_path)  # no orthweb.toml from the developer's checkout
+    code = main(environ)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field,value,message", BAD_INPUTS, ids=[f"{f}={v}" for f, v, _ in BAD_INPUTS])
+def test_bad_input_is_refused_with_a_clear_line(monkeypatch, tmp_path, capsys, field, value, message):
+    code, err = run_main(monkeypatch, tmp_path, capsys, {field: value})
+    assert code == EXIT_CONFIG_ERROR
+    assert message in err
+    assert all(line.startswith("orthweb: config error: ") for line in err.splitlines())
+    assert not (tmp_path / "out").exists(), "nothing may be written for a bad config"
+
+
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"TARGET": "emulator"}, "emulator_endpoint: '' is not allowed; allowed: http://127.0.0.1:PORT"),
+        (
+            {"TARGET": "emulator", "EMULATOR_ENDPOINT": "http://10.1.2.3:5000"},
+            "emulator_endpoint: 'http://10.1.2.3:5000' is not allowed; allowed: http://127.0.0.1:PORT",
+        ),
+        ({"TARGET": "emulator", "EMULATOR_ENDPOINT": "https://sts.amazonaws.com"}, "(loopback only)"),
+        ({"TARGET": "emulator", "EMULATOR_ENDPOINT": "http://127.0.0.1"}, "(loopback only)"),
+        (
+            {"DB_ALLOCATED_STORAGE_GB": "200", "DB_MAX_ALLOCATED_STORAGE_GB": "100"},
+            "db_max_allocated_storage_gb: 100 is not allowed; allowed: at least db_allocated_storage_gb (200)",
+        ),
+    ],
+)
+def test_cross_field_rules(monkeypatch, tmp_path, capsys, env, message):
+    code, err = run_main(monkeypatch, tmp_path, capsys, env)
+    assert code == EXIT_CONFIG_ERROR
+    assert message in err
+
+
+def test_every_problem_is_reported_at_once(monkeypatch, tmp_path, capsys):
+    code, err = run_main(monkeypatch, tmp_path, capsys, {"AZ_COUNT": "9", "ENVIRONMENT": "qa"})
+    assert code == EXIT_CONFIG_ERROR
+    assert len(err.splitlines()) == 2
+
+
+def test_config_file_then_environment(tmp_path):
+    (tmp_path / "orthweb.toml").write_text(
+        'name = "radiology"\naz_count = 3\nweb_client_cidrs = ["10.20.0.0/16"]\n'
+        '[tags]\nCostCenter = "imaging"\n'
+        '[[dicom_modalities]]\naet = "PACS"\nhost = "10.20.1.5"\nport = 11112\nrights = ["echo", "find", "move"]\n'
+    )
+    config = load_config(tmp_path, {"ORTHWEB_AZ_COUNT": "1"})
+    assert config.name == "radiology"
+    assert config.az_count == 1, "environment overrides the file"
+    assert config.web_client_cidrs == ("10.20.0.0/16",)
+    assert config.tag_map["CostCenter"] == "imaging"
+    assert config.dicom_modalities == (DicomModality("PACS", "10.20.1.5", 11112, ("echo", "find", "move")),)
+
+
+def test_unknown_key_in_config_file(tmp_path):
+    (tmp_path / "orthweb.toml").write_text('nmae = "typo"\n')
+    with pytest.raises(ConfigError, match="orthweb.toml: nmae"):
+        load_config(tmp_path, {})
+
+
+def test_invalid_toml(tmp_path):
+    (tmp_path / "orthweb.toml").write_text("name = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(tmp_path, {})
+
+
+def test_prod_defaults():
+    assert OrthwebConfig(environment="prod").multi_az is True
+    assert OrthwebConfig().multi_az is False
+    assert OrthwebConfig(environment="prod", db_multi_az=False).multi_az is False
+
+
+def test_real_process_exit_code_and_no_partial_output(tmp_path):
+    out = tmp_path / "cdktf.out"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "main.py")],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "ORTHWEB_AZ_COUNT": "0", "CDKTF_OUTDIR": str(out)},
+    )
+    assert proc.returncode == 2
+    assert "az_count: 0 is not allowed; allowed: a whole number from 1 to 3" in proc.stderr
+    assert not out.exists()

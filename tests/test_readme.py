@@ -1,0 +1,27 @@
+"""The README's generated tables and promises match the code."""
+
+from __future__ import annotations
+
+import re
+
+from tools.docs import README, render
+
+
+def test_inputs_table_matches_config():
+    text = README.read_text()
+    assert render(text) == text, "README inputs table is stale: run python -m tools.docs"
+
+
+def test_outputs_table_matches_stack(default_stack):
+    section = README.read_text().split("## Outputs", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(\w+)` \|", section, re.M))
+    assert documented == set(default_stack.data["output"])
+
+
+def test_first_two_commands_are_synth_and_test():
+    first_block = README.read_text().split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
+    assert commands == ["make synth", "make test"]
+    makefile = (README.parent / "Makefile").read_text()
+    assert re.search(r"^synth:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+    assert "make test" in (README.parent / ".ci" / "run").read_text()

@@ -1,0 +1,291 @@
+"""Per-module assertions on the synthesized default and prod stacks: the properties that carry
+security or durability, and outputs with their exact names."""
+
+from __future__ import annotations
+
+import json
+
+from modules.database import POSTGRES_ENGINE_VERSION
+from modules.host import AL2023_AMI_PARAMETER
+
+
+def statements(stack, rtype_id_fragment: str) -> list[dict]:
+    docs = [d for k, d in stack.data_sources("aws_iam_policy_document").items() if rtype_id_fragment in k]
+    assert docs, f"no policy document matching {rtype_id_fragment}"
+    return [s for d in docs for s in d["statement"]]
+
+
+def test_key_rotation_and_logs_statement(default_stack):
+    key = default_stack.one("aws_kms_key")
+    assert key["enable_key_rotation"] is True
+    assert key["deletion_window_in_days"] == 30
+    logs = [s for s in statements(default_stack, "key_policy") if s.get("sid") == "CloudWatchLogsUse"]
+    assert logs and logs[0]["principals"][0]["identifiers"][0].startswith("logs.")
+    assert logs[0]["condition"][0]["variable"] == "kms:EncryptionContext:aws:logs:arn"
+
+
+def test_every_encrypted_resource_uses_the_site_key(default_stack):
+    key_ref = "${aws_kms_key.site_key.arn}"
+    assert default_stack.one("aws_db_instance")["kms_key_id"] == key_ref
+    assert default_stack.one("aws_db_instance")["master_user_secret_kms_key_id"] == key_ref
+    for group in default_stack.resources("aws_cloudwatch_log_group").values():
+        assert group["kms_key_id"] == key_ref
+    for secret in default_stack.resources("aws_secretsmanager_secret").values():
+        assert secret["kms_key_id"] == key_ref
+    ebs = default_stack.one("aws_launch_template")["block_device_mappings"][0]["ebs"]
+    assert ebs["encrypted"] == "true" and ebs["kms_key_id"] == key_ref and ebs["volume_type"] == "gp3"
+    sse = {
+        k: v["rule"][0]
+        for k, v in default_stack.resources("aws_s3_bucket_server_side_encryption_configuration").items()
+    }
+    dicom = next(v for k, v in sse.items() if "dicom" in k)
+    assert dicom["apply_server_side_encryption_by_default"] == {
+        "sse_algorithm": "aws:kms",
+        "kms_master_key_id": key_ref,
+    }
+    assert dicom["bucket_key_enabled"] is True
+
+
+def test_network_layout(default_stack, synth_profile):
+    vpc = default_stack.one("aws_vpc")
+    assert vpc["cidr_block"] == "172.17.0.0/16"
+    subnets = default_stack.resources("aws_subnet").values()
+    cidrs = sorted(s["cidr_block"] for s in subnets)
+    assert cidrs == ["172.17.0.0/20", "172.17.128.0/20", "172.17.144.0/20", "172.17.16.0/20"]
+    assert all(s["map_public_ip_on_launch"] is False for s in subnets)
+    default_sg = default_stack.one("aws_default_security_group")
+    assert default_sg["ingress"] == [] and default_sg["egress"] == []
+    route = default_stack.one("aws_route")
+    assert route["destination_cidr_block"] == "0.0.0.0/0" and "aws_internet_gateway" in route["gateway_id"]
+    assert "route" not in json.dumps(default_stack.resources("aws_route_table")).replace("route_table", "")
+    s3 = default_stack.one("aws_vpc_endpoint")
+    assert s3["vpc_endpoint_type"] == "Gateway" and len(s3["route_table_ids"]) == 2
+    flow = default_stack.one("aws_flow_log")
+    assert flow["traffic_type"] == "ALL"
+    az3 = synth_profile("az3")
+    assert len(az3.resources("aws_subnet")) == 6
+    assert {e["service_name"].rsplit(".", 1)[1] for e in az3.resources("aws_vpc_endpoint").values()} == {
+        "s3",
+        "ssm",
+        "secretsmanager",
+    }
+
+
+def test_one_az_still_gives_rds_two_subnets(tmp_path):
+    from stacks.config import OrthwebConfig
+    from tests.conftest import synth_json
+
+    data = synth_json(OrthwebConfig(az_count=1), tmp_path)
+    subnets = data["resource"]["aws_subnet"].values()
+    assert sum(s["tags"]["Tier"] == "public" for s in subnets) == 1
+    group = next(iter(data["resource"]["aws_db_subnet_group"].values()))
+    assert len(group["subnet_ids"]) == 2
+
+
+def test_buckets_are_private_versioned_tls_only(default_stack, prod_stack):
+    for pab in default_stack.resources("aws_s3_bucket_public_access_block").values():
+        assert all(
+            pab[k] is True
+            for k in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets")
+        )
+    assert len(default_stack.resources("aws_s3_bucket_public_access_block")) == 2
+    for versioning in default_stack.resources("aws_s3_bucket_versioning").values():
+        assert versioning["versioning_configuration"]["status"] == "Enabled"
+    for name in ("dicom", "log"):
+        doc = statements(default_stack, f"{name}-policy-doc")
+        deny = [s for s in doc if s["effect"] == "Deny"]
+        assert deny and deny[0]["condition"][0] == {
+            "test": "Bool",
+            "variable": "aws:SecureTransport",
+            "values": ["false"],
+        }
+    logging = default_stack.one("aws_s3_bucket_logging")
+    assert logging["target_bucket"] == "${aws_s3_bucket.log_bucket.id}"
+    assert default_stack.resources("aws_s3_bucket")["dicom_bucket"]["force_destroy"] is True
+    assert prod_stack.resources("aws_s3_bucket")["dicom_bucket"]["force_destroy"] is False
+    assert default_stack.resources("aws_s3_bucket")["dicom_bucket"]["bucket_prefix"] == "orthweb-dicom-"
+
+
+def test_lifecycle_rules(default_stack, tmp_path):
+    rules = {
+        r["id"]: r
+        for lc in default_stack.resources("aws_s3_bucket_lifecycle_configuration").values()
+        if "dicom_bucket" in lc["bucket"]
+        for r in lc["rule"]
+    }
+    assert rules["expire-noncurrent-versions"]["noncurrent_version_expiration"][0]["noncurrent_days"] == 90
+    assert rules["abort-incomplete-uploads"]["abort_incomplete_multipart_upload"][0]["days_after_initiation"] == 7
+    assert "intelligent-tiering" not in rules
+
+    from stacks.config import OrthwebConfig
+    from tests.conftest import synth_json
+
+    data = synth_json(OrthwebConfig(intelligent_tiering=True), tmp_path)
+    tiering = [
+        r
+        for lc in data["resource"]["aws_s3_bucket_lifecycle_configuration"].values()
+        for r in lc["rule"]
+        if r["id"] == "intelligent-tiering"
+    ]
+    assert tiering[0]["transition"][0]["storage_class"] == "INTELLIGENT_TIERING"
+
+
+def test_database_defaults_and_prod(default_stack, prod_stack):
+    db = default_stack.one("aws_db_instance")
+    assert db["engine"] == "postgres" and db["engine_version"] == POSTGRES_ENGINE_VERSION
+    assert db["manage_master_user_password"] is True
+    assert "password" not in db and "master_password" not in db
+    assert db["storage_encrypted"] is True and db["publicly_accessible"] is False
+    assert db["backup_retention_period"] >= 7 and db["copy_tags_to_snapshot"] is True
+    assert db["deletion_protection"] is False and db["skip_final_snapshot"] is True and db["multi_az"] is False
+    prod = prod_stack.one("aws_db_instance")
+    assert prod["deletion_protection"] is True and prod["skip_final_snapshot"] is False
+    assert prod["final_snapshot_identifier"] == "orthweb-db-final"
+    assert prod["delete_automated_backups"] is False and prod["multi_az"] is True
+    params = {p["name"]: p["value"] for p in default_stack.one("aws_db_parameter_group")["parameter"]}
+    assert params["rds.force_ssl"] == "1"
+    assert params["log_statement"] == "none" and params["log_min_duration_statement"] == "-1"
+    assert db["parameter_group_name"].startswith("${aws_db_parameter_group.")
+
+
+def test_database_ingress_only_from_host_security_group(default_stack):
+    db_sg_ref = "${aws_security_group.database_sg"
+    rules = [
+        r
+        for r in default_stack.resources("aws_vpc_security_group_ingress_rule").values()
+        if r["security_group_id"].startswith(db_sg_ref)
+    ]
+    assert len(rules) == 1
+    assert rules[0]["from_port"] == rules[0]["to_port"] == 5432
+    assert rules[0]["referenced_security_group_id"].startswith("${aws_security_group.host_sg")
+    assert "cidr_ipv4" not in rules[0]
+
+
+def test_host_hardening(default_stack):
+    lt = default_stack.one("aws_launch_template")
+    assert lt["metadata_options"]["http_tokens"] == "required"
+    assert lt["metadata_options"]["http_put_response_hop_limit"] == 2
+    assert lt["monitoring"] == {"enabled": True}
+    assert lt["network_interfaces"][0]["associate_public_ip_address"] == "true"
+    assert "key_name" not in lt, "no SSH key pair unless the user supplies a public key"
+    ami = default_stack.data_sources("aws_ssm_parameter")
+    assert [a["name"] for a in ami.values()] == [AL2023_AMI_PARAMETER]
+    assert lt["user_data"].startswith("${base64gzip(")
+    instance = default_stack.one("aws_instance")
+    assert instance["launch_template"]["id"].startswith("${aws_launch_template.")
+    assert default_stack.one("aws_eip_association")["allocation_id"].startswith("${aws_eip.")
+    ports = {
+        (r["from_port"], r.get("cidr_ipv4"))
+        for r in default_stack.resources("aws_vpc_security_group_ingress_rule").values()
+        if r["security_group_id"].startswith("${aws_security_group.host")
+    }
+    assert ports == {(443, "0.0.0.0/0"), (11112, "0.0.0.0/0")}
+
+
+def test_pinned_ami_and_ssh_key_and_client_cidrs(tmp_path):
+    from stacks.config import OrthwebConfig
+    from tests.conftest import synth_json
+
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHb5nC2m1wV0Y2bKq3n8dFJkT7H2cX0f5e9r3QmT0aBc admin@site"
+    data = synth_json(
+        OrthwebConfig(
+            ami_id="ami-0123456789abcdef0",
+            ssh_public_key=key,
+            web_client_cidrs=("10.1.0.0/16", "192.168.5.0/24"),
+            dicom_client_cidrs=("10.2.0.0/24",),
+        ),
+        tmp_path,
+    )
+    lt = next(iter(data["resource"]["aws_launch_template"].values()))
+    assert lt["image_id"] == "ami-0123456789abcdef0"
+    assert "aws_ssm_parameter" not in data.get("data", {})
+    assert lt["key_name"].startswith("${aws_key_pair.")
+    ingress = [
+        (r["from_port"], r["cidr_ipv4"])
+        for r in data["resource"]["aws_vpc_security_group_ingress_rule"].values()
+        if "cidr_ipv4" in r
+    ]
+    assert sorted(ingress) == [(443, "10.1.0.0/16"), (443, "192.168.5.0/24"), (11112, "10.2.0.0/24")]
+
+
+def test_host_role_least_privilege(default_stack):
+    host = {s["sid"]: s for s in statements(default_stack, "access_permissions")}
+    assert set(host["DicomObjects"]["actions"]) == {
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:DeleteObject",
+        "s3:AbortMultipartUpload",
+        "s3:ListMultipartUploadParts",
+    }
+    assert host["DicomObjects"]["resources"] == ["${aws_s3_bucket.dicom_bucket.arn}/*"]
+    assert host["ReadSecrets"]["resources"][0] == "${aws_db_instance.database.master_user_secret[0].secret_arn}"
+    assert host["WriteAppSecrets"]["actions"] == ["secretsmanager:PutSecretValue"]
+    assert host["UseSiteKey"]["resources"] == ["${aws_kms_key.site_key.arn}"]
+    attachment = default_stack.one("aws_iam_role_policy_attachment")
+    assert attachment["policy_arn"].endswith(":iam::aws:policy/AmazonSSMManagedInstanceCore")
+
+
+def test_app_secrets_created_without_value(default_stack, prod_stack):
+    secrets = default_stack.resources("aws_secretsmanager_secret")
+    assert set(secrets) == {"admin_secret", "tls_secret"}
+    assert not default_stack.resources("aws_secretsmanager_secret_version")
+    assert all(s["recovery_window_in_days"] == 0 for s in secrets.values())
+    assert all(s["recovery_window_in_days"] == 30 for s in prod_stack.resources("aws_secretsmanager_secret").values())
+
+
+def test_log_groups_have_finite_retention(default_stack):
+    groups = default_stack.resources("aws_cloudwatch_log_group").values()
+    assert {g["name"] for g in groups} == {"/orthweb/vpc-flow-logs", "/orthweb/containers"}
+    assert all(g["retention_in_days"] == 365 for g in groups)
+
+
+def test_outputs_have_exact_names(default_stack):
+    outputs = default_stack.data["output"]
+    assert set(outputs) == {
+        "hostinfo",
+        "dbinfo",
+        "s3bucket",
+        "site_url",
+        "dicom_endpoint",
+        "db_secret_arn",
+        "ssm_session_command",
+    }
+    assert outputs["hostinfo"]["value"] == "ec2-user@${aws_eip.site_eip.public_dns}"
+    assert outputs["dbinfo"]["value"] == "${aws_db_instance.database.address}:${aws_db_instance.database.port}"
+    assert outputs["s3bucket"]["value"] == "${aws_s3_bucket.dicom_bucket.bucket_domain_name}"
+    assert outputs["dicom_endpoint"]["value"].endswith(":11112")
+    assert outputs["ssm_session_command"]["value"].startswith("aws ssm start-session --target ${aws_instance.")
+
+
+def test_default_tags_and_only_aws_provider(default_stack):
+    providers = default_stack.data["terraform"]["required_providers"]
+    assert set(providers) == {"aws"}
+    assert providers["aws"]["version"] == "5.100.0"
+    tags = default_stack.data["provider"]["aws"][0]["default_tags"][0]["tags"]
+    assert tags["Name"] == "orthweb" and tags["Environment"] == "dev"
+
+
+def test_unique_suffix_uses_random_provider(tmp_path):
+    from stacks.config import OrthwebConfig
+    from tests.conftest import synth_json
+
+    data = synth_json(OrthwebConfig(unique_suffix=True), tmp_path)
+    assert "random" in data["terraform"]["required_providers"]
+    suffix = "${random_id.name-suffix.hex}"
+    assert data["resource"]["aws_s3_bucket"]["dicom_bucket"]["bucket_prefix"] == f"orthweb-{suffix}-dicom-"
+    assert "random_password" not in data["resource"]
+
+
+def test_emulator_target_points_every_service_at_loopback(tmp_path):
+    from stacks.config import OrthwebConfig
+    from tests.conftest import synth_json
+
+    data = synth_json(OrthwebConfig(target="emulator", emulator_endpoint="http://127.0.0.1:4566"), tmp_path)
+    provider = data["provider"]["aws"][0]
+    assert set(provider["endpoints"][0].values()) == {"http://127.0.0.1:4566"}
+    assert provider["skip_credentials_validation"] is True and provider["s3_use_path_style"] is True
+
+
+def test_real_aws_target_has_no_endpoints_or_keys(default_stack):
+    provider = default_stack.data["provider"]["aws"][0]
+    assert not {"endpoints", "access_key", "secret_key", "skip_credentials_validation"} & set(provider)
