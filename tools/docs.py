@@ -57,7 +57,8 @@ def render(readme: str) -> str:
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
         if not pattern.search(readme):
             raise SystemExit(f"README.md lacks the {name} block markers")
-        readme = pattern.sub(lambda _m, b=begin, e=end, t=make(): f"{b}\n{t}\n{e}", readme)
+        block = f"{begin}\n{make()}\n{end}"
+        readme = pattern.sub(lambda _match, text=block: text, readme)
     return readme
 
 
