@@ -58,7 +58,8 @@ def render(readme: str) -> str:
         if not pattern.search(readme):
             raise SystemExit(f"README.md lacks the {name} block markers")
         block = f"{begin}\n{make()}\n{end}"
-        readme = pattern.sub(lambda _match, text=block: text, readme)
+        start, stop = pattern.search(readme).span()  # type: ignore[union-attr]
+        readme = readme[:start] + block + readme[stop:]
     return readme
 
 
