@@ -11,8 +11,9 @@ export PIPENV_VERBOSITY := -1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CHECKPOINT_DISABLE := 1
 PY := .venv/bin/python
-# Debian packages the test suite drives for real (cloud-init schema, shellcheck, nginx -t, compose config).
-APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose
+# Debian packages the test suite drives for real: cloud-init schema, shellcheck, nginx -t, compose
+# config, and the bootstrap against the emulator (awscli v2, PostgreSQL 15 with TLS, openssl).
+APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose awscli postgresql-15 openssl
 
 .PHONY: synth test setup setup-dev system-deps lint typecheck pytest cli diff deploy destroy output clean
 
@@ -21,7 +22,7 @@ synth: setup
 	$(PY) main.py
 
 ## test: install everything the suite needs, then lint, type-check and run every test
-test: setup-dev system-deps lint typecheck pytest
+test: setup-dev cli system-deps lint typecheck pytest
 
 setup: .venv/.synced-runtime
 setup-dev: .venv/.synced-dev

@@ -21,6 +21,8 @@ EXIT_CONFIG_ERROR = 2
 
 def build_app(config, outdir: str | None = None):
     """An App holding the Orthweb stack for ``config`` (an ``OrthwebConfig``)."""
+    # jsii prints a Node end-of-life banner on every run otherwise.
+    os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
     from cdktf import App
 
     from stacks.orthweb_stack import OrthwebStack

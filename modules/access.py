@@ -38,6 +38,14 @@ class HostAccessProps:
     db_secret_arn: str
     log_retention_days: int
     prod: bool
+    byo_tls_secret: str = ""  # name or ARN of the user's own certificate secret
+
+
+def _secret_arn(account: Account, name_or_arn: str) -> str:
+    """An ARN as given, or the ARN pattern of a secret name (AWS appends 6 random characters)."""
+    if name_or_arn.startswith("arn:"):
+        return name_or_arn
+    return f"arn:{account.partition}:secretsmanager:{account.region}:{account.account_id}:secret:{name_or_arn}-??????"
 
 
 class HostAccess(Construct):
@@ -79,6 +87,9 @@ class HostAccess(Construct):
             retention_days=props.log_retention_days,
         )
         app_secrets = [self.admin_secret.arn, self.tls_secret.arn]
+        readable = [props.db_secret_arn, *app_secrets]
+        if props.byo_tls_secret:
+            readable.append(_secret_arn(props.account, props.byo_tls_secret))
         trust = assume_role_policy(self, "trust", "ec2.amazonaws.com")
         self.role = IamRole(self, "role", name=f"{props.name}-host", assume_role_policy=trust.json)
         self.policy = policy_document(

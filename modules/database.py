@@ -20,6 +20,8 @@ POSTGRES_PARAMETER_FAMILY = "postgres17"
 POSTGRES_PORT = 5432
 DB_NAME = "orthanc"
 MASTER_USERNAME = "orthweb_admin"
+# Named explicitly (it is also RDS's default today) so the host's embedded CA always matches.
+CA_CERT_IDENTIFIER = "rds-ca-rsa2048-g1"
 # No statement text in server logs: statements carry patient names and IDs (PHI).
 NO_PHI_LOGGING = {
     "rds.force_ssl": "1",
@@ -96,6 +98,7 @@ class Database(Construct):
             manage_master_user_password=True,
             master_user_secret_kms_key_id=props.key_arn,
             port=POSTGRES_PORT,
+            ca_cert_identifier=CA_CERT_IDENTIFIER,
             db_subnet_group_name=self.subnet_group.name,
             parameter_group_name=self.parameter_group.name,
             vpc_security_group_ids=[self.security_group.id],

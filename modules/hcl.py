@@ -3,7 +3,10 @@
 CDKTF's ``Fn`` helpers refuse (or mis-escape) long text with quotes, so the expression is built
 here and set as a raw override: static text is escaped as an HCL string literal (quotes,
 backslashes, control characters, and ``${``/``%{`` which Terraform would otherwise interpolate),
-while tokens become ``${reference}`` interpolations inside that literal.
+while tokens become ``${reference}`` interpolations inside that literal. Each token is wrapped in
+``${...}`` here: CDKTF resolves a token to a bare reference when it sits inside an expression it
+opened itself, and to ``${reference}`` otherwise, depending on earlier ``$${`` text; the explicit
+wrapping gives the same result in both cases.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def quoted_template(text: str) -> str:
     last = 0
     for match in TOKEN.finditer(text):
         parts.append(escape_literal(text[last : match.start()]))
-        parts.append(match.group(0))
+        parts.append("${" + match.group(0) + "}")
         last = match.end()
     parts.append(escape_literal(text[last:]))
     return '"' + "".join(parts) + '"'

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from cdktf import Fn
 from cdktf_cdktf_provider_aws.data_aws_ssm_parameter import DataAwsSsmParameter
-from cdktf_cdktf_provider_aws.eip import Eip
 from cdktf_cdktf_provider_aws.eip_association import EipAssociation
 from cdktf_cdktf_provider_aws.instance import Instance
 from cdktf_cdktf_provider_aws.key_pair import KeyPair
@@ -45,6 +44,7 @@ class HostProps:
     web_client_cidrs: Sequence[str]
     dicom_client_cidrs: Sequence[str]
     user_data: str
+    eip_allocation_id: str
     ami_id: str = ""
     ssh_public_key: str = ""
 
@@ -97,9 +97,6 @@ class Host(Construct):
         if props.ssh_public_key:
             self.key_pair = KeyPair(self, "key-pair", key_name=f"{props.name}-host", public_key=props.ssh_public_key)
         image_id = props.ami_id or DataAwsSsmParameter(self, "ami", name=AL2023_AMI_PARAMETER).insecure_value
-        self.eip = Eip(self, "eip", domain="vpc", tags={"Name": f"{props.name}-site"})
-        # Stateful for users: PACS configurations and the certificate's names point at this address.
-        self.eip.override_logical_id("site_eip")
         self.launch_template = LaunchTemplate(
             self,
             "template",
@@ -155,5 +152,5 @@ class Host(Construct):
             },
         )
         self.eip_association = EipAssociation(
-            self, "eip-association", allocation_id=self.eip.allocation_id, instance_id=self.instance.id
+            self, "eip-association", allocation_id=props.eip_allocation_id, instance_id=self.instance.id
         )

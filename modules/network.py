@@ -11,6 +11,7 @@ from cdktf_cdktf_provider_aws.data_aws_availability_zones import (
     DataAwsAvailabilityZonesFilter,
 )
 from cdktf_cdktf_provider_aws.default_security_group import DefaultSecurityGroup
+from cdktf_cdktf_provider_aws.eip import Eip
 from cdktf_cdktf_provider_aws.flow_log import FlowLog
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
@@ -59,7 +60,8 @@ class Network(Construct):
 
     Secure defaults: the default security group has no rules; flow logs record ALL traffic to an
     encrypted log group; S3 traffic stays on the AWS network through a gateway endpoint; the
-    private subnets have no route to the Internet. With ``az_count`` 1 the host side uses one AZ
+    private subnets have no route to the Internet. The site's Elastic IP lives here, apart from the
+    host, so a replaced host keeps the address. With ``az_count`` 1 the host side uses one AZ
     while the database subnet group still spans two, because RDS requires it.
     """
 
@@ -142,6 +144,11 @@ class Network(Construct):
             route_table_ids=[self.public_route_table.id, self.private_route_table.id],
             tags={"Name": f"{props.name}-s3"},
         )
+        self.site_eip = Eip(
+            self, "site-eip", domain="vpc", tags={"Name": f"{props.name}-site"}, depends_on=[self.internet_gateway]
+        )
+        # Stateful for users: PACS configurations and the certificate's names point at this address.
+        self.site_eip.override_logical_id("site_eip")
         self.endpoint_security_group: SecurityGroup | None = None
         self.interface_endpoints: dict[str, VpcEndpoint] = {}
         if props.interface_endpoints:

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 ENV_PREFIX = "ORTHWEB_"
+RDS_CA_BUNDLE = Path(__file__).resolve().parent.parent / "userdata" / "rds-ca-bundle.pem"
 CONFIG_FILE_NAME = "orthweb.toml"
 
 ENVIRONMENTS = ("dev", "test", "prod")
@@ -64,6 +65,11 @@ _SITE_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$|^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:\S+$")
 # An image reference pinned by an exact release tag, optionally also by digest. Never "latest".
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[0-9][A-Za-z0-9._-]*)(@sha256:[0-9a-f]{64})?$")
+
+
+def rds_ca_regions() -> set[str]:
+    """Regions whose RDS root CAs ship with Orthweb (the host verifies the database against them)."""
+    return set(re.findall(r"^# Amazon RDS (\S+) Root CA ", RDS_CA_BUNDLE.read_text(), re.M))
 
 
 class ConfigError(ValueError):
@@ -156,8 +162,8 @@ def _problems(c: OrthwebConfig):  # noqa: C901 - one flat list of rules reads be
         yield _allowed("name", c.name, "3-20 chars: lowercase letters, digits, hyphens; starts with a letter")
     if c.environment not in ENVIRONMENTS:
         yield _allowed("environment", c.environment, ", ".join(ENVIRONMENTS))
-    if not _REGION.match(str(c.region)):
-        yield _allowed("region", c.region, "an AWS region name such as us-east-1")
+    if not _REGION.match(str(c.region)) or c.region not in rds_ca_regions():
+        yield _allowed("region", c.region, "an AWS region with RDS (see userdata/rds-ca-bundle.pem), such as us-east-1")
     if c.target not in TARGETS:
         yield _allowed("target", c.target, ", ".join(TARGETS))
     yield from _emulator_problems(c)

@@ -8,13 +8,13 @@ from constructs import Construct
 
 from modules.access import HostAccess, HostAccessProps
 from modules.account import Account
-from modules.database import Database, DatabaseProps
+from modules.database import DB_NAME, POSTGRES_PORT, Database, DatabaseProps
 from modules.host import DICOM_TLS_PORT, Host, HostProps
 from modules.key import SiteKey, SiteKeyProps
 from modules.network import Network, NetworkProps
 from modules.storage import Storage, StorageProps
 from stacks.config import OrthwebConfig
-from userdata import render_user_data
+from userdata import HostValues, render_user_data
 
 # Services the stack calls; the emulator target points each at the loopback emulator.
 EMULATED_SERVICES = ("ec2", "s3", "rds", "iam", "kms", "secretsmanager", "sts", "cloudwatchlogs", "ssm", "cloudwatch")
@@ -121,7 +121,8 @@ class OrthwebStack(TerraformStack):
                 root_volume_gb=config.root_volume_gb,
                 web_client_cidrs=config.web_client_cidrs,
                 dicom_client_cidrs=config.dicom_client_cidrs,
-                user_data=render_user_data(),
+                user_data=render_user_data(self._host_values(config, account)),
+                eip_allocation_id=self.network.site_eip.allocation_id,
                 ami_id=config.ami_id,
                 ssh_public_key=config.ssh_public_key,
             ),
@@ -140,8 +141,32 @@ class OrthwebStack(TerraformStack):
         suffix = Id(self, "name-suffix", byte_length=3)
         return f"{config.name}-{suffix.hex}"
 
+    def _host_values(self, config: OrthwebConfig, account: Account) -> HostValues:
+        eip = self.network.site_eip
+        return HostValues(
+            region=account.region,
+            bucket=self.storage.bucket.bucket,
+            admin_secret_arn=self.access.admin_secret.arn,
+            tls_secret_arn=self.access.tls_secret.arn,
+            db_secret_arn=self.database.secret_arn,
+            db_host=self.database.instance.address,
+            db_port=str(POSTGRES_PORT),
+            db_name=DB_NAME,
+            site_dns=eip.public_dns,
+            site_ip=eip.public_ip,
+            log_group=self.access.log_group.name,
+            ae_title=config.ae_title,
+            site_name=config.site_name,
+            byo_tls_secret=config.tls_certificate_secret,
+            region_name=config.region,
+            modalities=config.dicom_modalities,
+            orthanc_image=config.orthanc_image,
+            nginx_image=config.nginx_image,
+            container_logs=config.container_logs,
+        )
+
     def _outputs(self, account: Account) -> None:
-        dns = self.host.eip.public_dns
+        dns = self.network.site_eip.public_dns
         db = self.database.instance
         outputs = {
             "hostinfo": (f"ec2-user@{dns}", "SSH-style login of the host (use SSM Session Manager)"),

@@ -1,0 +1,161 @@
+"""A throwaway PostgreSQL 15 cluster on loopback that accepts TLS logins only, like RDS with
+``rds.force_ssl=1``. Used by the bootstrap tests and the local site harness."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tools.pki import Certificate
+
+PG_BIN = Path(os.environ.get("ORTHWEB_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalPostgres:
+    """``with LocalPostgres(server_cert, superuser, password, database) as pg:``; ``pg.port``."""
+
+    def __init__(self, server_cert: Certificate, superuser: str, password: str, database: str):
+        if not (PG_BIN / "postgres").exists():
+            raise RuntimeError(f"PostgreSQL 15 server not found in {PG_BIN} (apt-get install postgresql-15)")
+        self.cert = server_cert
+        self.superuser, self.password, self.database = superuser, password, database
+        self.port = _free_port()
+        # Outside pytest's 0700 folders: the server runs as the postgres user, which must enter it.
+        self.root = Path(tempfile.mkdtemp(prefix="orthweb-pg-", dir="/tmp"))
+        self.data = self.root / "data"
+        self.user = pwd.getpwnam("postgres")
+        self.process: subprocess.Popen | None = None
+
+    def _as_postgres(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            list(args),
+            user=self.user.pw_uid,
+            group=self.user.pw_gid,
+            check=True,
+            capture_output=True,
+            text=True,
+            **kwargs,
+        )
+
+    def start(self) -> LocalPostgres:
+        os.chmod(self.root, 0o755)  # noqa: S103 - the postgres user must traverse it; it holds no secret yet
+        shutil.chown(self.root, self.user.pw_uid, self.user.pw_gid)
+        pwfile = self.root / "pw"
+        pwfile.write_text(self.password)
+        shutil.chown(pwfile, self.user.pw_uid, self.user.pw_gid)
+        self._as_postgres(
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            self.superuser,
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+        )
+        pwfile.unlink()
+        for name, src in (("server.crt", self.cert.cert), ("server.key", self.cert.key)):
+            shutil.copy(src, self.data / name)
+            shutil.chown(self.data / name, self.user.pw_uid, self.user.pw_gid)
+            os.chmod(self.data / name, 0o600)
+        (self.data / "pg_hba.conf").write_text(
+            "local all all scram-sha-256\n"
+            "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+            "hostssl all all ::1/128 scram-sha-256\n"
+        )
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(
+                f"listen_addresses = '127.0.0.1'\nport = {self.port}\nssl = on\n"
+                f"unix_socket_directories = '{self.root}'\nmax_connections = 200\n"
+                "log_statement = 'none'\nlog_min_error_statement = 'panic'\n"
+            )
+        log = open(self.root / "postgres.log", "ab")
+        self.process = subprocess.Popen(
+            [str(PG_BIN / "postgres"), "-D", str(self.data)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            user=self.user.pw_uid,
+            group=self.user.pw_gid,
+        )
+        self._wait_ready()
+        self.psql_superuser(f'CREATE DATABASE "{self.database}"', database="postgres")
+        return self
+
+    def _wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process and self.process.poll() is not None:
+                raise RuntimeError(f"postgres exited; see {self.root / 'postgres.log'}")
+            ready = subprocess.run(
+                [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True
+            )
+            if ready.returncode == 0:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("postgres did not become ready")
+
+    def psql_superuser(self, sql: str, database: str | None = None) -> str:
+        """Run SQL as the superuser over the local socket (for test setup and checks only)."""
+        env = {**os.environ, "PGPASSWORD": self.password}
+        args = [
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(self.root),
+            "-p",
+            str(self.port),
+            "-U",
+            self.superuser,
+            "-d",
+            database or self.database,
+            "-c",
+            sql,
+        ]
+        proc = subprocess.run([str(PG_BIN / "psql"), *args], capture_output=True, text=True, env=env, check=True)
+        return proc.stdout.strip()
+
+    def restart(self) -> None:
+        self.stop(remove=False)
+        log = open(self.root / "postgres.log", "ab")
+        self.process = subprocess.Popen(
+            [str(PG_BIN / "postgres"), "-D", str(self.data)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            user=self.user.pw_uid,
+            group=self.user.pw_gid,
+        )
+        self._wait_ready()
+
+    def stop(self, remove: bool = True) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> LocalPostgres:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,141 @@
+"""Render the application layer (docker/ templates) from values: a plain function, used at synth
+time for the host (values may be CDKTF tokens) and by the local harness (real values)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stacks.config import DicomModality
+
+DOCKER_DIR = Path(__file__).resolve().parent.parent / "docker"
+
+# orthancteam/orthanc release with Orthanc 1.12 and the PostgreSQL and AWS S3 plugins in the default tag.
+ORTHANC_IMAGE = "orthancteam/orthanc:25.12.3"
+# nginx stable branch; the official image is built with the stream and stream-SSL modules.
+NGINX_IMAGE = "nginx:1.28.0"
+# Fits a large CT/MR study uploaded through the REST API; bulk transfers go over DICOM.
+MAX_BODY_SIZE = "4g"
+# Called "Name" in Orthanc; shown in the UI.
+SITE_LABEL = "Orthweb"
+PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+
+class TemplateError(ValueError):
+    """A template names a value that was not given (or a value is given that no template uses)."""
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    missing = sorted(set(PLACEHOLDER.findall(template)) - set(values))
+    if missing:
+        raise TemplateError(f"no value for {', '.join(missing)}")
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+@dataclass(frozen=True)
+class NginxValues:
+    """Where nginx listens, where it forwards, and where its files live."""
+
+    http_upstream: str = "orthanc:8042"
+    dicom_upstream: str = "orthanc:4242"
+    https_listen: str = "443"
+    dicom_listen: str = "11112"
+    cert_path: str = "/run/secrets/site-cert"
+    key_path: str = "/run/secrets/site-key"
+    pid_path: str = "/var/run/nginx.pid"
+    error_log: str = "/dev/stderr"
+    access_log: str = "/dev/stdout"
+    temp_dir: str = "/var/cache/nginx"
+    user: str = "nginx"
+    load_modules: Sequence[str] = ()
+
+
+def render_nginx(v: NginxValues) -> str:
+    return fill(
+        (DOCKER_DIR / "nginx.conf").read_text(),
+        {
+            "load_modules": "\n".join(f"load_module {m};" for m in v.load_modules),
+            "user_directive": f"user {v.user};" if v.user else "",
+            "pid_path": v.pid_path,
+            "error_log": v.error_log,
+            "access_log": v.access_log,
+            "temp_dir": v.temp_dir,
+            "max_body_size": MAX_BODY_SIZE,
+            "https_listen": v.https_listen,
+            "dicom_listen": v.dicom_listen,
+            "cert_path": v.cert_path,
+            "key_path": v.key_path,
+            "http_upstream": v.http_upstream,
+            "dicom_upstream": v.dicom_upstream,
+        },
+    )
+
+
+@dataclass(frozen=True)
+class OrthancValues:
+    ae_title: str
+    bucket: str
+    region: str
+    modalities: Sequence[DicomModality] = ()
+    dicom_port: int = 4242
+    http_port: int = 8042
+    storage_directory: str = "/var/lib/orthanc/db"
+    extra: dict = field(default_factory=dict)
+
+
+def render_orthanc(v: OrthancValues) -> str:
+    config = json.loads((DOCKER_DIR / "orthanc.json").read_text())
+    config.update(
+        {
+            "Name": SITE_LABEL,
+            "DicomAet": v.ae_title,
+            "DicomPort": v.dicom_port,
+            "HttpPort": v.http_port,
+            "StorageDirectory": v.storage_directory,
+        }
+    )
+    config["DicomModalities"] = {
+        m.aet: {
+            "AET": m.aet,
+            "Host": m.host,
+            "Port": m.port,
+            **{f"Allow{right.capitalize()}": right in m.rights for right in ("echo", "find", "move", "get", "store")},
+        }
+        for m in v.modalities
+    }
+    config["AwsS3Storage"].update({"BucketName": v.bucket, "Region": v.region})
+    config.update(v.extra)
+    return json.dumps(config, indent=2) + "\n"
+
+
+@dataclass(frozen=True)
+class ComposeValues:
+    orthanc_image: str = ORTHANC_IMAGE
+    nginx_image: str = NGINX_IMAGE
+    log_group: str = ""  # empty: Docker's default json-file logging on the host
+    region: str = ""
+
+
+def _logging(v: ComposeValues, service: str) -> str:
+    if not v.log_group:
+        return ""
+    return (
+        "    logging:\n      driver: awslogs\n      options:\n"
+        f'        awslogs-group: "{v.log_group}"\n        awslogs-region: "{v.region}"\n'
+        f'        tag: "{service}/{{{{.ID}}}}"'
+    )
+
+
+def render_compose(v: ComposeValues) -> str:
+    return fill(
+        (DOCKER_DIR / "docker-compose.yml").read_text(),
+        {
+            "orthanc_image": v.orthanc_image,
+            "nginx_image": v.nginx_image,
+            "orthanc_logging": _logging(v, "orthanc"),
+            "nginx_logging": _logging(v, "nginx"),
+        },
+    )
