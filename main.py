@@ -19,16 +19,21 @@ DEFAULT_OUTDIR = "cdktf.out"
 EXIT_CONFIG_ERROR = 2
 
 
-def build_app(config, outdir: str | None = None):
-    """An App holding the Orthweb stack for ``config`` (an ``OrthwebConfig``)."""
+def build_app(config, outdir: str | None = None, state_path: str | None = None):
+    """An App holding the Orthweb stack for ``config`` (an ``OrthwebConfig``).
+
+    ``state_path`` puts Terraform's local state there (the rehearsal keeps it in its own folder).
+    """
     # jsii prints a Node end-of-life banner on every run otherwise.
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
-    from cdktf import App
+    from cdktf import App, LocalBackend
 
     from stacks.orthweb_stack import OrthwebStack
 
     app = App(outdir=outdir) if outdir else App()
-    OrthwebStack(app, config.name, config=config)
+    stack = OrthwebStack(app, config.name, config=config)
+    if state_path:
+        LocalBackend(stack, path=state_path)
     return app
 
 

@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tools.emulator import Emulator
+from tools.hostsim import bootstrap_env, run_bootstrap
 from tools.localpg import PG_BIN, LocalPostgres
 from tools.pki import make_ca, make_server_cert
 from userdata import APP_DB_USER, HostValues, site_env
@@ -90,16 +91,7 @@ def site(tmp_path, emulator, pki):
         f'#!/bin/sh\n# Stand-in for Docker (no engine here): records the call.\necho "$*" >> {tmp_path}/docker-calls\n'
     )
     docker.chmod(0o755)
-    env = {
-        "PATH": f"{fakebin}:/usr/bin:/bin:{PG_BIN}",
-        "HOME": str(tmp_path),
-        "ORTHWEB_ETC": str(etc),
-        "ORTHWEB_RUN": str(run),
-        "ORTHWEB_AWS_ENDPOINT": emulator.endpoint,
-        "RDS_CA_CONTAINER_PATH": str(etc / "rds-ca.pem"),
-        **emulator.client_env(),
-    }
-    env.pop("AWS_ENDPOINT_URL")  # the bootstrap passes the endpoint itself, as Debian's awscli needs
+    env = bootstrap_env(etc, run, emulator, extra_path=[fakebin])
 
     class Site:
         pass
@@ -108,7 +100,7 @@ def site(tmp_path, emulator, pki):
     s.sm, s.arns, s.pg, s.etc, s.run, s.env, s.tmp, s.master_pw = sm, arns, pg, etc, run, env, tmp_path, master_pw
 
     def bootstrap(step: str = "secrets") -> str:
-        proc = subprocess.run(["bash", str(BOOTSTRAP), step], env=s.env, capture_output=True, text=True, timeout=120)
+        proc = run_bootstrap(BOOTSTRAP, step, s.env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout + proc.stderr
 

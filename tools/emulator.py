@@ -45,6 +45,15 @@ class Emulator:
             "AWS_EC2_METADATA_DISABLED": "true",
         }
 
+    def boto_kwargs(self) -> dict[str, str]:
+        """Keyword arguments for ``boto3.client`` talking to the emulator."""
+        return {
+            "region_name": self.region,
+            "endpoint_url": self.endpoint,
+            "aws_access_key_id": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        }
+
     def start(self, timeout: float = 60) -> Emulator:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         server = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")

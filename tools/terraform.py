@@ -59,12 +59,15 @@ class Terraform:
     workdir: Path
     cli_config: Path
     extra_env: Mapping[str, str] | None = None
+    log_dir: Path | None = None
 
     @classmethod
-    def offline(cls, workdir: Path, scratch: Path, extra_env: Mapping[str, str] | None = None) -> Terraform:
+    def offline(
+        cls, workdir: Path, scratch: Path, extra_env: Mapping[str, str] | None = None, log_dir: Path | None = None
+    ) -> Terraform:
         if not shutil.which("terraform"):
             raise TerraformError("terraform is not on PATH (install Terraform 1.11: see README)")
-        return cls(workdir, write_cli_config(scratch, find_mirror()), extra_env)
+        return cls(workdir, write_cli_config(scratch, find_mirror()), extra_env, log_dir)
 
     def env(self) -> dict[str, str]:
         env = {
@@ -81,9 +84,14 @@ class Terraform:
         proc = subprocess.run(
             ["terraform", *args], cwd=self.workdir, env=self.env(), capture_output=True, text=True, timeout=timeout
         )
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.log_dir / f"terraform-{args[0]}.log", "a") as log:
+                log.write(f"$ terraform {' '.join(args)}\n{proc.stdout}\n{proc.stderr}\nexit {proc.returncode}\n")
         if check and proc.returncode != 0:
             raise TerraformError(
-                f"terraform {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+                f"terraform {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}\n"
+                f"--- last output ---\n{proc.stdout[-2000:]}"
             )
         return proc
 
