@@ -15,7 +15,7 @@ PY := .venv/bin/python
 # config, and the bootstrap against the emulator (awscli v2, PostgreSQL 15 with TLS, openssl).
 APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose awscli postgresql-15 openssl
 
-.PHONY: synth test setup setup-dev system-deps lint typecheck pytest cli diff deploy destroy output clean
+.PHONY: security rehearsal synth test setup setup-dev system-deps lint typecheck pytest cli diff deploy destroy output clean
 
 ## synth: install runtime dependencies and synthesize cdktf.out/stacks/<name> (no AWS account needed)
 synth: setup
@@ -56,6 +56,14 @@ typecheck:
 pytest:
 	mkdir -p build
 	$(PY) -m pytest --junitxml=build/junit.xml $(PYTEST_ARGS)
+
+## security: checkov (own virtualenv) + custom policies on the default and prod stacks and the plan
+security: setup-dev
+	$(PY) -m tools.security
+
+## rehearsal: deploy to the AWS API emulator with real Terraform, check, plan again, destroy
+rehearsal: setup-dev system-deps
+	$(PY) -m tools.rehearsal
 
 ## cli: the pinned CDKTF CLI (npm), for diff/deploy/destroy
 cli: node_modules/.package-lock.json

@@ -8,10 +8,15 @@ from dataclasses import dataclass
 from cdktf_cdktf_provider_aws.db_instance import DbInstance
 from cdktf_cdktf_provider_aws.db_parameter_group import DbParameterGroup, DbParameterGroupParameter
 from cdktf_cdktf_provider_aws.db_subnet_group import DbSubnetGroup
+from cdktf_cdktf_provider_aws.iam_role import IamRole
+from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 from cdktf_cdktf_provider_aws.security_group import SecurityGroup
 from cdktf_cdktf_provider_aws.vpc_security_group_egress_rule import VpcSecurityGroupEgressRule
 from cdktf_cdktf_provider_aws.vpc_security_group_ingress_rule import VpcSecurityGroupIngressRule
 from constructs import Construct
+
+from modules.logs import encrypted_log_group
+from modules.policy import assume_role_policy
 
 # Major version only, with automatic minor upgrades: RDS applies security patches itself and
 # Terraform accepts the prefix, so a minor upgrade by AWS causes no perpetual diff.
@@ -22,6 +27,12 @@ DB_NAME = "orthanc"
 MASTER_USERNAME = "orthweb_admin"
 # Named explicitly (it is also RDS's default today) so the host's embedded CA always matches.
 CA_CERT_IDENTIFIER = "rds-ca-rsa2048-g1"
+# Server and upgrade logs only: with the settings below they carry no statement text.
+EXPORTED_LOGS = ("postgresql", "upgrade")
+ENHANCED_MONITORING_SECONDS = 60
+ENHANCED_MONITORING_POLICY = "AmazonRDSEnhancedMonitoringRole"
+# Performance Insights keeps 7 days at no charge.
+PERFORMANCE_INSIGHTS_FREE_DAYS = 7
 # No statement text in server logs: statements carry patient names and IDs (PHI).
 NO_PHI_LOGGING = {
     "rds.force_ssl": "1",
@@ -36,6 +47,7 @@ NO_PHI_LOGGING = {
 @dataclass(frozen=True)
 class DatabaseProps:
     name: str
+    partition: str
     vpc_id: str
     subnet_ids: Sequence[str]
     key_arn: str
@@ -44,6 +56,8 @@ class DatabaseProps:
     max_allocated_storage_gb: int
     multi_az: bool
     backup_retention_days: int
+    deletion_protection: bool
+    log_retention_days: int
     prod: bool
 
 
@@ -53,8 +67,9 @@ class Database(Construct):
     Secure defaults: storage and the master secret encrypted with the site key; the master password
     generated and kept by RDS in Secrets Manager (never in Terraform state); TLS forced
     (``rds.force_ssl``); no statement logging; not publicly accessible; no ingress until a client
-    security group is allowed; backups kept 7+ days with tags copied to snapshots; in prod,
-    deletion protection, a final snapshot with a stable name, and automated backups kept.
+    security group is allowed; backups kept 7+ days with tags copied to snapshots; deletion
+    protection on; Performance Insights and exported logs encrypted with the site key; enhanced
+    monitoring; in prod, a final snapshot with a stable name and automated backups kept.
     """
 
     def __init__(self, scope: Construct, id_: str, *, props: DatabaseProps):
@@ -79,6 +94,29 @@ class Database(Construct):
                 )
                 for k, v in NO_PHI_LOGGING.items()
             ],
+        )
+        # RDS writes exported logs into these groups when they exist: encrypted, with finite retention.
+        self.log_groups = {
+            log: encrypted_log_group(
+                self,
+                f"{log}-logs",
+                name=f"/aws/rds/instance/{props.name}-db/{log}",
+                key_arn=props.key_arn,
+                retention_days=props.log_retention_days,
+            )
+            for log in EXPORTED_LOGS
+        }
+        self.monitoring_role = IamRole(
+            self,
+            "monitoring-role",
+            name=f"{props.name}-rds-monitoring",
+            assume_role_policy=assume_role_policy(self, "monitoring-trust", "monitoring.rds.amazonaws.com").json,
+        )
+        IamRolePolicyAttachment(
+            self,
+            "monitoring-policy",
+            role=self.monitoring_role.name,
+            policy_arn=f"arn:{props.partition}:iam::aws:policy/service-role/{ENHANCED_MONITORING_POLICY}",
         )
         self.instance = DbInstance(
             self,
@@ -107,7 +145,14 @@ class Database(Construct):
             iam_database_authentication_enabled=True,
             backup_retention_period=props.backup_retention_days,
             copy_tags_to_snapshot=True,
-            deletion_protection=props.prod,
+            deletion_protection=props.deletion_protection,
+            performance_insights_enabled=True,
+            performance_insights_kms_key_id=props.key_arn,
+            performance_insights_retention_period=PERFORMANCE_INSIGHTS_FREE_DAYS,
+            monitoring_interval=ENHANCED_MONITORING_SECONDS,
+            monitoring_role_arn=self.monitoring_role.arn,
+            enabled_cloudwatch_logs_exports=list(EXPORTED_LOGS),
+            depends_on=list(self.log_groups.values()),
             skip_final_snapshot=not props.prod,
             final_snapshot_identifier=f"{props.name}-db-final" if props.prod else None,
             delete_automated_backups=not props.prod,

@@ -30,6 +30,12 @@ HTTPS_PORT = 443
 DICOM_TLS_PORT = 11112
 # Containers reach IMDS through the Docker bridge: one extra hop.
 IMDS_HOP_LIMIT = 2
+IMDS_V2_ONLY = {
+    "http_endpoint": "enabled",
+    "http_tokens": "required",
+    "http_put_response_hop_limit": IMDS_HOP_LIMIT,
+    "instance_metadata_tags": "disabled",
+}
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class HostProps:
     subnet_id: str
     instance_type: str
     instance_profile_arn: str
+    instance_profile_name: str
     key_arn: str
     root_volume_gb: int
     web_client_cidrs: Sequence[str]
@@ -47,6 +54,7 @@ class HostProps:
     eip_allocation_id: str
     ami_id: str = ""
     ssh_public_key: str = ""
+    instance_monitoring: bool = True
 
 
 class Host(Construct):
@@ -107,12 +115,7 @@ class Host(Construct):
             update_default_version=True,
             ebs_optimized="true",
             iam_instance_profile={"arn": props.instance_profile_arn},
-            metadata_options={
-                "http_endpoint": "enabled",
-                "http_tokens": "required",
-                "http_put_response_hop_limit": IMDS_HOP_LIMIT,
-                "instance_metadata_tags": "disabled",
-            },
+            metadata_options=IMDS_V2_ONLY,
             monitoring={"enabled": True},
             block_device_mappings=[
                 LaunchTemplateBlockDeviceMappings(
@@ -126,12 +129,13 @@ class Host(Construct):
                     ),
                 )
             ],
-            # A public address from launch, so first-boot downloads do not wait for the Elastic IP.
+            # No public address of its own: the site's Elastic IP is the only one (the bootstrap waits
+            # for it before downloading anything).
             network_interfaces=[
                 LaunchTemplateNetworkInterfaces(
                     device_index=0,
                     subnet_id=props.subnet_id,
-                    associate_public_ip_address="true",
+                    associate_public_ip_address="false",
                     delete_on_termination="true",
                     security_groups=[self.security_group.id],
                 )
@@ -149,6 +153,20 @@ class Host(Construct):
             launch_template={
                 "id": self.launch_template.id,
                 "version": Fn.tostring(self.launch_template.latest_version),
+            },
+            # Stated on the instance as well: the instance's own settings are what EC2 (and every
+            # scanner) reports, whatever the template said at launch.
+            metadata_options=IMDS_V2_ONLY,
+            iam_instance_profile=props.instance_profile_name,
+            # None leaves it to the template (the emulator has no MonitorInstances API).
+            monitoring=True if props.instance_monitoring else None,
+            ebs_optimized=True,
+            root_block_device={
+                "volume_type": "gp3",
+                "volume_size": props.root_volume_gb,
+                "encrypted": True,
+                "kms_key_id": props.key_arn,
+                "delete_on_termination": True,
             },
         )
         self.eip_association = EipAssociation(

@@ -9,7 +9,7 @@ from cdktf_cdktf_provider_aws.kms_key import KmsKey
 from constructs import Construct
 
 from modules.account import Account
-from modules.policy import Statement, policy_document
+from modules.policy import Statement, resource_policy_json
 
 # Key administration and use for the account's IAM principals, spelled out so no statement
 # carries a bare "kms:*" (IAM policies still decide which principal may do what).
@@ -44,6 +44,7 @@ class SiteKeyProps:
     name: str
     account: Account
     deletion_window_days: int = 30
+    allow_cloudtrail: bool = False
 
 
 class SiteKey(Construct):
@@ -56,36 +57,57 @@ class SiteKey(Construct):
     def __init__(self, scope: Construct, id_: str, *, props: SiteKeyProps):
         super().__init__(scope, id_)
         acct = props.account
-        policy = policy_document(
-            self,
-            "policy",
-            [
+        statements = [
+            Statement(
+                sid="AccountAdministersAndDelegates",
+                actions=ACCOUNT_KEY_ACTIONS,
+                principals={"AWS": [f"arn:{acct.partition}:iam::{acct.account_id}:root"]},
+            ),
+            Statement(
+                sid="CloudWatchLogsUse",
+                actions=LOGS_KEY_ACTIONS,
+                principals={"Service": [f"logs.{acct.region}.amazonaws.com"]},
+                conditions=[
+                    (
+                        "ArnLike",
+                        "kms:EncryptionContext:aws:logs:arn",
+                        [f"arn:{acct.partition}:logs:{acct.region}:{acct.account_id}:log-group:*"],
+                    )
+                ],
+            ),
+        ]
+        if props.allow_cloudtrail:
+            statements.append(
                 Statement(
-                    sid="AccountAdministersAndDelegates",
-                    actions=ACCOUNT_KEY_ACTIONS,
-                    principals={"AWS": [f"arn:{acct.partition}:iam::{acct.account_id}:root"]},
-                ),
-                Statement(
-                    sid="CloudWatchLogsUse",
-                    actions=LOGS_KEY_ACTIONS,
-                    principals={"Service": [f"logs.{acct.region}.amazonaws.com"]},
+                    sid="CloudTrailEncryptsLogs",
+                    actions=["kms:GenerateDataKey*", "kms:DescribeKey"],
+                    principals={"Service": ["cloudtrail.amazonaws.com"]},
                     conditions=[
                         (
-                            "ArnLike",
-                            "kms:EncryptionContext:aws:logs:arn",
-                            [f"arn:{acct.partition}:logs:{acct.region}:{acct.account_id}:log-group:*"],
+                            "StringLike",
+                            "kms:EncryptionContext:aws:cloudtrail:arn",
+                            [f"arn:{acct.partition}:cloudtrail:*:{acct.account_id}:trail/*"],
                         )
                     ],
-                ),
-            ],
-        )
+                )
+            )
+            # Publishing to the trail's encrypted SNS topic.
+            statements.append(
+                Statement(
+                    sid="CloudTrailPublishesToEncryptedTopic",
+                    actions=["kms:GenerateDataKey*", "kms:Decrypt"],
+                    principals={"Service": ["cloudtrail.amazonaws.com"]},
+                    conditions=[("StringEquals", "aws:SourceAccount", [acct.account_id])],
+                )
+            )
+        policy = resource_policy_json(statements)
         self.key = KmsKey(
             self,
             "key",
             description=f"{props.name}: Orthweb site data key",
             enable_key_rotation=True,
             deletion_window_in_days=props.deletion_window_days,
-            policy=policy.json,
+            policy=policy,
         )
         # Stateful: every encrypted byte depends on this key; keep the logical ID stable.
         self.key.override_logical_id("site_key")

@@ -36,6 +36,7 @@ MIN_DB_SUBNET_AZS = 2
 # Each subnet takes 1/16 of the VPC: room for 8 public and 8 private subnets.
 SUBNET_EXTRA_BITS = 4
 PRIVATE_SUBNET_OFFSET = 8
+AZ_LETTERS = "abcdef"
 
 
 def subnet_cidrs(vpc_cidr: str, count: int, offset: int = 0) -> list[str]:
@@ -82,7 +83,13 @@ class Network(Construct):
             self,
             "azs",
             state="available",
-            filter=[DataAwsAvailabilityZonesFilter(name="opt-in-status", values=["opt-in-not-required"])],
+            filter=[
+                DataAwsAvailabilityZonesFilter(name="opt-in-status", values=["opt-in-not-required"]),
+                # An allowlist of the region's lettered zones: a zone AWS adds later cannot move subnets.
+                DataAwsAvailabilityZonesFilter(
+                    name="zone-name", values=[f"{props.account.region}{letter}" for letter in AZ_LETTERS]
+                ),
+            ],
         )
 
         def az(i: int) -> str:

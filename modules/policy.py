@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -50,6 +51,33 @@ def policy_document(scope: Construct, id_: str, statements: Sequence[Statement])
             for s in statements
         ],
     )
+
+
+def resource_policy_json(statements: Sequence[Statement]) -> str:
+    """A resource policy (key or bucket policy) as JSON text; CDKTF tokens stay Terraform references.
+
+    Resource policies are written out rather than built with ``aws_iam_policy_document``: that data
+    source is for identity policies, and scanners judge it as one (a key policy's ``"Resource": "*"``
+    means "this key", not "everything").
+    """
+
+    def compact(values: Sequence[str]) -> str | list[str]:
+        # AWS's own canonical form: a single value is a string (some tools read only that form).
+        return values[0] if len(values) == 1 else list(values)
+
+    def one(s: Statement) -> dict:
+        out: dict = {"Effect": s.effect, "Action": compact(s.actions), "Resource": compact(s.resources)}
+        if s.sid:
+            out = {"Sid": s.sid, **out}
+        if s.principals:
+            out["Principal"] = {kind: compact(ids) for kind, ids in s.principals.items()}
+        if s.conditions:
+            out["Condition"] = {}
+            for test, variable, values in s.conditions:
+                out["Condition"].setdefault(test, {})[variable] = compact(values)
+        return out
+
+    return json.dumps({"Version": "2012-10-17", "Statement": [one(s) for s in statements]})
 
 
 def assume_role_policy(

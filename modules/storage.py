@@ -15,6 +15,8 @@ from cdktf_cdktf_provider_aws.s3_bucket_lifecycle_configuration import (
     S3BucketLifecycleConfigurationRuleTransition,
 )
 from cdktf_cdktf_provider_aws.s3_bucket_logging import S3BucketLoggingA
+from cdktf_cdktf_provider_aws.s3_bucket_notification import S3BucketNotification
+from cdktf_cdktf_provider_aws.s3_bucket_object_lock_configuration import S3BucketObjectLockConfigurationA
 from cdktf_cdktf_provider_aws.s3_bucket_ownership_controls import S3BucketOwnershipControls
 from cdktf_cdktf_provider_aws.s3_bucket_policy import S3BucketPolicy
 from cdktf_cdktf_provider_aws.s3_bucket_public_access_block import S3BucketPublicAccessBlock
@@ -29,9 +31,10 @@ from cdktf_cdktf_provider_aws.s3_bucket_versioning import S3BucketVersioningA
 from constructs import Construct
 
 from modules.account import Account
-from modules.policy import Statement, policy_document
+from modules.policy import Statement, resource_policy_json
 
 ABORT_INCOMPLETE_UPLOAD_DAYS = 7
+TRAIL_PREFIX = "cloudtrail"
 INTELLIGENT_TIERING_AFTER_DAYS = 30
 # Access logs are written once; a replaced log object version has no value after a week.
 LOG_NONCURRENT_DAYS = 7
@@ -46,6 +49,8 @@ class StorageProps:
     noncurrent_version_expiration_days: int
     log_retention_days: int
     intelligent_tiering: bool = False
+    object_lock_days: int = 0
+    cloudtrail: bool = False
 
 
 def _deny_insecure_transport(bucket: S3Bucket) -> Statement:
@@ -54,7 +59,8 @@ def _deny_insecure_transport(bucket: S3Bucket) -> Statement:
         effect="Deny",
         actions=["s3:*"],
         resources=[bucket.arn, f"{bucket.arn}/*"],
-        principals={"*": ["*"]},
+        # Equivalent to "Principal": "*" for AWS; the emulator's log-delivery check mis-parses that form.
+        principals={"AWS": ["*"]},
         conditions=[("Bool", "aws:SecureTransport", ["false"])],
     )
 
@@ -80,42 +86,72 @@ class Storage(Construct):
         # Stateful: renaming this logical ID would make Terraform destroy the DICOM files.
         self.bucket.override_logical_id("dicom_bucket")
 
+        self.versioning: dict[str, S3BucketVersioningA] = {}
         self._protect(self.log_bucket, "log", sse=EncryptionDefault(sse_algorithm="AES256"))
         self._protect(
             self.bucket, "dicom", sse=EncryptionDefault(sse_algorithm="aws:kms", kms_master_key_id=props.key_arn)
         )
 
-        log_prefix = f"s3-access/{props.name}-dicom/"
-        self.log_bucket_policy = S3BucketPolicy(
-            self,
-            "log-policy",
-            bucket=self.log_bucket.id,
-            policy=policy_document(
+        if props.object_lock_days:
+            # Governance mode: every object version is kept for the period; an administrator with
+            # s3:BypassGovernanceRetention can still remove one (compliance mode would forbid even that).
+            S3BucketObjectLockConfigurationA(
                 self,
-                "log-policy-doc",
-                [
-                    _deny_insecure_transport(self.log_bucket),
-                    Statement(
-                        sid="S3ServerAccessLogs",
-                        actions=["s3:PutObject"],
-                        resources=[f"{self.log_bucket.arn}/{log_prefix}*"],
-                        principals={"Service": ["logging.s3.amazonaws.com"]},
-                        conditions=[
-                            ("ArnLike", "aws:SourceArn", [self.bucket.arn]),
-                            ("StringEquals", "aws:SourceAccount", [props.account.account_id]),
-                        ],
-                    ),
+                "dicom-object-lock",
+                bucket=self.bucket.id,
+                object_lock_enabled="Enabled",
+                rule={"default_retention": {"mode": "GOVERNANCE", "days": props.object_lock_days}},
+                depends_on=[self.versioning["dicom"]],
+            )
+        log_prefix = f"s3-access/{props.name}-dicom/"
+        log_statements = [
+            _deny_insecure_transport(self.log_bucket),
+            Statement(
+                sid="S3ServerAccessLogs",
+                actions=["s3:PutObject"],
+                resources=[f"{self.log_bucket.arn}/{log_prefix}*"],
+                principals={"Service": ["logging.s3.amazonaws.com"]},
+                conditions=[
+                    ("ArnLike", "aws:SourceArn", [self.bucket.arn]),
+                    ("StringEquals", "aws:SourceAccount", [props.account.account_id]),
                 ],
-            ).json,
+            ),
+        ]
+        if props.cloudtrail:
+            from_trails = [("StringEquals", "aws:SourceAccount", [props.account.account_id])]
+            log_statements += [
+                Statement(
+                    sid="CloudTrailAclCheck",
+                    actions=["s3:GetBucketAcl"],
+                    resources=[self.log_bucket.arn],
+                    principals={"Service": ["cloudtrail.amazonaws.com"]},
+                    conditions=from_trails,
+                ),
+                Statement(
+                    sid="CloudTrailWrite",
+                    actions=["s3:PutObject"],
+                    resources=[f"{self.log_bucket.arn}/{TRAIL_PREFIX}/AWSLogs/{props.account.account_id}/*"],
+                    principals={"Service": ["cloudtrail.amazonaws.com"]},
+                    conditions=from_trails,
+                ),
+            ]
+        self.log_bucket_policy = S3BucketPolicy(
+            self, "log-policy", bucket=self.log_bucket.id, policy=resource_policy_json(log_statements)
         )
         self.bucket_policy = S3BucketPolicy(
             self,
             "dicom-policy",
             bucket=self.bucket.id,
-            policy=policy_document(self, "dicom-policy-doc", [_deny_insecure_transport(self.bucket)]).json,
+            policy=resource_policy_json([_deny_insecure_transport(self.bucket)]),
         )
         S3BucketLoggingA(
-            self, "dicom-logging", bucket=self.bucket.id, target_bucket=self.log_bucket.id, target_prefix=log_prefix
+            self,
+            "dicom-logging",
+            bucket=self.bucket.id,
+            target_bucket=self.log_bucket.id,
+            target_prefix=log_prefix,
+            # S3 checks the target bucket grants the logging service access when logging is switched on.
+            depends_on=[self.log_bucket_policy],
         )
 
         every_object = [S3BucketLifecycleConfigurationRuleFilter(prefix="")]
@@ -188,7 +224,9 @@ class Storage(Construct):
                 )
             ],
         )
-        S3BucketVersioningA(self, f"{id_}-versioning", bucket=bucket.id, versioning_configuration={"status": "Enabled"})
+        self.versioning[id_] = S3BucketVersioningA(
+            self, f"{id_}-versioning", bucket=bucket.id, versioning_configuration={"status": "Enabled"}
+        )
         S3BucketPublicAccessBlock(
             self,
             f"{id_}-public-access-block",
@@ -198,6 +236,9 @@ class Storage(Construct):
             ignore_public_acls=True,
             restrict_public_buckets=True,
         )
+        # Object events on the default EventBridge bus (no charge for S3 to publish them): rules can
+        # alert on deletions or feed a downstream pipeline without touching the bucket again.
+        S3BucketNotification(self, f"{id_}-events", bucket=bucket.id, eventbridge=True)
         S3BucketOwnershipControls(
             self, f"{id_}-ownership", bucket=bucket.id, rule={"object_ownership": "BucketOwnerEnforced"}
         )

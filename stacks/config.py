@@ -113,9 +113,13 @@ class OrthwebConfig:
     db_max_allocated_storage_gb: int = 100  # Ceiling for RDS storage autoscaling.
     db_multi_az: bool | None = None  # RDS Multi-AZ; empty means on in prod, off elsewhere.
     db_backup_retention_days: int = 7  # RDS automated backup retention, 7-35 days.
+    db_deletion_protection: bool = True  # Refuse to delete the database (turn off before destroying a dev site).
     noncurrent_version_expiration_days: int = 90  # Days before replaced/deleted DICOM object versions expire.
     intelligent_tiering: bool = False  # Move DICOM objects to S3 Intelligent-Tiering after 30 days.
     log_retention_days: int = 365  # CloudWatch retention for flow logs and container logs.
+    cloudtrail: bool = False  # A CloudTrail trail with S3 data events for the DICOM bucket (~$0.10 per 100k calls).
+    object_lock_days: int = 0  # S3 Object Lock (governance) default retention in days; 0 is off. Locks every version.
+    backup_retention_days: int = 0  # Daily AWS Backup of the database kept this long; 0 is off (snapshot storage cost).
     unique_suffix: bool = False  # Append a random suffix to names (needs the random provider).
     tags: tuple[tuple[str, str], ...] = ()  # Extra tags on every resource, as key=value pairs.
     site_name: str = ""  # Optional DNS name of the site, added to the certificate's names.
@@ -205,6 +209,8 @@ def _problems(c: OrthwebConfig):  # noqa: C901 - one flat list of rules reads be
     if c.db_multi_az not in (None, True, False):
         yield _allowed("db_multi_az", c.db_multi_az, "true, false, or empty (on in prod)")
     yield from _int_range("db_backup_retention_days", c.db_backup_retention_days, 7, 35)
+    yield from _int_range("object_lock_days", c.object_lock_days, 0, 36500)
+    yield from _int_range("backup_retention_days", c.backup_retention_days, 0, 36500)
     yield from _int_range("noncurrent_version_expiration_days", c.noncurrent_version_expiration_days, 1, 3650)
     if c.log_retention_days not in LOG_RETENTION_DAYS:
         yield _allowed("log_retention_days", c.log_retention_days, ", ".join(map(str, LOG_RETENTION_DAYS)))

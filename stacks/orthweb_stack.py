@@ -8,6 +8,7 @@ from constructs import Construct
 
 from modules.access import HostAccess, HostAccessProps
 from modules.account import Account
+from modules.audit import BackupProps, DatabaseBackup, DataEventTrail, TrailProps
 from modules.database import DB_NAME, POSTGRES_PORT, Database, DatabaseProps
 from modules.host import DICOM_TLS_PORT, Host, HostProps
 from modules.key import SiteKey, SiteKeyProps
@@ -22,25 +23,27 @@ EMULATED_SERVICES = ("ec2", "s3", "rds", "iam", "kms", "secretsmanager", "sts", 
 EMULATOR_ACCESS_KEY = "emulator-placeholder"
 
 
+def emulator_provider_settings(endpoint: str) -> dict:
+    """AWS provider settings that send every call to the emulator (provider argument names)."""
+    return {
+        "access_key": EMULATOR_ACCESS_KEY,
+        "secret_key": EMULATOR_ACCESS_KEY,
+        "skip_credentials_validation": True,
+        "skip_requesting_account_id": True,
+        "skip_metadata_api_check": "true",
+        "skip_region_validation": True,
+        "s3_use_path_style": True,
+        "endpoints": [{service: endpoint for service in EMULATED_SERVICES}],
+    }
+
+
 def _provider(stack: TerraformStack, config: OrthwebConfig) -> AwsProvider:
     default_tags = [AwsProviderDefaultTags(tags=config.tag_map)]
     if config.target != "emulator":
         return AwsProvider(stack, "aws", region=config.region, default_tags=default_tags)
-    endpoint = config.emulator_endpoint
-    return AwsProvider(
-        stack,
-        "aws",
-        region=config.region,
-        default_tags=default_tags,
-        access_key=EMULATOR_ACCESS_KEY,
-        secret_key=EMULATOR_ACCESS_KEY,
-        skip_credentials_validation=True,
-        skip_requesting_account_id=True,
-        skip_metadata_api_check="true",
-        skip_region_validation=True,
-        s3_use_path_style=True,
-        endpoints=[AwsProviderEndpoints(**{service: endpoint for service in EMULATED_SERVICES})],
-    )
+    settings = emulator_provider_settings(config.emulator_endpoint)
+    settings["endpoints"] = [AwsProviderEndpoints(**e) for e in settings["endpoints"]]
+    return AwsProvider(stack, "aws", region=config.region, default_tags=default_tags, **settings)
 
 
 class OrthwebStack(TerraformStack):
@@ -52,7 +55,9 @@ class OrthwebStack(TerraformStack):
         _provider(self, config)
         name = self._name(config)
         account = Account(self, "account")
-        self.key = SiteKey(self, "key", props=SiteKeyProps(name=name, account=account))
+        self.key = SiteKey(
+            self, "key", props=SiteKeyProps(name=name, account=account, allow_cloudtrail=config.cloudtrail)
+        )
         self.network = Network(
             self,
             "network",
@@ -77,6 +82,8 @@ class OrthwebStack(TerraformStack):
                 noncurrent_version_expiration_days=config.noncurrent_version_expiration_days,
                 log_retention_days=config.log_retention_days,
                 intelligent_tiering=config.intelligent_tiering,
+                object_lock_days=config.object_lock_days,
+                cloudtrail=config.cloudtrail,
             ),
         )
         self.database = Database(
@@ -92,6 +99,9 @@ class OrthwebStack(TerraformStack):
                 max_allocated_storage_gb=config.db_max_allocated_storage_gb,
                 multi_az=config.multi_az,
                 backup_retention_days=config.db_backup_retention_days,
+                deletion_protection=config.db_deletion_protection,
+                log_retention_days=config.log_retention_days,
+                partition=account.partition,
                 prod=config.is_prod,
             ),
         )
@@ -117,6 +127,9 @@ class OrthwebStack(TerraformStack):
                 subnet_id=self.network.public_subnets[0].id,
                 instance_type=config.instance_type,
                 instance_profile_arn=self.access.instance_profile.arn,
+                instance_profile_name=self.access.instance_profile.name,
+                # The AWS API emulator does not implement MonitorInstances; the template still asks for it.
+                instance_monitoring=config.target != "emulator",
                 key_arn=self.key.arn,
                 root_volume_gb=config.root_volume_gb,
                 web_client_cidrs=config.web_client_cidrs,
@@ -128,6 +141,7 @@ class OrthwebStack(TerraformStack):
             ),
         )
         self.database.allow_client("host", self.host.security_group.id)
+        self._optional_extras(config, name, account)
         self._outputs(account)
 
     def _name(self, config: OrthwebConfig) -> str:
@@ -140,6 +154,34 @@ class OrthwebStack(TerraformStack):
         RandomProvider(self, "random")
         suffix = Id(self, "name-suffix", byte_length=3)
         return f"{config.name}-{suffix.hex}"
+
+    def _optional_extras(self, config: OrthwebConfig, name: str, account: Account) -> None:
+        if config.cloudtrail:
+            self.trail = DataEventTrail(
+                self,
+                "trail",
+                props=TrailProps(
+                    name=name,
+                    account=account,
+                    key_arn=self.key.arn,
+                    log_bucket_name=self.storage.log_bucket.bucket,
+                    dicom_bucket_arn=self.storage.bucket.arn,
+                    log_retention_days=config.log_retention_days,
+                ),
+            )
+            self.trail.trail.node.add_dependency(self.storage.log_bucket_policy)
+        if config.backup_retention_days:
+            self.backup = DatabaseBackup(
+                self,
+                "backup",
+                props=BackupProps(
+                    name=name,
+                    key_arn=self.key.arn,
+                    database_arn=self.database.instance.arn,
+                    retention_days=config.backup_retention_days,
+                    partition=account.partition,
+                ),
+            )
 
     def _host_values(self, config: OrthwebConfig, account: Account) -> HostValues:
         eip = self.network.site_eip

@@ -23,6 +23,14 @@ PROFILES: dict[str, dict[str, Any]] = {
     "prod": {"environment": "prod"},
     "az3": {"az_count": 3, "interface_endpoints": ("ssm", "secretsmanager")},
 }
+# Every optional extra switched on (validated and scanned, not planned).
+EXTRAS: dict[str, Any] = {
+    "environment": "prod",
+    "cloudtrail": True,
+    "object_lock_days": 30,
+    "backup_retention_days": 35,
+    "intelligent_tiering": True,
+}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -79,7 +87,7 @@ def synth_profile(tmp_path_factory):
 
     def get(profile: str) -> Synth:
         if profile not in cache:
-            config = OrthwebConfig(**PROFILES[profile])
+            config = OrthwebConfig(**({**PROFILES, "extras": EXTRAS})[profile])
             outdir = tmp_path_factory.mktemp(f"synth-{profile}")
             cache[profile] = Synth(synth_json(config, outdir), outdir, config)
         return cache[profile]

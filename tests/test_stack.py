@@ -19,9 +19,11 @@ def test_key_rotation_and_logs_statement(default_stack):
     key = default_stack.one("aws_kms_key")
     assert key["enable_key_rotation"] is True
     assert key["deletion_window_in_days"] == 30
-    logs = [s for s in statements(default_stack, "key_policy") if s.get("sid") == "CloudWatchLogsUse"]
-    assert logs and logs[0]["principals"][0]["identifiers"][0].startswith("logs.")
-    assert logs[0]["condition"][0]["variable"] == "kms:EncryptionContext:aws:logs:arn"
+    policy = json.loads(key["policy"])
+    logs = [s for s in policy["Statement"] if s.get("Sid") == "CloudWatchLogsUse"]
+    assert logs and logs[0]["Principal"]["Service"].startswith("logs.")
+    assert list(logs[0]["Condition"]["ArnLike"]) == ["kms:EncryptionContext:aws:logs:arn"]
+    assert all(a != "kms:*" for s in policy["Statement"] for a in s["Action"])
 
 
 def test_every_encrypted_resource_uses_the_site_key(default_stack):
@@ -92,15 +94,14 @@ def test_buckets_are_private_versioned_tls_only(default_stack, prod_stack):
     for versioning in default_stack.resources("aws_s3_bucket_versioning").values():
         assert versioning["versioning_configuration"]["status"] == "Enabled"
     for name in ("dicom", "log"):
-        doc = statements(default_stack, f"{name}-policy-doc")
-        deny = [s for s in doc if s["effect"] == "Deny"]
-        assert deny and deny[0]["condition"][0] == {
-            "test": "Bool",
-            "variable": "aws:SecureTransport",
-            "values": ["false"],
-        }
+        bucket_policy = next(p for k, p in default_stack.resources("aws_s3_bucket_policy").items() if name in k)
+        deny = [s for s in json.loads(bucket_policy["policy"])["Statement"] if s["Effect"] == "Deny"]
+        assert deny and deny[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        assert deny[0]["Principal"] == {"AWS": "*"} and deny[0]["Action"] == "s3:*"
     logging = default_stack.one("aws_s3_bucket_logging")
     assert logging["target_bucket"] == "${aws_s3_bucket.log_bucket.id}"
+    # S3 refuses to switch logging on before the log bucket's policy admits the logging service.
+    assert any(dep.startswith("aws_s3_bucket_policy.storage_log-policy") for dep in logging["depends_on"])
     assert default_stack.resources("aws_s3_bucket")["dicom_bucket"]["force_destroy"] is True
     assert prod_stack.resources("aws_s3_bucket")["dicom_bucket"]["force_destroy"] is False
     assert default_stack.resources("aws_s3_bucket")["dicom_bucket"]["bucket_prefix"] == "orthweb-dicom-"
@@ -137,7 +138,13 @@ def test_database_defaults_and_prod(default_stack, prod_stack):
     assert "password" not in db and "master_password" not in db
     assert db["storage_encrypted"] is True and db["publicly_accessible"] is False
     assert db["backup_retention_period"] >= 7 and db["copy_tags_to_snapshot"] is True
-    assert db["deletion_protection"] is False and db["skip_final_snapshot"] is True and db["multi_az"] is False
+    assert db["deletion_protection"] is True, "on by default in every environment"
+    assert db["skip_final_snapshot"] is True and db["multi_az"] is False
+    assert db["performance_insights_kms_key_id"] == "${aws_kms_key.site_key.arn}"
+    assert db["monitoring_interval"] == 60 and db["monitoring_role_arn"].startswith(
+        "${aws_iam_role.database_monitoring"
+    )
+    assert db["enabled_cloudwatch_logs_exports"] == ["postgresql", "upgrade"]
     prod = prod_stack.one("aws_db_instance")
     assert prod["deletion_protection"] is True and prod["skip_final_snapshot"] is False
     assert prod["final_snapshot_identifier"] == "orthweb-db-final"
@@ -166,7 +173,7 @@ def test_host_hardening(default_stack):
     assert lt["metadata_options"]["http_tokens"] == "required"
     assert lt["metadata_options"]["http_put_response_hop_limit"] == 2
     assert lt["monitoring"] == {"enabled": True}
-    assert lt["network_interfaces"][0]["associate_public_ip_address"] == "true"
+    assert lt["network_interfaces"][0]["associate_public_ip_address"] == "false", "the Elastic IP is the only address"
     assert "key_name" not in lt, "no SSH key pair unless the user supplies a public key"
     ami = default_stack.data_sources("aws_ssm_parameter")
     assert [a["name"] for a in ami.values()] == [AL2023_AMI_PARAMETER]
@@ -221,8 +228,10 @@ def test_host_role_least_privilege(default_stack):
     assert host["ReadSecrets"]["resources"][0] == "${aws_db_instance.database.master_user_secret[0].secret_arn}"
     assert host["WriteAppSecrets"]["actions"] == ["secretsmanager:PutSecretValue"]
     assert host["UseSiteKey"]["resources"] == ["${aws_kms_key.site_key.arn}"]
-    attachment = default_stack.one("aws_iam_role_policy_attachment")
-    assert attachment["policy_arn"].endswith(":iam::aws:policy/AmazonSSMManagedInstanceCore")
+    attachments = {
+        a["policy_arn"].rsplit("/", 1)[1] for a in default_stack.resources("aws_iam_role_policy_attachment").values()
+    }
+    assert attachments == {"AmazonSSMManagedInstanceCore", "AmazonRDSEnhancedMonitoringRole"}
 
 
 def test_app_secrets_created_without_value(default_stack, prod_stack):
@@ -235,7 +244,12 @@ def test_app_secrets_created_without_value(default_stack, prod_stack):
 
 def test_log_groups_have_finite_retention(default_stack):
     groups = default_stack.resources("aws_cloudwatch_log_group").values()
-    assert {g["name"] for g in groups} == {"/orthweb/vpc-flow-logs", "/orthweb/containers"}
+    assert {g["name"] for g in groups} == {
+        "/orthweb/vpc-flow-logs",
+        "/orthweb/containers",
+        "/aws/rds/instance/orthweb-db/postgresql",
+        "/aws/rds/instance/orthweb-db/upgrade",
+    }
     assert all(g["retention_in_days"] == 365 for g in groups)
 
 
@@ -289,3 +303,28 @@ def test_emulator_target_points_every_service_at_loopback(tmp_path):
 def test_real_aws_target_has_no_endpoints_or_keys(default_stack):
     provider = default_stack.data["provider"]["aws"][0]
     assert not {"endpoints", "access_key", "secret_key", "skip_credentials_validation"} & set(provider)
+
+
+def test_optional_extras(synth_profile):
+    extras = synth_profile("extras")
+    trail = extras.one("aws_cloudtrail")
+    assert trail["enable_log_file_validation"] is True and trail["kms_key_id"] == "${aws_kms_key.site_key.arn}"
+    assert trail["event_selector"][0]["data_resource"][0]["values"] == ["${aws_s3_bucket.dicom_bucket.arn}/"]
+    key_sids = {s.get("Sid") for s in json.loads(extras.one("aws_kms_key")["policy"])["Statement"]}
+    assert "CloudTrailEncryptsLogs" in key_sids
+    log_policy = next(p for k, p in extras.resources("aws_s3_bucket_policy").items() if "log-policy" in k)
+    assert {"CloudTrailAclCheck", "CloudTrailWrite"} <= {
+        s.get("Sid") for s in json.loads(log_policy["policy"])["Statement"]
+    }
+    lock = extras.one("aws_s3_bucket_object_lock_configuration")
+    assert lock["rule"]["default_retention"] == {"mode": "GOVERNANCE", "days": 30}
+    assert lock["bucket"] == "${aws_s3_bucket.dicom_bucket.id}"
+    plan = extras.one("aws_backup_plan")
+    assert plan["rule"][0]["lifecycle"]["delete_after"] == 35
+    assert extras.one("aws_backup_vault")["kms_key_arn"] == "${aws_kms_key.site_key.arn}"
+    assert extras.one("aws_backup_selection")["resources"] == ["${aws_db_instance.database.arn}"]
+
+
+def test_extras_are_off_by_default(default_stack):
+    for rtype in ("aws_cloudtrail", "aws_s3_bucket_object_lock_configuration", "aws_backup_plan"):
+        assert not default_stack.resources(rtype)

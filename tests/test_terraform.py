@@ -46,12 +46,13 @@ DEFAULT_PLAN = {
     "aws_instance": 1,
     "aws_eip": 1,
     "aws_eip_association": 1,
-    "aws_iam_role": 2,
+    "aws_iam_role": 3,
     "aws_iam_role_policy": 2,
-    "aws_iam_role_policy_attachment": 1,
+    "aws_iam_role_policy_attachment": 2,
     "aws_iam_instance_profile": 1,
     "aws_secretsmanager_secret": 2,
-    "aws_cloudwatch_log_group": 2,
+    "aws_cloudwatch_log_group": 4,
+    "aws_s3_bucket_notification": 2,
 }
 EXPECTED = {
     "default": DEFAULT_PLAN,
@@ -80,12 +81,38 @@ def scratch(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("terraform-cli")
 
 
-@pytest.mark.parametrize("profile", sorted(PROFILES))
+@pytest.mark.parametrize("profile", [*sorted(PROFILES), "extras"])
 def test_init_and_validate_offline(synth_profile, scratch, profile):
     stack = synth_profile(profile)
     tf = Terraform.offline(stack.stack_dir, scratch)
     tf.init()
     assert tf.validate()["error_count"] == 0
+
+
+def test_emulator_target_covers_every_service_the_stack_calls(tmp_path):
+    """With the emulator target no call can reach real AWS: every service is pointed at loopback
+    and the provider carries placeholder keys, so ambient credentials are never used."""
+    from stacks.orthweb_stack import EMULATED_SERVICES, EMULATOR_ACCESS_KEY
+
+    config = OrthwebConfig(**PROFILES["az3"], target="emulator", emulator_endpoint="http://127.0.0.1:4566")
+    data = synth_json(config, tmp_path)
+    service_of = {
+        "aws_s3": "s3",
+        "aws_db": "rds",
+        "aws_iam": "iam",
+        "aws_kms": "kms",
+        "aws_secretsmanager": "secretsmanager",
+        "aws_cloudwatch_log": "cloudwatchlogs",
+        "aws_ssm": "ssm",
+        "aws_caller_identity": "sts",
+    }
+    local = {"aws_region", "aws_partition", "aws_iam_policy_document"}
+    types = set(data["resource"]) | {t for t in data["data"] if t not in local}
+    needed = {next((svc for prefix, svc in service_of.items() if t.startswith(prefix)), "ec2") for t in types}
+    assert needed <= set(EMULATED_SERVICES)
+    provider = data["provider"]["aws"][0]
+    assert provider["access_key"] == provider["secret_key"] == EMULATOR_ACCESS_KEY
+    assert all(url == "http://127.0.0.1:4566" for url in provider["endpoints"][0].values())
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -107,6 +134,6 @@ def test_plan_against_emulator(emulator, scratch, tmp_path, profile):
     after = db["change"]["after"]
     assert after["manage_master_user_password"] is True and after.get("password") is None
     assert after["storage_encrypted"] is True
-    assert after["deletion_protection"] is config.is_prod and after["multi_az"] is config.multi_az
+    assert after["deletion_protection"] is True and after["multi_az"] is config.multi_az
     if config.is_prod:
         assert after["final_snapshot_identifier"] == "orthweb-db-final" and after["skip_final_snapshot"] is False

@@ -201,6 +201,22 @@ step_secrets() {
   rm -rf "$work"
 }
 
+imds() {  # imds PATH: one IMDSv2 lookup (the token is requested per call; hop limit 2 allows containers)
+  local token
+  token=$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token) || return 1
+  curl -sf -H "X-aws-ec2-metadata-token: $token" "http://169.254.169.254/latest/meta-data/$1"
+}
+
+step_network() {  # the host has no public address until Terraform attaches the site's Elastic IP
+  local i
+  for i in $(seq 1 120); do
+    if [ "$(imds public-ipv4 || true)" = "$SITE_IP" ]; then log "Elastic IP $SITE_IP attached"; return 0; fi
+    [ "$i" -eq 1 ] && log "waiting for the Elastic IP $SITE_IP"
+    sleep 5
+  done
+  die "the Elastic IP $SITE_IP was not attached within 10 minutes"
+}
+
 step_packages() {
   local want=(docker postgresql15 openssl python3)
   local missing=() p
@@ -253,7 +269,7 @@ main() {
   mkdir -p "$ORTHWEB_RUN"; chmod 700 "$ORTHWEB_RUN"
   RDS_CA_CONTAINER_PATH=${RDS_CA_CONTAINER_PATH:-/etc/orthweb/rds-ca.pem}
   case "${1:-boot}" in
-    boot) step_packages; step_compose; step_rds_ca; step_secrets; step_services ;;
+    boot) step_network; step_packages; step_compose; step_rds_ca; step_secrets; step_services ;;
     secrets) step_secrets ;;
     refresh) step_refresh ;;
     *) die "usage: orthweb-bootstrap [boot|secrets|refresh]" ;;

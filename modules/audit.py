@@ -1,0 +1,170 @@
+"""Optional audit and recovery extras: a CloudTrail trail with S3 data events for the DICOM bucket,
+and an AWS Backup plan for the database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cdktf_cdktf_provider_aws.backup_plan import BackupPlan, BackupPlanRule, BackupPlanRuleLifecycle
+from cdktf_cdktf_provider_aws.backup_selection import BackupSelection
+from cdktf_cdktf_provider_aws.backup_vault import BackupVault
+from cdktf_cdktf_provider_aws.cloudtrail import (
+    Cloudtrail,
+    CloudtrailEventSelector,
+    CloudtrailEventSelectorDataResource,
+)
+from cdktf_cdktf_provider_aws.iam_role import IamRole
+from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
+from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
+from cdktf_cdktf_provider_aws.sns_topic import SnsTopic
+from cdktf_cdktf_provider_aws.sns_topic_policy import SnsTopicPolicy
+from constructs import Construct
+
+from modules.account import Account
+from modules.logs import encrypted_log_group
+from modules.policy import Statement, assume_role_policy, policy_document, resource_policy_json
+
+TRAIL_PREFIX = "cloudtrail"
+BACKUP_POLICY = "service-role/AWSBackupServiceRolePolicyForBackup"
+# Daily at 05:00 UTC, after the RDS backup window AWS picks by default.
+BACKUP_SCHEDULE = "cron(0 5 * * ? *)"
+
+
+@dataclass(frozen=True)
+class TrailProps:
+    name: str
+    account: Account
+    key_arn: str
+    log_bucket_name: str
+    dicom_bucket_arn: str
+    log_retention_days: int
+
+
+class DataEventTrail(Construct):
+    """CloudTrail trail recording management events and every object-level call on the DICOM bucket.
+
+    Secure defaults: log files encrypted with the site key and validated (digest files); delivered to
+    the access-log bucket under ``cloudtrail/``, to an encrypted CloudWatch log group (for alarms and
+    queries) and announced on an encrypted SNS topic; multi-region.
+    """
+
+    def __init__(self, scope: Construct, id_: str, *, props: TrailProps):
+        super().__init__(scope, id_)
+        acct = props.account
+        self.log_group = encrypted_log_group(
+            self,
+            "logs",
+            name=f"/{props.name}/cloudtrail",
+            key_arn=props.key_arn,
+            retention_days=props.log_retention_days,
+        )
+        role = IamRole(
+            self,
+            "logs-role",
+            name=f"{props.name}-cloudtrail-logs",
+            assume_role_policy=assume_role_policy(self, "logs-trust", "cloudtrail.amazonaws.com").json,
+        )
+        IamRolePolicy(
+            self,
+            "logs-policy",
+            name="write-trail-logs",
+            role=role.id,
+            policy=policy_document(
+                self,
+                "logs-write",
+                [
+                    Statement(
+                        actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[f"{self.log_group.arn}:*"]
+                    )
+                ],
+            ).json,
+        )
+        self.topic = SnsTopic(self, "topic", name=f"{props.name}-cloudtrail", kms_master_key_id=props.key_arn)
+        SnsTopicPolicy(
+            self,
+            "topic-policy",
+            arn=self.topic.arn,
+            policy=resource_policy_json(
+                [
+                    Statement(
+                        sid="CloudTrailPublishes",
+                        actions=["sns:Publish"],
+                        resources=[self.topic.arn],
+                        principals={"Service": ["cloudtrail.amazonaws.com"]},
+                        conditions=[("StringEquals", "aws:SourceAccount", [acct.account_id])],
+                    )
+                ]
+            ),
+        )
+        self.trail = Cloudtrail(
+            self,
+            "trail",
+            name=f"{props.name}-audit",
+            s3_bucket_name=props.log_bucket_name,
+            s3_key_prefix=TRAIL_PREFIX,
+            kms_key_id=props.key_arn,
+            enable_log_file_validation=True,
+            is_multi_region_trail=True,
+            include_global_service_events=True,
+            cloud_watch_logs_group_arn=f"{self.log_group.arn}:*",
+            cloud_watch_logs_role_arn=role.arn,
+            sns_topic_name=self.topic.name,
+            event_selector=[
+                CloudtrailEventSelector(
+                    read_write_type="All",
+                    include_management_events=True,
+                    data_resource=[
+                        CloudtrailEventSelectorDataResource(
+                            type="AWS::S3::Object", values=[f"{props.dicom_bucket_arn}/"]
+                        )
+                    ],
+                )
+            ],
+        )
+
+
+@dataclass(frozen=True)
+class BackupProps:
+    name: str
+    key_arn: str
+    database_arn: str
+    retention_days: int
+    partition: str
+
+
+class DatabaseBackup(Construct):
+    """A daily AWS Backup of the database into an encrypted vault, kept ``retention_days``."""
+
+    def __init__(self, scope: Construct, id_: str, *, props: BackupProps):
+        super().__init__(scope, id_)
+        self.vault = BackupVault(self, "vault", name=f"{props.name}-vault", kms_key_arn=props.key_arn)
+        self.plan = BackupPlan(
+            self,
+            "plan",
+            name=f"{props.name}-daily",
+            rule=[
+                BackupPlanRule(
+                    rule_name="daily",
+                    target_vault_name=self.vault.name,
+                    schedule=BACKUP_SCHEDULE,
+                    lifecycle=BackupPlanRuleLifecycle(delete_after=props.retention_days),
+                )
+            ],
+        )
+        role = IamRole(
+            self,
+            "role",
+            name=f"{props.name}-backup",
+            assume_role_policy=assume_role_policy(self, "trust", "backup.amazonaws.com").json,
+        )
+        IamRolePolicyAttachment(
+            self, "policy", role=role.name, policy_arn=f"arn:{props.partition}:iam::aws:policy/{BACKUP_POLICY}"
+        )
+        BackupSelection(
+            self,
+            "selection",
+            name=f"{props.name}-database",
+            plan_id=self.plan.id,
+            iam_role_arn=role.arn,
+            resources=[props.database_arn],
+        )

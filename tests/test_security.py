@@ -1,0 +1,119 @@
+"""Security gate: checkov with Orthweb's custom policies passes on the default and prod stacks,
+and each custom policy fails on a stack broken on purpose."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tools.security import run_checkov, skipped_checks
+
+pytestmark = pytest.mark.security
+
+
+@pytest.mark.parametrize("profile", ["default", "prod", "extras"])
+def test_stack_passes_checkov_and_custom_policies(synth_profile, profile):
+    scan = run_checkov(synth_profile(profile).stack_dir, profile)
+    assert not scan.failed, scan.line()
+    assert scan.passed > 200
+
+
+def test_at_most_five_skips_each_with_a_reason():
+    from tools.security import CONFIG
+
+    skips = skipped_checks()
+    assert 1 <= len(skips) <= 5
+    lines = CONFIG.read_text().splitlines()
+    for check in skips:
+        index = next(i for i, line in enumerate(lines) if line.strip() == f"- {check}")
+        assert lines[index - 1].strip().startswith("#") and len(lines[index - 1]) > 40, f"{check} has no reason"
+
+
+def _one(resources: dict, prefix: str) -> str:
+    return next(k for k in resources if k.startswith(prefix))
+
+
+def test_each_custom_policy_fails_a_broken_stack(synth_profile, tmp_path):
+    stack = synth_profile("default")
+    data = json.loads((stack.stack_dir / "cdk.tf.json").read_text())
+    r, d = data["resource"], data["data"]
+    broken: dict[str, str] = {}
+
+    policy = r["aws_s3_bucket_policy"][_one(r["aws_s3_bucket_policy"], "storage_dicom-policy")]
+    policy["policy"] = json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": ["s3:GetObject"],
+                    "Resource": ["arn:aws:s3:::b/*"],
+                    "Principal": {"AWS": ["*"]},
+                }
+            ],
+        }
+    )
+    broken["CKV_ORTHWEB_1"] = "resource.storage_dicom-policy"
+
+    rules = r["aws_vpc_security_group_ingress_rule"]
+    rules["open_db"] = {
+        "security_group_id": "${aws_security_group.database_sg.id}",
+        "ip_protocol": "tcp",
+        "from_port": 5432,
+        "to_port": 5432,
+        "cidr_ipv4": "10.0.0.0/8",
+    }
+    rules["open_ssh"] = {
+        "security_group_id": "${aws_security_group.host_sg.id}",
+        "ip_protocol": "tcp",
+        "from_port": 22,
+        "to_port": 22,
+        "cidr_ipv4": "192.168.0.0/16",
+    }
+    broken["CKV_ORTHWEB_2"] = "resource.open_db"
+    broken["CKV_ORTHWEB_3"] = "resource.open_ssh"
+
+    host_doc = d["aws_iam_policy_document"][_one(d["aws_iam_policy_document"], "access_permissions")]
+    host_doc["statement"].append({"effect": "Allow", "actions": ["s3:*"], "resources": ["*"]})
+    broken["CKV_ORTHWEB_4"] = "data.access_permissions"
+
+    key = r["aws_kms_key"]["site_key"]
+    key_policy = json.loads(key["policy"])
+    key_policy["Statement"].append(
+        {
+            "Effect": "Allow",
+            "Action": ["kms:*"],
+            "Resource": ["*"],
+            "Principal": {"AWS": ["arn:aws:iam::123456789012:root"]},
+        }
+    )
+    key["policy"] = json.dumps(key_policy)
+    broken["CKV_ORTHWEB_5"] = "resource.site_key"
+
+    group = r["aws_db_parameter_group"][next(iter(r["aws_db_parameter_group"]))]
+    group["parameter"] = [p for p in group["parameter"] if p["name"] != "rds.force_ssl"]
+    broken["CKV_ORTHWEB_6"] = "resource.database_parameters"
+
+    r["aws_db_instance"]["database"]["parameter_group_name"] = "default.postgres17"
+    broken["CKV_ORTHWEB_7"] = "resource.database"
+
+    template = r["aws_launch_template"][next(iter(r["aws_launch_template"]))]
+    template["metadata_options"]["http_tokens"] = "optional"
+    broken["CKV_ORTHWEB_8"] = "resource.host_template"
+
+    log_group = r["aws_cloudwatch_log_group"][_one(r["aws_cloudwatch_log_group"], "access_containers")]
+    del log_group["kms_key_id"]
+    broken["CKV_ORTHWEB_9"] = "resource.access_containers"
+
+    target = tmp_path / "broken"
+    target.mkdir()
+    (target / "cdk.tf.json").write_text(json.dumps(data))
+    scan = run_checkov(target, "broken", checks=",".join(sorted(broken)))
+    failed = {(f["check_id"], f["resource"]) for f in scan.failed}
+    for check_id, resource in broken.items():
+        assert any(cid == check_id and res.startswith(resource) for cid, res in failed), (check_id, failed)
+    # Nothing else fails: each policy flags only what was broken for it.
+    assert len(failed) == len(broken), failed
+    shutil.rmtree(target)
