@@ -13,9 +13,10 @@ export CHECKPOINT_DISABLE := 1
 PY := .venv/bin/python
 # Debian packages the test suite drives for real: cloud-init schema, shellcheck, nginx -t, compose
 # config, and the bootstrap against the emulator (awscli v2, PostgreSQL 15 with TLS, openssl).
-APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose awscli postgresql-15 openssl
+APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose awscli postgresql-15 openssl \
+	orthanc orthanc-postgresql orthanc-python python3-boto3 dcmtk
 
-.PHONY: security rehearsal synth test setup setup-dev system-deps lint typecheck pytest cli diff deploy destroy output clean
+.PHONY: local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck pytest cli diff deploy destroy output clean
 
 ## synth: install runtime dependencies and synthesize cdktf.out/stacks/<name> (no AWS account needed)
 synth: setup
@@ -56,6 +57,12 @@ typecheck:
 pytest:
 	mkdir -p build
 	$(PY) -m pytest --junitxml=build/junit.xml $(PYTEST_ARGS)
+
+## local-up / local-down: the whole site on this machine (no AWS; see README "Try it locally")
+local-up: setup-dev system-deps
+	$(PY) -m tools.localsite up
+local-down:
+	$(PY) -m tools.localsite down
 
 ## security: checkov (own virtualenv) + custom policies on the default and prod stacks and the plan
 security: setup-dev

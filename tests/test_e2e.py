@@ -1,0 +1,376 @@
+"""End to end on the local site harness: real PostgreSQL (TLS only), the AWS API emulator, the real
+bootstrap, Orthanc with its PostgreSQL plugin, the S3 storage STAND-IN (Python plugin), and nginx as
+the TLS front door. No mocks: every check goes through the network path a PACS would use."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tools.dicom_sender import make_instances, send
+from tools.localsite import LocalSite
+from tools.validate import make_test_instance
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    s = LocalSite(tmp_path_factory.mktemp("site")).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def fresh_site(tmp_path):
+    s = LocalSite(tmp_path / "site").start()
+    yield s
+    s.stop()
+
+
+def auth(s: LocalSite) -> tuple[str, str]:
+    return "admin", s.admin()["password"]
+
+
+def lookup(s: LocalSite, sop_uid: str) -> str:
+    status, body = s.rest("/tools/lookup", auth=auth(s), method="POST", data=sop_uid.encode())
+    assert status == 200
+    hits = [h["ID"] for h in json.loads(body) if h["Type"] == "Instance"]
+    return hits[0] if hits else ""
+
+
+def object_keys(s: LocalSite) -> set[str]:
+    pages = s.s3.get_paginator("list_objects_v2").paginate(Bucket=s.bucket)
+    return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+
+def attachment_uuid(s: LocalSite, instance: str) -> str:
+    status, body = s.rest(f"/instances/{instance}/attachments/dicom/info", auth=auth(s))
+    assert status == 200
+    return json.loads(body)["Uuid"]
+
+
+def dataset_bytes(data: bytes) -> bytes:
+    """The bytes after the file meta header (which Orthanc writes itself)."""
+    assert data[128:132] == b"DICM"
+    group_length = int.from_bytes(data[140:144], "little")  # (0002,0000) UL, explicit VR
+    return data[144 + group_length :]
+
+
+def send_site(s: LocalSite, instances, **kwargs):
+    return send("127.0.0.1", s.ports["dicom_tls"], s.ae_title, str(s.ca_path), instances, **kwargs)
+
+
+# -- the happy path -------------------------------------------------------------------------------
+
+
+def test_dcmtk_echo_and_store_over_tls(site, tmp_path):
+    data, uid = make_test_instance()
+    path = tmp_path / "one.dcm"
+    path.write_bytes(data)
+    common = ["+tla", "+cf", str(site.ca_path), "-aec", site.ae_title, "127.0.0.1", str(site.ports["dicom_tls"])]
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    echo = subprocess.run(["echoscu", *common], capture_output=True, text=True, env=env, timeout=60)
+    assert echo.returncode == 0, echo.stderr
+    store = subprocess.run(["storescu", *common, str(path)], capture_output=True, text=True, env=env, timeout=60)
+    assert store.returncode == 0, store.stderr
+    instance = lookup(site, uid)
+    assert instance
+    status, body = site.rest(f"/instances/{instance}/file", auth=auth(site))
+    assert status == 200 and dataset_bytes(body) == dataset_bytes(data), "dataset bytes differ after the round trip"
+    assert instance.replace("-", "").isalnum()
+    rows = site.pg.psql_superuser(f"select count(*) from resources where publicid = '{instance}'")  # noqa: S608
+    assert rows == "1", "the index row is in PostgreSQL"
+    key = next(k for k in object_keys(site) if attachment_uuid(site, instance) in k)
+    assert site.s3.get_object(Bucket=site.bucket, Key=key)["Body"].read() == body
+    assert site.rest(f"/instances/{instance}", auth=auth(site), method="DELETE")[0] == 200
+    assert key not in object_keys(site), "deleting the instance removes the object"
+
+
+def test_pynetdicom_store_and_validator(site, tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text(site.admin()["password"])
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tools.validate",
+            "--host",
+            "127.0.0.1",
+            "--https-port",
+            str(site.ports["https"]),
+            "--dicom-port",
+            str(site.ports["dicom_tls"]),
+            "--ca",
+            str(site.ca_path),
+            "--password-file",
+            str(pw),
+            "--bucket",
+            site.bucket,
+            "--s3-endpoint",
+            site.emulator.endpoint,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, **{k: v for k, v in site.emulator.client_env().items() if k != "AWS_ENDPOINT_URL"}},
+    )
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0 and report["ok"], proc.stdout + proc.stderr
+    assert len(report["checks"]) == 8
+
+
+@pytest.mark.parametrize(
+    "breakage,failing",
+    [
+        ("password", "REST with the site credentials"),
+        ("certificate", "HTTPS with the site CA"),
+    ],
+)
+def test_validator_fails_clearly(site, tmp_path, breakage, failing):
+    pw = tmp_path / "pw"
+    pw.write_text("not-the-password" if breakage == "password" else site.admin()["password"])
+    ca = site.ca_path
+    if breakage == "certificate":
+        from tools.pki import make_ca
+
+        ca = make_ca(tmp_path / "other", "Some other CA").cert
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tools.validate",
+            "--host",
+            "127.0.0.1",
+            "--https-port",
+            str(site.ports["https"]),
+            "--dicom-port",
+            str(site.ports["dicom_tls"]),
+            "--ca",
+            str(ca),
+            "--password-file",
+            str(pw),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert f"FAIL  {failing}" in proc.stdout and "site NOT OK" in proc.stdout
+
+
+# -- what must be refused -------------------------------------------------------------------------
+
+
+def _tls_handshake(port: int, context: ssl.SSLContext) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            return tls.version() or ""
+
+
+@pytest.mark.parametrize("port_name", ["https", "dicom_tls"])
+def test_untrusted_certificate_and_old_tls_are_refused(site, tmp_path, port_name):
+    port = site.ports[port_name]
+    trusted = ssl.create_default_context(cafile=str(site.ca_path))
+    assert _tls_handshake(port, trusted) in ("TLSv1.2", "TLSv1.3")
+    from tools.pki import make_ca
+
+    other = ssl.create_default_context(cafile=str(make_ca(tmp_path / "x", "Not the site CA").cert))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _tls_handshake(port, other)
+    for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
+        old.set_ciphers("DEFAULT:@SECLEVEL=0")
+        old.minimum_version = old.maximum_version = version
+        with pytest.raises(ssl.SSLError):
+            _tls_handshake(port, old)
+    # Positive control: the same permissive client construction succeeds with TLS 1.2.
+    modern = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    modern.check_hostname, modern.verify_mode = False, ssl.CERT_NONE
+    modern.minimum_version = modern.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert _tls_handshake(port, modern) == "TLSv1.2"
+
+
+def test_plain_dicom_wrong_aet_and_unlisted_find_are_refused(site):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind, Verification  # type: ignore
+
+    context = ssl.create_default_context(cafile=str(site.ca_path))
+    ae = AE(ae_title="STRANGER")
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
+    ae.acse_timeout = ae.network_timeout = 10
+    plain = ae.associate("127.0.0.1", site.ports["dicom_tls"], ae_title=site.ae_title)
+    assert not plain.is_established, "plain DICOM on the TLS port"
+    wrong = ae.associate("127.0.0.1", site.ports["dicom_tls"], ae_title="NOTORTHANC", tls_args=(context, "localhost"))
+    assert not wrong.is_established, "wrong called AE title"
+    assoc = ae.associate("127.0.0.1", site.ports["dicom_tls"], ae_title=site.ae_title, tls_args=(context, "localhost"))
+    assert assoc.is_established, "echo and store stay open to unknown modalities"
+    assert assoc.send_c_echo().Status == 0
+    from pydicom.dataset import Dataset
+
+    query = Dataset()
+    query.QueryRetrieveLevel, query.PatientID = "PATIENT", "*"
+    try:
+        statuses = [
+            getattr(status, "Status", None)
+            for status, _ in assoc.send_c_find(query, PatientRootQueryRetrieveInformationModelFind)
+        ]
+    except ValueError:  # the find context was not even accepted
+        statuses = []
+    if assoc.is_established:
+        assoc.release()
+    assert not any(s in (0x0000, 0xFF00, 0xFF01) for s in statuses), f"C-FIND answered {statuses}"
+
+
+def test_rest_without_or_with_wrong_credentials_is_401(site):
+    assert site.rest("/patients")[0] == 401
+    assert site.rest("/patients", auth=("admin", "wrong"))[0] == 401
+    assert site.rest("/patients", auth=("orthanc", "orthanc"))[0] == 401, "no default user"
+
+
+# -- faults ---------------------------------------------------------------------------------------
+
+
+def stored(s: LocalSite) -> dict[str, str]:
+    """SOPInstanceUID -> attachment UUID, straight from Orthanc's index in PostgreSQL."""
+    rows = s.pg.psql_superuser(
+        "select m.value, a.uuid from maindicomtags m join attachedfiles a on a.id = m.id "
+        "where m.taggroup = 8 and m.tagelement = 24 and a.filetype = 1"
+    )
+    return dict(line.split("|", 1) for line in rows.splitlines() if line)
+
+
+def all_present(s: LocalSite, uids: list[str]) -> list[str]:
+    """The UIDs missing from the PostgreSQL index, or whose object is missing from the bucket."""
+    index, keys = stored(s), object_keys(s)
+    return [uid for uid in uids if uid not in index or not any(index[uid] in k for k in keys)]
+
+
+def test_kill_9_during_ingest_loses_no_acknowledged_instance(fresh_site):
+    instances = make_instances(200)
+    killed = threading.Event()
+
+    def kill_midway(index: int) -> None:
+        if index == 60 and not killed.is_set():
+            killed.set()
+            fresh_site.kill_orthanc()
+
+    report = send_site(fresh_site, instances, after_each=kill_midway)
+    assert killed.is_set() and 60 <= len(report.acknowledged) < 200
+    fresh_site.start_orthanc()
+    assert all_present(fresh_site, report.acknowledged) == []
+    resend = send_site(fresh_site, instances)
+    assert len(resend.acknowledged) == 200
+    assert all_present(fresh_site, [uid for _, uid in instances]) == []
+
+
+def test_postgres_restart_during_ingest_recovers_without_manual_action(fresh_site):
+    instances = make_instances(120)
+    restarted = threading.Event()
+
+    def restart_midway(index: int) -> None:
+        if index == 40 and not restarted.is_set():
+            restarted.set()
+            fresh_site.pg.restart()
+
+    report = send_site(fresh_site, instances, after_each=restart_midway)
+    assert restarted.is_set()
+    assert all_present(fresh_site, report.acknowledged) == []
+    later = send_site(fresh_site, make_instances(20))
+    assert len(later.acknowledged) == 20, "Orthanc accepts stores again, nobody restarted it"
+
+
+def test_fresh_host_sees_every_study_and_presents_the_same_certificate(fresh_site):
+    instances = make_instances(30)
+    assert len(send_site(fresh_site, instances).acknowledged) == 30
+    before = ssl.get_server_certificate(("127.0.0.1", fresh_site.ports["https"]))
+    # The host is cattle: stop it, wipe its disk (config, runtime secrets, Orthanc scratch), boot again.
+    fresh_site.stop_process("nginx")
+    fresh_site.stop_process("orthanc")
+    for folder in (fresh_site.run, fresh_site.workdir / "orthanc-db", fresh_site.workdir / "nginx"):
+        shutil.rmtree(folder, ignore_errors=True)
+    log = fresh_site.bootstrap()
+    assert "generated a site CA" not in log
+    fresh_site.start_orthanc()
+    fresh_site.start_nginx()
+    assert ssl.get_server_certificate(("127.0.0.1", fresh_site.ports["https"])) == before
+    assert all_present(fresh_site, [uid for _, uid in instances]) == []
+
+
+def test_db_password_rotation_is_followed(fresh_site):
+    admin = fresh_site.admin()
+    new_pw = "rotated-" + os.urandom(12).hex()
+    fresh_site.pg.psql_superuser(f"ALTER ROLE orthanc PASSWORD '{new_pw}'")
+    fresh_site.sm.put_secret_value(
+        SecretId=fresh_site.arns["admin"], SecretString=json.dumps({**admin, "db_password": new_pw})
+    )
+    log = fresh_site.bootstrap()
+    assert "runtime secret files changed: db-connection-uri" in log
+    fresh_site.restart_orthanc()  # what `orthweb-bootstrap refresh` does with docker compose on the host
+    assert len(send_site(fresh_site, make_instances(10)).acknowledged) == 10
+
+
+def test_four_concurrent_senders_store_every_instance_exactly_once(fresh_site):
+    batches = [make_instances(100) for _ in range(4)]
+    reports = [None] * 4
+
+    def run(i: int) -> None:
+        reports[i] = send_site(fresh_site, batches[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert all(r is not None and len(r.acknowledged) == 100 for r in reports)
+    status, body = fresh_site.rest("/statistics", auth=auth(fresh_site))
+    assert status == 200 and json.loads(body)["CountInstances"] == 400
+    # One DICOM object per instance (Orthanc may add a ".dcm.head" attachment, the header up to the pixels).
+    assert len([k for k in object_keys(fresh_site) if k.endswith(".dcm")]) == 400
+    all_uids = [uid for batch in batches for _, uid in batch]
+    assert len(stored(fresh_site)) == 400 and all_present(fresh_site, all_uids) == []
+
+
+def test_local_up_and_down_leave_nothing_running(tmp_path):
+    env = {**os.environ, "ORTHWEB_LOCALSITE_DIR": str(tmp_path / "localsite")}
+    up = subprocess.run(
+        [sys.executable, "-m", "tools.localsite", "up"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=180
+    )
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "DICOM TLS: 127.0.0.1:" in up.stdout and "site CA  :" in up.stdout and "password in" in up.stdout
+    info = json.loads((tmp_path / "localsite" / "site.json").read_text())
+    assert all(_alive(pid) for pid in info["pids"].values())
+    down = subprocess.run(
+        [sys.executable, "-m", "tools.localsite", "down"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+    assert down.returncode == 0 and "local site stopped" in down.stdout
+    assert not any(_alive(pid) for pid in info["pids"].values())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "State:\tZ" not in status.read_text()

@@ -1,0 +1,355 @@
+"""Local site harness: the whole application path of an Orthweb host on one machine, on free
+loopback ports, from the same rendered templates and bootstrap as on EC2.
+
+- PostgreSQL 15 accepting TLS logins only (like RDS with ``rds.force_ssl``), superuser = the
+  "RDS master" whose credentials sit in the emulator's RDS-style secret;
+- the AWS API emulator holding the DICOM bucket and the secrets;
+- ``userdata/bootstrap.sh secrets`` run against the emulator exactly as on the host (app secrets,
+  site certificate for localhost/127.0.0.1, the ``orthanc`` database role, runtime secret files);
+- Orthanc (Debian 1.10 + PostgreSQL index plugin) with the rendered ``orthanc.json``, the runtime
+  secret files merged in as the orthancteam image does with Docker secrets, and a Python-plugin
+  storage area as the STAND-IN for the official S3 plugin (tools/s3_storage_plugin.py);
+- nginx with the stream module and the rendered ``nginx.conf``: HTTPS and DICOM TLS in front.
+
+``python -m tools.localsite up|down`` (``make local-up`` / ``make local-down``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from tools.emulator import Emulator, free_port
+from tools.hostsim import bootstrap_env, run_bootstrap
+from tools.localpg import LocalPostgres
+from tools.pki import make_ca, make_server_cert
+from userdata import HostValues, site_env
+from userdata.site import NginxValues, OrthancValues, render_nginx, render_orthanc
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOTSTRAP = ROOT / "userdata" / "bootstrap.sh"
+PLUGIN = ROOT / "tools" / "s3_storage_plugin.py"
+ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
+NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+STATE_FILE = Path(os.environ.get("ORTHWEB_LOCALSITE_DIR", ROOT / "build" / "localsite")) / "site.json"
+MASTER_USER = "orthweb_admin"
+
+
+def wait_for_port(port: int, timeout: float = 60, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on port {port} after {timeout}s")
+
+
+@dataclass
+class LocalSite:
+    workdir: Path
+    ae_title: str = "ORTHANC"
+    bucket: str = "orthweb-dicom-local"
+    region: str = "us-east-1"
+    ports: dict[str, int] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    # -- paths ---------------------------------------------------------------------------------
+    @property
+    def etc(self) -> Path:
+        return self.workdir / "etc"
+
+    @property
+    def run(self) -> Path:
+        return self.workdir / "run"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.run / "site-ca.pem"
+
+    def admin(self) -> dict[str, str]:
+        return json.loads(self.sm.get_secret_value(SecretId=self.arns["admin"])["SecretString"])
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(self) -> LocalSite:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.ports = {name: free_port() for name in ("orthanc_http", "orthanc_dicom", "https", "dicom_tls")}
+        self.emulator = Emulator(self.workdir / "logs", region=self.region).start()
+        self.sm = boto3.client("secretsmanager", **self.emulator.boto_kwargs())
+        self.s3 = boto3.client("s3", **self.emulator.boto_kwargs())
+        self.s3.create_bucket(Bucket=self.bucket)
+        master_pw = os.urandom(16).hex()
+        self.arns = {
+            "admin": self.sm.create_secret(Name="orthweb/orthanc-admin")["ARN"],
+            "tls": self.sm.create_secret(Name="orthweb/site-tls")["ARN"],
+            "db": self.sm.create_secret(
+                Name="rds!db-local", SecretString=json.dumps({"username": MASTER_USER, "password": master_pw})
+            )["ARN"],
+        }
+        rds_ca = make_ca(self.workdir / "rds-pki", "Local RDS CA")
+        self.pg = LocalPostgres(
+            make_server_cert(self.workdir / "rds-pki", rds_ca, "db"), MASTER_USER, master_pw, "orthanc"
+        ).start()
+        self.etc.mkdir(parents=True, exist_ok=True)
+        (self.etc / "rds-ca.pem").write_text(rds_ca.cert.read_text())
+        self.bootstrap()
+        self.start_orthanc()
+        self.start_nginx()
+        return self
+
+    def host_values(self) -> HostValues:
+        return HostValues(
+            region=self.region,
+            bucket=self.bucket,
+            admin_secret_arn=self.arns["admin"],
+            tls_secret_arn=self.arns["tls"],
+            db_secret_arn=self.arns["db"],
+            db_host="localhost",
+            db_port=str(self.pg.port),
+            db_name="orthanc",
+            site_dns="localhost",
+            site_ip="127.0.0.1",
+            log_group="",
+            ae_title=self.ae_title,
+        )
+
+    def bootstrap(self) -> str:
+        """The host bootstrap, as on EC2 (secrets step), against the emulator."""
+        (self.etc / "site.env").write_text(site_env(self.host_values()))
+        proc = run_bootstrap(
+            BOOTSTRAP,
+            "secrets",
+            bootstrap_env(self.etc, self.run, self.emulator),
+            log_file=self.workdir / "logs" / "bootstrap.log",
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"bootstrap failed:\n{proc.stdout}{proc.stderr}")
+        return proc.stdout
+
+    def orthanc_config(self) -> dict[str, Any]:
+        """The rendered orthanc.json, with the runtime secret files merged in (as the orthancteam
+        image does with Docker secrets) and local paths and ports."""
+        v = self.host_values()
+        config = json.loads(
+            render_orthanc(
+                OrthancValues(
+                    ae_title=v.ae_title,
+                    bucket=v.bucket,
+                    region=v.region,
+                    dicom_port=self.ports["orthanc_dicom"],
+                    http_port=self.ports["orthanc_http"],
+                    storage_directory=str(self.workdir / "orthanc-db"),
+                )
+            )
+        )
+        secrets = self.run / "secrets"
+        config["PostgreSQL"]["ConnectionUri"] = (secrets / "db-connection-uri").read_text()
+        config["RegisteredUsers"] = json.loads((secrets / "registered-users").read_text())
+        config["AwsS3Storage"].update({"Endpoint": self.emulator.endpoint, "VirtualAddressing": False})
+        config["Plugins"] = [
+            str(ORTHANC_PLUGINS / "libOrthancPostgreSQLIndex.so"),
+            str(ORTHANC_PLUGINS / "libOrthancPython.so"),
+        ]
+        config["Python"] = {"Path": str(PLUGIN)}
+        config["PythonScript"] = str(PLUGIN)
+        config["IndexDirectory"] = str(self.workdir / "orthanc-db")
+        return config
+
+    def start_orthanc(self) -> None:
+        (self.workdir / "orthanc-db").mkdir(exist_ok=True)
+        path = self.run / "orthanc.json"
+        path.write_text(json.dumps(self.orthanc_config(), indent=1))
+        os.chmod(path, 0o600)
+        env = {**os.environ, "TCP_NODELAY": "1", **self.emulator.client_env()}
+        env.pop("AWS_ENDPOINT_URL", None)
+        log = open(self.workdir / "logs" / "orthanc.log", "ab")
+        self.processes["orthanc"] = subprocess.Popen(
+            ["Orthanc", str(path)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        wait_for_port(self.ports["orthanc_http"], process=self.processes["orthanc"])
+        wait_for_port(self.ports["orthanc_dicom"], process=self.processes["orthanc"])
+
+    def start_nginx(self) -> None:
+        prefix = self.workdir / "nginx"
+        (prefix / "temp").mkdir(parents=True, exist_ok=True)
+        secrets = self.run / "secrets"
+        conf = render_nginx(
+            NginxValues(
+                http_upstream=f"127.0.0.1:{self.ports['orthanc_http']}",
+                dicom_upstream=f"127.0.0.1:{self.ports['orthanc_dicom']}",
+                https_listen=f"127.0.0.1:{self.ports['https']}",
+                dicom_listen=f"127.0.0.1:{self.ports['dicom_tls']}",
+                cert_path=str(secrets / "site-cert.pem"),
+                key_path=str(secrets / "site-key.pem"),
+                pid_path=str(prefix / "nginx.pid"),
+                error_log=str(prefix / "error.log"),
+                access_log=str(prefix / "access.log"),
+                temp_dir=str(prefix / "temp"),
+                user="",
+                load_modules=(str(NGINX_STREAM_MODULE),),
+            )
+        )
+        (prefix / "nginx.conf").write_text(conf)
+        log = open(self.workdir / "logs" / "nginx.log", "ab")
+        self.processes["nginx"] = subprocess.Popen(
+            [
+                "nginx",
+                "-p",
+                str(prefix),
+                "-c",
+                str(prefix / "nginx.conf"),
+                "-e",
+                str(prefix / "error.log"),
+                "-g",
+                "daemon off;",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.ports["https"], process=self.processes["nginx"])
+        wait_for_port(self.ports["dicom_tls"], process=self.processes["nginx"])
+
+    # -- faults and lifecycle ------------------------------------------------------------------
+    def kill_orthanc(self) -> None:
+        """kill -9: no chance to flush or say goodbye."""
+        proc = self.processes.pop("orthanc")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def restart_orthanc(self) -> None:
+        self.stop_process("orthanc")
+        self.start_orthanc()
+
+    def stop_process(self, name: str) -> None:
+        proc = self.processes.pop(name, None)
+        if proc and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop(self) -> None:
+        for name in ("nginx", "orthanc"):
+            self.stop_process(name)
+        if getattr(self, "pg", None):
+            self.pg.stop()
+        if getattr(self, "emulator", None):
+            self.emulator.stop()
+
+    def rest(
+        self,
+        path: str,
+        *,
+        auth: tuple[str, str] | None = None,
+        direct: bool = False,
+        method: str = "GET",
+        data: bytes | None = None,
+    ) -> tuple[int, bytes]:
+        """One REST call through the TLS front door (or straight to Orthanc with ``direct``)."""
+        import base64
+        import ssl
+
+        if direct:
+            url, context = f"http://127.0.0.1:{self.ports['orthanc_http']}{path}", None
+        else:
+            url, context = (
+                f"https://127.0.0.1:{self.ports['https']}{path}",
+                ssl.create_default_context(cafile=str(self.ca_path)),
+            )
+        request = urllib.request.Request(url, method=method, data=data)  # noqa: S310 - loopback only
+        if auth:
+            request.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=60) as response:  # noqa: S310
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "https": f"https://127.0.0.1:{self.ports['https']}/",
+            "dicom_host": "127.0.0.1",
+            "dicom_port": self.ports["dicom_tls"],
+            "ae_title": self.ae_title,
+            "ca": str(self.ca_path),
+            "user": "admin",
+            "password_secret": "orthweb/orthanc-admin (in the emulator)",
+            "workdir": str(self.workdir),
+        }
+
+
+def _stop_pid(pid: int, sig: int, timeout: float = 30) -> None:
+    """Signal a process that is not our child and wait for it to go (SIGKILL after ``timeout``)."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status")
+        if not status.exists() or "State:\tZ" in status.read_text():
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+
+
+def main(argv: list[str]) -> int:
+    command = argv[1] if len(argv) > 1 else "up"
+    if command == "up":
+        workdir = STATE_FILE.parent
+        shutil.rmtree(workdir, ignore_errors=True)
+        site = LocalSite(workdir).start()
+        info = site.describe()
+        password_file = workdir / "admin-password"
+        password_file.write_text(site.admin()["password"])
+        password_file.chmod(0o600)
+        info["password_file"] = str(password_file)
+        info["pids"] = {name: p.pid for name, p in site.processes.items()}
+        for name, process in (("emulator", site.emulator.process), ("postgres", site.pg.process)):
+            if process is not None:
+                info["pids"][name] = process.pid
+        info["pg_root"] = str(site.pg.root)
+        STATE_FILE.write_text(json.dumps(info, indent=1))
+        print(
+            f"Orthweb local site is up (stand-in S3 plugin; see README)\n"
+            f"  web/REST : {info['https']}  user admin, password in {info['password_file']}\n"
+            f"  DICOM TLS: {info['dicom_host']}:{info['dicom_port']}  AE title {info['ae_title']}\n"
+            f"  site CA  : {info['ca']}\n  stop with: make local-down"
+        )
+        # Leave the servers running: detach from them.
+        os._exit(0)
+    if command == "down":
+        if not STATE_FILE.exists():
+            print("no local site is running")
+            return 0
+        info = json.loads(STATE_FILE.read_text())
+        # Front to back; PostgreSQL gets SIGINT ("fast" shutdown: it does not wait for clients).
+        order = ("nginx", "orthanc", "postgres", "emulator")
+        for name in sorted(info["pids"], key=lambda n: order.index(n) if n in order else len(order)):
+            _stop_pid(info["pids"][name], signal.SIGINT if name == "postgres" else signal.SIGTERM)
+        shutil.rmtree(info.get("pg_root", ""), ignore_errors=True)
+        STATE_FILE.unlink()
+        print("local site stopped")
+        return 0
+    print("usage: python -m tools.localsite up|down", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
