@@ -13,16 +13,13 @@ from cdktf_cdktf_provider_aws.cloudtrail import (
     CloudtrailEventSelector,
     CloudtrailEventSelectorDataResource,
 )
-from cdktf_cdktf_provider_aws.iam_role import IamRole
-from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
-from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 from cdktf_cdktf_provider_aws.sns_topic import SnsTopic
 from cdktf_cdktf_provider_aws.sns_topic_policy import SnsTopicPolicy
 from constructs import Construct
 
 from modules.account import Account
 from modules.logs import encrypted_log_group
-from modules.policy import Statement, assume_role_policy, policy_document, resource_policy_json
+from modules.policy import Statement, resource_policy_json, service_role
 
 TRAIL_PREFIX = "cloudtrail"
 BACKUP_POLICY = "service-role/AWSBackupServiceRolePolicyForBackup"
@@ -58,26 +55,15 @@ class DataEventTrail(Construct):
             key_arn=props.key_arn,
             retention_days=props.log_retention_days,
         )
-        role = IamRole(
+        role = service_role(
             self,
-            "logs-role",
+            "logs",
             name=f"{props.name}-cloudtrail-logs",
-            assume_role_policy=assume_role_policy(self, "logs-trust", "cloudtrail.amazonaws.com").json,
-        )
-        IamRolePolicy(
-            self,
-            "logs-policy",
-            name="write-trail-logs",
-            role=role.id,
-            policy=policy_document(
-                self,
-                "logs-write",
-                [
-                    Statement(
-                        actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[f"{self.log_group.arn}:*"]
-                    )
-                ],
-            ).json,
+            service="cloudtrail.amazonaws.com",
+            inline=[
+                Statement(actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[f"{self.log_group.arn}:*"])
+            ],
+            inline_name="write-trail-logs",
         )
         self.topic = SnsTopic(self, "topic", name=f"{props.name}-cloudtrail", kms_master_key_id=props.key_arn)
         SnsTopicPolicy(
@@ -151,14 +137,12 @@ class DatabaseBackup(Construct):
                 )
             ],
         )
-        role = IamRole(
+        role = service_role(
             self,
-            "role",
+            "backup",
             name=f"{props.name}-backup",
-            assume_role_policy=assume_role_policy(self, "trust", "backup.amazonaws.com").json,
-        )
-        IamRolePolicyAttachment(
-            self, "policy", role=role.name, policy_arn=f"arn:{props.partition}:iam::aws:policy/{BACKUP_POLICY}"
+            service="backup.amazonaws.com",
+            managed_policy_arns=[f"arn:{props.partition}:iam::aws:policy/{BACKUP_POLICY}"],
         )
         BackupSelection(
             self,

@@ -8,15 +8,13 @@ from dataclasses import dataclass
 from cdktf_cdktf_provider_aws.db_instance import DbInstance
 from cdktf_cdktf_provider_aws.db_parameter_group import DbParameterGroup, DbParameterGroupParameter
 from cdktf_cdktf_provider_aws.db_subnet_group import DbSubnetGroup
-from cdktf_cdktf_provider_aws.iam_role import IamRole
-from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 from cdktf_cdktf_provider_aws.security_group import SecurityGroup
 from cdktf_cdktf_provider_aws.vpc_security_group_egress_rule import VpcSecurityGroupEgressRule
 from cdktf_cdktf_provider_aws.vpc_security_group_ingress_rule import VpcSecurityGroupIngressRule
 from constructs import Construct
 
 from modules.logs import encrypted_log_group
-from modules.policy import assume_role_policy
+from modules.policy import service_role
 
 # Major version only, with automatic minor upgrades: RDS applies security patches itself and
 # Terraform accepts the prefix, so a minor upgrade by AWS causes no perpetual diff.
@@ -106,17 +104,12 @@ class Database(Construct):
             )
             for log in EXPORTED_LOGS
         }
-        self.monitoring_role = IamRole(
+        self.monitoring_role = service_role(
             self,
-            "monitoring-role",
+            "monitoring",
             name=f"{props.name}-rds-monitoring",
-            assume_role_policy=assume_role_policy(self, "monitoring-trust", "monitoring.rds.amazonaws.com").json,
-        )
-        IamRolePolicyAttachment(
-            self,
-            "monitoring-policy",
-            role=self.monitoring_role.name,
-            policy_arn=f"arn:{props.partition}:iam::aws:policy/service-role/{ENHANCED_MONITORING_POLICY}",
+            service="monitoring.rds.amazonaws.com",
+            managed_policy_arns=[f"arn:{props.partition}:iam::aws:policy/service-role/{ENHANCED_MONITORING_POLICY}"],
         )
         self.instance = DbInstance(
             self,

@@ -13,8 +13,6 @@ from cdktf_cdktf_provider_aws.data_aws_availability_zones import (
 from cdktf_cdktf_provider_aws.default_security_group import DefaultSecurityGroup
 from cdktf_cdktf_provider_aws.eip import Eip
 from cdktf_cdktf_provider_aws.flow_log import FlowLog
-from cdktf_cdktf_provider_aws.iam_role import IamRole
-from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
 from cdktf_cdktf_provider_aws.internet_gateway import InternetGateway
 from cdktf_cdktf_provider_aws.route import Route
 from cdktf_cdktf_provider_aws.route_table import RouteTable
@@ -29,7 +27,7 @@ from constructs import Construct
 
 from modules.account import Account
 from modules.logs import encrypted_log_group
-from modules.policy import Statement, assume_role_policy, policy_document
+from modules.policy import Statement, service_role
 
 # RDS requires a DB subnet group spanning at least two availability zones.
 MIN_DB_SUBNET_AZS = 2
@@ -211,26 +209,20 @@ class Network(Construct):
             key_arn=props.key_arn,
             retention_days=props.log_retention_days,
         )
-        trust = assume_role_policy(
+        self.flow_log_role = service_role(
             self,
-            "flow-log-trust",
-            "vpc-flow-logs.amazonaws.com",
+            "flow-log",
+            name=f"{props.name}-vpc-flow-logs",
+            service="vpc-flow-logs.amazonaws.com",
             conditions=[("StringEquals", "aws:SourceAccount", [props.account.account_id])],
-        )
-        self.flow_log_role = IamRole(
-            self, "flow-log-role", name=f"{props.name}-vpc-flow-logs", assume_role_policy=trust.json
-        )
-        write = policy_document(
-            self,
-            "flow-log-write",
-            [
+            inline=[
                 Statement(
                     actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
                     resources=[self.flow_log_group.arn, f"{self.flow_log_group.arn}:*"],
                 )
             ],
+            inline_name="write-flow-logs",
         )
-        IamRolePolicy(self, "flow-log-policy", name="write-flow-logs", role=self.flow_log_role.id, policy=write.json)
         self.flow_log = FlowLog(
             self,
             "flow-log",

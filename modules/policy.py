@@ -12,6 +12,9 @@ from cdktf_cdktf_provider_aws.data_aws_iam_policy_document import (
     DataAwsIamPolicyDocumentStatementCondition,
     DataAwsIamPolicyDocumentStatementPrincipals,
 )
+from cdktf_cdktf_provider_aws.iam_role import IamRole
+from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
+from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 from constructs import Construct
 
 
@@ -89,3 +92,25 @@ def assume_role_policy(
         id_,
         [Statement(actions=["sts:AssumeRole"], resources=(), principals={"Service": [service]}, conditions=conditions)],
     )
+
+
+def service_role(
+    scope: Construct,
+    id_: str,
+    *,
+    name: str,
+    service: str,
+    conditions: Sequence[tuple[str, str, Sequence[str]]] = (),
+    inline: Sequence[Statement] = (),
+    inline_name: str = "inline",
+    managed_policy_arns: Sequence[str] = (),
+) -> IamRole:
+    """A role an AWS service assumes, with an optional inline policy and managed policy attachments."""
+    trust = assume_role_policy(scope, f"{id_}-trust", service, conditions)
+    role = IamRole(scope, f"{id_}-role", name=name, assume_role_policy=trust.json)
+    if inline:
+        document = policy_document(scope, f"{id_}-write", inline)
+        IamRolePolicy(scope, f"{id_}-policy", name=inline_name, role=role.id, policy=document.json)
+    for index, arn in enumerate(managed_policy_arns):
+        IamRolePolicyAttachment(scope, f"{id_}-managed-{index}", role=role.name, policy_arn=arn)
+    return role

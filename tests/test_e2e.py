@@ -97,35 +97,39 @@ def test_dcmtk_echo_and_store_over_tls(site, tmp_path):
     assert key not in object_keys(site), "deleting the instance removes the object"
 
 
-def test_pynetdicom_store_and_validator(site, tmp_path):
+def run_validator(site: LocalSite, ca: Path, password: str, tmp_path: Path, *extra: str):
     pw = tmp_path / "pw"
-    pw.write_text(site.admin()["password"])
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tools.validate",
-            "--host",
-            "127.0.0.1",
-            "--https-port",
-            str(site.ports["https"]),
-            "--dicom-port",
-            str(site.ports["dicom_tls"]),
-            "--ca",
-            str(site.ca_path),
-            "--password-file",
-            str(pw),
-            "--bucket",
-            site.bucket,
-            "--s3-endpoint",
-            site.emulator.endpoint,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        env={**os.environ, **{k: v for k, v in site.emulator.client_env().items() if k != "AWS_ENDPOINT_URL"}},
+    pw.write_text(password)
+    args = [
+        "--host",
+        "127.0.0.1",
+        "--https-port",
+        str(site.ports["https"]),
+        "--dicom-port",
+        str(site.ports["dicom_tls"]),
+        "--ca",
+        str(ca),
+        "--password-file",
+        str(pw),
+        *extra,
+    ]
+    env = {**os.environ, **{k: v for k, v in site.emulator.client_env().items() if k != "AWS_ENDPOINT_URL"}}
+    return subprocess.run(
+        [sys.executable, "-m", "tools.validate", *args], capture_output=True, text=True, cwd=ROOT, timeout=120, env=env
+    )
+
+
+def test_pynetdicom_store_and_validator(site, tmp_path):
+    proc = run_validator(
+        site,
+        site.ca_path,
+        site.admin()["password"],
+        tmp_path,
+        "--bucket",
+        site.bucket,
+        "--s3-endpoint",
+        site.emulator.endpoint,
+        "--json",
     )
     report = json.loads(proc.stdout)
     assert proc.returncode == 0 and report["ok"], proc.stdout + proc.stderr
@@ -140,34 +144,11 @@ def test_pynetdicom_store_and_validator(site, tmp_path):
     ],
 )
 def test_validator_fails_clearly(site, tmp_path, breakage, failing):
-    pw = tmp_path / "pw"
-    pw.write_text("not-the-password" if breakage == "password" else site.admin()["password"])
-    ca = site.ca_path
-    if breakage == "certificate":
-        from tools.pki import make_ca
+    from tools.pki import make_ca
 
-        ca = make_ca(tmp_path / "other", "Some other CA").cert
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tools.validate",
-            "--host",
-            "127.0.0.1",
-            "--https-port",
-            str(site.ports["https"]),
-            "--dicom-port",
-            str(site.ports["dicom_tls"]),
-            "--ca",
-            str(ca),
-            "--password-file",
-            str(pw),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
+    password = "not-the-password" if breakage == "password" else site.admin()["password"]
+    ca = make_ca(tmp_path / "other", "Some other CA").cert if breakage == "certificate" else site.ca_path
+    proc = run_validator(site, ca, password, tmp_path)
     assert proc.returncode == 1
     assert f"FAIL  {failing}" in proc.stdout and "site NOT OK" in proc.stdout
 

@@ -82,6 +82,12 @@ class LocalPostgres:
                 f"unix_socket_directories = '{self.root}'\nmax_connections = 200\n"
                 "log_statement = 'none'\nlog_min_error_statement = 'panic'\n"
             )
+        self._spawn()
+        self.psql_superuser(f'CREATE DATABASE "{self.database}"', database="postgres")
+        return self
+
+    def _spawn(self) -> None:
+        """Start the server as the postgres user directly (runuser would turn SIGTERM into SIGKILL)."""
         log = open(self.root / "postgres.log", "ab")
         self.process = subprocess.Popen(
             [str(PG_BIN / "postgres"), "-D", str(self.data)],
@@ -91,8 +97,6 @@ class LocalPostgres:
             group=self.user.pw_gid,
         )
         self._wait_ready()
-        self.psql_superuser(f'CREATE DATABASE "{self.database}"', database="postgres")
-        return self
 
     def _wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -133,15 +137,7 @@ class LocalPostgres:
 
     def restart(self) -> None:
         self.stop(remove=False)
-        log = open(self.root / "postgres.log", "ab")
-        self.process = subprocess.Popen(
-            [str(PG_BIN / "postgres"), "-D", str(self.data)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            user=self.user.pw_uid,
-            group=self.user.pw_gid,
-        )
-        self._wait_ready()
+        self._spawn()
 
     def stop(self, remove: bool = True) -> None:
         if self.process and self.process.poll() is None:

@@ -105,9 +105,11 @@ class Validator:
             self.results.append(Result(name, False, str(exc) or exc.__class__.__name__))
             return False
 
-    def rest(self, path: str, auth: tuple[str, str] | None, method: str = "GET") -> tuple[int, bytes]:
+    def rest(
+        self, path: str, auth: tuple[str, str] | None, method: str = "GET", data: bytes | None = None
+    ) -> tuple[int, bytes]:
         url = f"https://{self.t.host}:{self.t.https_port}{path}"
-        request = urllib.request.Request(url, method=method)
+        request = urllib.request.Request(url, method=method, data=data)  # noqa: S310 - https only
         if auth:
             token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
             request.add_header("Authorization", f"Basic {token}")
@@ -202,13 +204,9 @@ class Validator:
         return f"instance {found} downloaded over HTTPS, content identical"
 
     def _lookup(self) -> tuple[int, str]:
-        url = f"https://{self.t.host}:{self.t.https_port}/tools/lookup"
-        request = urllib.request.Request(url, method="POST", data=self.sop_uid.encode())
-        token = base64.b64encode(f"{self.t.user}:{self.t.password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-        with urllib.request.urlopen(request, context=self.context, timeout=60) as response:  # noqa: S310
-            hits = [h for h in json.loads(response.read()) if h.get("Type") == "Instance"]
-            return response.status, hits[0]["ID"] if hits else ""
+        status, body = self.rest("/tools/lookup", self.auth, method="POST", data=self.sop_uid.encode())
+        hits = [h for h in json.loads(body) if h.get("Type") == "Instance"] if status == 200 else []
+        return status, hits[0]["ID"] if hits else ""
 
     def _s3(self):
         import boto3

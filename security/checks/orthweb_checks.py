@@ -83,29 +83,31 @@ class S3PolicyDeniesInsecureTransport(BaseResourceCheck):
         return CheckResult.FAILED
 
 
+INGRESS_RESOURCES = ["aws_vpc_security_group_ingress_rule", "aws_security_group_rule", "aws_security_group"]
+CIDR_KEYS = ("cidr_ipv4", "cidr_ipv6", "cidr_blocks", "ipv6_cidr_blocks", "prefix_list_id")
+
+
+def ingress_rules(conf: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ingress rules a resource opens: inline blocks of a security group, or the rule itself."""
+    inline = [r for r in _as_list(conf.get("ingress")) if isinstance(r, dict)]
+    if inline:
+        return inline
+    is_rule = ("from_port" in conf or "ip_protocol" in conf) and str(first(conf, "type", "ingress")) == "ingress"
+    return [conf] if is_rule else []
+
+
 class PostgresIngressOnlyFromSecurityGroups(BaseResourceCheck):
     def __init__(self) -> None:
         super().__init__(
             name="PostgreSQL ingress only from security groups, never from CIDR ranges",
             id="CKV_ORTHWEB_2",
             categories=[CheckCategories.NETWORKING],
-            supported_resources=[
-                "aws_vpc_security_group_ingress_rule",
-                "aws_security_group_rule",
-                "aws_security_group",
-            ],
+            supported_resources=INGRESS_RESOURCES,
         )
 
     def scan_resource_conf(self, conf: dict[str, Any]) -> CheckResult:
-        rules = [r for r in _as_list(conf.get("ingress")) if isinstance(r, dict)] or [conf]
-        for rule in rules:
-            if str(first(rule, "type", "ingress")) != "ingress" or not _port_in(rule, POSTGRES_PORT):
-                continue
-            if "ingress" not in conf and "from_port" not in conf and "ip_protocol" not in conf:
-                continue
-            if any(
-                first(rule, k) for k in ("cidr_ipv4", "cidr_ipv6", "cidr_blocks", "ipv6_cidr_blocks", "prefix_list_id")
-            ):
+        for rule in ingress_rules(conf):
+            if _port_in(rule, POSTGRES_PORT) and any(first(rule, k) for k in CIDR_KEYS):
                 return CheckResult.FAILED
         return CheckResult.PASSED
 
@@ -116,22 +118,11 @@ class NoSshIngress(BaseResourceCheck):
             name="No security group ingress on port 22 (use SSM Session Manager)",
             id="CKV_ORTHWEB_3",
             categories=[CheckCategories.NETWORKING],
-            supported_resources=[
-                "aws_vpc_security_group_ingress_rule",
-                "aws_security_group_rule",
-                "aws_security_group",
-            ],
+            supported_resources=INGRESS_RESOURCES,
         )
 
     def scan_resource_conf(self, conf: dict[str, Any]) -> CheckResult:
-        rules = [r for r in _as_list(conf.get("ingress")) if isinstance(r, dict)]
-        if (
-            not rules
-            and ("from_port" in conf or "ip_protocol" in conf)
-            and str(first(conf, "type", "ingress")) == "ingress"
-        ):
-            rules = [conf]
-        return CheckResult.FAILED if any(_port_in(r, SSH_PORT) for r in rules) else CheckResult.PASSED
+        return CheckResult.FAILED if any(_port_in(r, SSH_PORT) for r in ingress_rules(conf)) else CheckResult.PASSED
 
 
 class NoWildcardActionInPolicyDocument(BaseDataCheck):
