@@ -16,7 +16,7 @@ PY := .venv/bin/python
 APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose awscli postgresql-15 openssl \
 	orthanc orthanc-postgresql orthanc-python python3-boto3 dcmtk
 
-.PHONY: local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck pytest cli diff deploy destroy output clean
+.PHONY: bench local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck pytest cli diff deploy destroy output clean
 
 ## synth: install runtime dependencies and synthesize cdktf.out/stacks/<name> (no AWS account needed)
 synth: setup
@@ -57,6 +57,12 @@ typecheck:
 pytest:
 	mkdir -p build
 	$(PY) -m pytest --junitxml=build/junit.xml $(PYTEST_ARGS)
+
+## bench: synth (lazy vs stock binding), DICOM ingest paths, test-suite time by module (see docs/benchmarks.md)
+bench: setup-dev system-deps
+	$(PY) -m bench.synth
+	$(PY) -m bench.ingest
+	$(PY) -m bench.suite
 
 ## local-up / local-down: the whole site on this machine (no AWS; see README "Try it locally")
 local-up: setup-dev system-deps

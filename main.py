@@ -26,6 +26,10 @@ def build_app(config, outdir: str | None = None, state_path: str | None = None):
     """
     # jsii prints a Node end-of-life banner on every run otherwise.
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+    if os.environ.get("ORTHWEB_AWS_BINDING") != "stock":
+        from modules.aws_binding import use_lazy_binding
+
+        use_lazy_binding()
     from cdktf import App, LocalBackend
 
     from stacks.orthweb_stack import OrthwebStack

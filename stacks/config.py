@@ -19,6 +19,18 @@ from typing import Any
 from urllib.parse import urlparse
 
 ENV_PREFIX = "ORTHWEB_"
+# Variables with the same prefix that tune Orthweb's tools, not the deployment: never config fields.
+TOOL_VARIABLES = frozenset(
+    {
+        "ORTHWEB_AWS_BINDING",
+        "ORTHWEB_TF_MIRROR",
+        "ORTHWEB_PG_BIN",
+        "ORTHWEB_LOCALSITE_DIR",
+        "ORTHWEB_AWS_ENDPOINT",
+        "ORTHWEB_ETC",
+        "ORTHWEB_RUN",
+    }
+)
 RDS_CA_BUNDLE = Path(__file__).resolve().parent.parent / "userdata" / "rds-ca-bundle.pem"
 CONFIG_FILE_NAME = "orthweb.toml"
 
@@ -378,7 +390,7 @@ def load_config(root: Path, environ: Mapping[str, str]) -> OrthwebConfig:
             else:
                 values[key] = _coerce(key, value, problems)
     for env_name, value in environ.items():
-        if not env_name.startswith(ENV_PREFIX):
+        if not env_name.startswith(ENV_PREFIX) or env_name in TOOL_VARIABLES:
             continue
         key = env_name[len(ENV_PREFIX) :].lower()
         if key not in known:

@@ -16,6 +16,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 os.environ.setdefault("CHECKPOINT_DISABLE", "1")
 
+from modules.aws_binding import use_lazy_binding  # noqa: E402
+
+use_lazy_binding()  # before anything imports the AWS binding: each test process loads only what it uses
+
 from stacks.config import OrthwebConfig  # noqa: E402
 
 PROFILES: dict[str, dict[str, Any]] = {

@@ -127,6 +127,11 @@ def test_config_file_then_environment(tmp_path):
     assert config.dicom_modalities == (DicomModality("PACS", "10.20.1.5", 11112, ("echo", "find", "move")),)
 
 
+def test_tool_variables_are_not_config(tmp_path):
+    config = load_config(tmp_path, {"ORTHWEB_TF_MIRROR": "/opt/x", "ORTHWEB_AWS_BINDING": "stock"})
+    assert config == OrthwebConfig()
+
+
 def test_unknown_key_in_config_file(tmp_path):
     (tmp_path / "orthweb.toml").write_text('nmae = "typo"\n')
     with pytest.raises(ConfigError, match="orthweb.toml: nmae"):

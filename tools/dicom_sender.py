@@ -25,7 +25,7 @@ def send(
     host: str,
     port: int,
     ae_title: str,
-    ca: str,
+    ca: str | None,
     instances: list[tuple[bytes, str]],
     after_each: Callable[[int], None] | None = None,
 ) -> SendReport:
@@ -34,11 +34,11 @@ def send(
     from pydicom.uid import SecondaryCaptureImageStorage
     from pynetdicom import AE
 
-    context = ssl.create_default_context(cafile=ca)
     ae = AE(ae_title="ORTHWEBLOAD")
     ae.add_requested_context(SecondaryCaptureImageStorage)
     report = SendReport()
-    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=(context, host))
+    tls = (ssl.create_default_context(cafile=ca), host) if ca else None
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls)
     if not assoc.is_established:
         report.aborted = True
         report.failed = [uid for _, uid in instances]

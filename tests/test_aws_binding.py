@@ -1,0 +1,41 @@
+"""The lazy AWS binding: byte-identical output to the stock import, and a fallback when the
+binding's layout is not the expected one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import modules.aws_binding as binding
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def synth(out: Path, **env: str) -> bytes:
+    subprocess.run(
+        [sys.executable, str(ROOT / "main.py")],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+        env={**os.environ, "CDKTF_OUTDIR": str(out), **env},
+        timeout=300,
+    )
+    return (out / "stacks" / "orthweb" / "cdk.tf.json").read_bytes()
+
+
+def test_lazy_and_stock_binding_synthesize_identical_json(tmp_path):
+    assert synth(tmp_path / "lazy") == synth(tmp_path / "stock", ORTHWEB_AWS_BINDING="stock")
+
+
+def test_test_process_uses_the_lazy_binding():
+    assert getattr(sys.modules[binding.PACKAGE], "__orthweb_lazy__", False) is True
+
+
+def test_unknown_layout_falls_back_to_the_stock_import(monkeypatch, tmp_path):
+    (tmp_path / "_jsii").mkdir()  # no assembly of the expected version
+    monkeypatch.delitem(sys.modules, binding.PACKAGE)
+    monkeypatch.setattr(binding, "_package_dir", lambda: tmp_path)
+    assert binding.use_lazy_binding() is False
+    assert binding.PACKAGE not in sys.modules
