@@ -120,6 +120,7 @@ def run_validator(site: LocalSite, ca: Path, password: str, tmp_path: Path, *ext
 
 
 def test_pynetdicom_store_and_validator(site, tmp_path):
+    uri_file = site.run / "secrets" / "db-connection-uri"  # the app role's URI, verify-full against the RDS CA
     proc = run_validator(
         site,
         site.ca_path,
@@ -129,11 +130,15 @@ def test_pynetdicom_store_and_validator(site, tmp_path):
         site.bucket,
         "--s3-endpoint",
         site.emulator.endpoint,
+        "--database-uri-file",
+        str(uri_file),
         "--json",
     )
     report = json.loads(proc.stdout)
     assert proc.returncode == 0 and report["ok"], proc.stdout + proc.stderr
-    assert len(report["checks"]) == 8
+    names = [c["name"] for c in report["checks"]]
+    assert names[-3:] == ["DICOM object in the S3 bucket", "index row in PostgreSQL", "test instance removed"]
+    assert len(names) == 9
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,7 @@ class Target:
     bucket: str = ""
     s3_endpoint: str = ""
     region: str = "us-east-1"
+    database_uri: str = ""
 
 
 def make_test_instance() -> tuple[bytes, str]:
@@ -223,6 +224,24 @@ class Validator:
             raise AssertionError(f"no object for attachment {self.attachment_uuid} in {self.t.bucket}")
         return f"object {matching[0]} in bucket {self.t.bucket}"
 
+    def row_in_database(self) -> str:
+        """The instance's row in Orthanc's index (run where the database is reachable, e.g. on the host)."""
+        import subprocess
+
+        sql = "select count(*) from resources where publicid = :'id'"
+        proc = subprocess.run(
+            ["psql", "-X", "-q", "-t", "-A", "-v", f"id={self.instance_id}", self.t.database_uri],
+            input=sql,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if proc.returncode != 0 or proc.stdout.strip() != "1":
+            raise AssertionError(
+                f"no index row for {self.instance_id}: {proc.stdout.strip()} {proc.stderr.strip()[:200]}"
+            )
+        return f"index row for {self.instance_id} in PostgreSQL"
+
     def cleanup(self) -> str:
         status, _ = self.rest(f"/instances/{self.instance_id}", self.auth, method="DELETE")
         if status != 200:
@@ -242,6 +261,8 @@ class Validator:
         if self.check("DICOM C-STORE over TLS", self.store) and self.check("stored instance read back", self.read_back):
             if self.t.bucket:
                 self.check("DICOM object in the S3 bucket", self.object_in_bucket)
+            if self.t.database_uri:
+                self.check("index row in PostgreSQL", self.row_in_database)
             self.check("test instance removed", self.cleanup)
         return self.results
 
@@ -259,6 +280,7 @@ def parse(argv: list[str]) -> tuple[Target, bool]:
     p.add_argument("--bucket", default="", help="also check the object in this S3 bucket")
     p.add_argument("--s3-endpoint", default="", help=argparse.SUPPRESS)
     p.add_argument("--region", default="us-east-1")
+    p.add_argument("--database-uri-file", type=Path, help="file holding a libpq URI of the index database (optional)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     a = p.parse_args(argv)
     host = a.host
@@ -273,9 +295,11 @@ def parse(argv: list[str]) -> tuple[Target, bool]:
         if not getattr(a, name).is_file():
             p.error(f"--{name.replace('_', '-')}: {getattr(a, name)} is not a readable file")
     password = a.password_file.read_text().strip()
-    return Target(
-        host, a.https_port, a.dicom_port, a.aet, a.ca, a.user, password, a.bucket, a.s3_endpoint, a.region
-    ), a.json
+    database_uri = a.database_uri_file.read_text().strip() if a.database_uri_file else ""
+    target = Target(
+        host, a.https_port, a.dicom_port, a.aet, a.ca, a.user, password, a.bucket, a.s3_endpoint, a.region, database_uri
+    )
+    return target, a.json
 
 
 def main(argv: list[str] | None = None) -> int:
