@@ -5,15 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cdktf_cdktf_provider_aws.iam_instance_profile import IamInstanceProfile
-from cdktf_cdktf_provider_aws.iam_role import IamRole
-from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
-from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 from cdktf_cdktf_provider_aws.secretsmanager_secret import SecretsmanagerSecret
 from constructs import Construct
 
 from modules.account import Account
 from modules.logs import encrypted_log_group
-from modules.policy import Statement, assume_role_policy, policy_document
+from modules.policy import Statement, service_role
 
 # Object-level S3 actions Orthanc's storage plugin needs; nothing that changes bucket settings.
 DICOM_OBJECT_ACTIONS = (
@@ -90,18 +87,18 @@ class HostAccess(Construct):
         readable = [props.db_secret_arn, *app_secrets]
         if props.byo_tls_secret:
             readable.append(_secret_arn(props.account, props.byo_tls_secret))
-        trust = assume_role_policy(self, "trust", "ec2.amazonaws.com")
-        self.role = IamRole(self, "role", name=f"{props.name}-host", assume_role_policy=trust.json)
-        self.policy = policy_document(
+        self.role = service_role(
             self,
-            "permissions",
-            [
+            "host",
+            name=f"{props.name}-host",
+            service="ec2.amazonaws.com",
+            inline=[
                 Statement(sid="DicomObjects", actions=DICOM_OBJECT_ACTIONS, resources=[f"{props.bucket_arn}/*"]),
                 Statement(sid="DicomBucket", actions=DICOM_BUCKET_ACTIONS, resources=[props.bucket_arn]),
                 Statement(
                     sid="ReadSecrets",
                     actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
-                    resources=[props.db_secret_arn, *app_secrets],
+                    resources=readable,
                 ),
                 Statement(sid="WriteAppSecrets", actions=["secretsmanager:PutSecretValue"], resources=app_secrets),
                 Statement(sid="UseSiteKey", actions=KEY_USE_ACTIONS, resources=[props.key_arn]),
@@ -111,12 +108,7 @@ class HostAccess(Construct):
                     resources=[self.log_group.arn, f"{self.log_group.arn}:*"],
                 ),
             ],
-        )
-        IamRolePolicy(self, "inline", name="orthweb-host", role=self.role.id, policy=self.policy.json)
-        IamRolePolicyAttachment(
-            self,
-            "ssm",
-            role=self.role.name,
-            policy_arn=f"arn:{props.account.partition}:iam::aws:policy/{SSM_MANAGED_POLICY}",
+            inline_name="orthweb-host",
+            managed_policy_arns=[f"arn:{props.account.partition}:iam::aws:policy/{SSM_MANAGED_POLICY}"],
         )
         self.instance_profile = IamInstanceProfile(self, "profile", name=f"{props.name}-host", role=self.role.name)

@@ -116,6 +116,7 @@ class OrthwebStack(TerraformStack):
                 db_secret_arn=self.database.secret_arn,
                 log_retention_days=config.log_retention_days,
                 prod=config.is_prod,
+                byo_tls_secret=config.tls_certificate_secret,
             ),
         )
         self.host = Host(

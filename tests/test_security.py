@@ -75,9 +75,9 @@ def test_each_custom_policy_fails_a_broken_stack(synth_profile, tmp_path):
     broken["CKV_ORTHWEB_2"] = "resource.open_db"
     broken["CKV_ORTHWEB_3"] = "resource.open_ssh"
 
-    host_doc = d["aws_iam_policy_document"][_one(d["aws_iam_policy_document"], "access_permissions")]
+    host_doc = d["aws_iam_policy_document"][_one(d["aws_iam_policy_document"], "access_host-write")]
     host_doc["statement"].append({"effect": "Allow", "actions": ["s3:*"], "resources": ["*"]})
-    broken["CKV_ORTHWEB_4"] = "data.access_permissions"
+    broken["CKV_ORTHWEB_4"] = "data.access_host-write"
 
     key = r["aws_kms_key"]["site_key"]
     key_policy = json.loads(key["policy"])

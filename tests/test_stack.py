@@ -216,7 +216,7 @@ def test_pinned_ami_and_ssh_key_and_client_cidrs(tmp_path):
 
 
 def test_host_role_least_privilege(default_stack):
-    host = {s["sid"]: s for s in statements(default_stack, "access_permissions")}
+    host = {s["sid"]: s for s in statements(default_stack, "access_host-write")}
     assert set(host["DicomObjects"]["actions"]) == {
         "s3:GetObject",
         "s3:PutObject",
@@ -328,3 +328,15 @@ def test_optional_extras(synth_profile):
 def test_extras_are_off_by_default(default_stack):
     for rtype in ("aws_cloudtrail", "aws_s3_bucket_object_lock_configuration", "aws_backup_plan"):
         assert not default_stack.resources(rtype)
+
+
+def test_your_own_certificate_secret_is_readable_by_the_host(tmp_path):
+    from stacks.config import OrthwebConfig
+    from tests.conftest import synth_json
+
+    data = synth_json(OrthwebConfig(tls_certificate_secret="hospital/pacs-cert"), tmp_path)
+    doc = next(d for k, d in data["data"]["aws_iam_policy_document"].items() if "access_host-write" in k)
+    read = next(s for s in doc["statement"] if s["sid"] == "ReadSecrets")
+    assert any(r.endswith(":secret:hospital/pacs-cert-??????") for r in read["resources"])
+    write = next(s for s in doc["statement"] if s["sid"] == "WriteAppSecrets")
+    assert not any("pacs-cert" in r for r in write["resources"]), "the host never writes your certificate"
