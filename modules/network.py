@@ -94,30 +94,23 @@ class Network(Construct):
             return Fn.element(zones.names, i)
 
         private_count = max(props.az_count, MIN_DB_SUBNET_AZS)
-        self.public_subnets = [
-            Subnet(
-                self,
-                f"public-{i}",
-                vpc_id=self.vpc.id,
-                cidr_block=cidr,
-                availability_zone=az(i),
-                map_public_ip_on_launch=False,
-                tags={"Name": f"{props.name}-public-{i}", "Tier": "public"},
-            )
-            for i, cidr in enumerate(subnet_cidrs(props.vpc_cidr, props.az_count))
-        ]
-        self.private_subnets = [
-            Subnet(
-                self,
-                f"private-{i}",
-                vpc_id=self.vpc.id,
-                cidr_block=cidr,
-                availability_zone=az(i),
-                map_public_ip_on_launch=False,
-                tags={"Name": f"{props.name}-private-{i}", "Tier": "private"},
-            )
-            for i, cidr in enumerate(subnet_cidrs(props.vpc_cidr, private_count, PRIVATE_SUBNET_OFFSET))
-        ]
+
+        def subnets(tier: str, count: int, offset: int = 0) -> list[Subnet]:
+            return [
+                Subnet(
+                    self,
+                    f"{tier}-{i}",
+                    vpc_id=self.vpc.id,
+                    cidr_block=cidr,
+                    availability_zone=az(i),
+                    map_public_ip_on_launch=False,
+                    tags={"Name": f"{props.name}-{tier}-{i}", "Tier": tier},
+                )
+                for i, cidr in enumerate(subnet_cidrs(props.vpc_cidr, count, offset))
+            ]
+
+        self.public_subnets = subnets("public", props.az_count)
+        self.private_subnets = subnets("private", private_count, PRIVATE_SUBNET_OFFSET)
         self.internet_gateway = InternetGateway(self, "igw", vpc_id=self.vpc.id, tags={"Name": f"{props.name}-igw"})
         self.public_route_table = RouteTable(
             self, "public-rt", vpc_id=self.vpc.id, tags={"Name": f"{props.name}-public"}
