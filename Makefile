@@ -11,12 +11,17 @@ export PIPENV_VERBOSITY := -1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CHECKPOINT_DISABLE := 1
 PY := .venv/bin/python
+# Extra flags for the cdktf CLI targets, e.g. CDKTF_FLAGS=--skip-provider-lock when the registry is out of reach.
+CDKTF_FLAGS ?=
+# Parallel pytest workers for `make test` (independent slow modules side by side; see docs/benchmarks.md).
+PYTEST_WORKERS ?= 4
 # Debian packages the test suite drives for real: cloud-init schema, shellcheck, nginx -t, compose
 # config, and the bootstrap against the emulator (awscli v2, PostgreSQL 15 with TLS, openssl).
 APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose awscli postgresql-15 openssl \
 	orthanc orthanc-postgresql orthanc-python python3-boto3 dcmtk
 
-.PHONY: bench local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck pytest cli diff deploy destroy output clean
+.PHONY: bench check local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
+	pytest pytest-unit cli cli-synth diff deploy destroy output snapshot clean
 
 ## synth: install runtime dependencies and synthesize cdktf.out/stacks/<name> (no AWS account needed)
 synth: setup
@@ -24,6 +29,9 @@ synth: setup
 
 ## test: install everything the suite needs, then lint, type-check and run every test
 test: setup-dev cli system-deps lint typecheck pytest
+
+## check: the fast lane: lint, types and the pure tests (Python dev dependencies only; no apt, npm or Terraform)
+check: setup-dev lint typecheck pytest-unit
 
 setup: .venv/.synced-runtime
 setup-dev: .venv/.synced-dev
@@ -56,7 +64,10 @@ typecheck:
 
 pytest:
 	mkdir -p build
-	$(PY) -m pytest --junitxml=build/junit.xml $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --junitxml=build/junit.xml $(PYTEST_ARGS)
+
+pytest-unit:
+	$(PY) -m pytest -m unit -q $(PYTEST_ARGS)
 
 ## bench: synth (lazy vs stock binding), DICOM ingest paths, test-suite time by module (see docs/benchmarks.md)
 bench: setup-dev system-deps
@@ -66,31 +77,37 @@ bench: setup-dev system-deps
 
 ## local-up / local-down: the whole site on this machine (no AWS; see README "Try it locally")
 local-up: setup-dev system-deps
-	$(PY) -m tools.localsite up
+	$(PY) -m tools.harness.localsite up
 local-down:
-	$(PY) -m tools.localsite down
+	$(PY) -m tools.harness.localsite down
 
 ## security: checkov (own virtualenv) + custom policies on the default and prod stacks and the plan
 security: setup-dev
-	$(PY) -m tools.security
+	$(PY) -m tools.ci.security
 
 ## rehearsal: deploy to the AWS API emulator with real Terraform, check, plan again, destroy
 rehearsal: setup-dev system-deps
-	$(PY) -m tools.rehearsal
+	$(PY) -m tools.harness.rehearsal
 
-## cli: the pinned CDKTF CLI (npm), for diff/deploy/destroy
+## snapshot: write (or, with SNAPSHOT_COMPARE=dir, compare) the synthesized JSON of the reference profiles
+snapshot: setup
+	$(PY) -m tools.maint.snapshot $(if $(SNAPSHOT_COMPARE),compare $(SNAPSHOT_COMPARE),write build/snapshot)
+
+## cli: the pinned CDKTF CLI (npm), for synth/diff/deploy/destroy
 cli: node_modules/.package-lock.json
 node_modules/.package-lock.json: package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 
+cli-synth: setup cli
+	npx cdktf synth $(CDKTF_FLAGS)
 diff: setup cli
-	npx cdktf diff
+	npx cdktf diff $(CDKTF_FLAGS)
 deploy: setup cli
-	npx cdktf deploy
+	npx cdktf deploy $(CDKTF_FLAGS)
 destroy: setup cli
-	npx cdktf destroy
+	npx cdktf destroy $(CDKTF_FLAGS)
 output: setup cli
-	npx cdktf output
+	npx cdktf output $(CDKTF_FLAGS)
 
 clean:
 	rm -rf cdktf.out build .pytest_cache .ruff_cache .mypy_cache

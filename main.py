@@ -2,7 +2,7 @@
 """Orthweb CDKTF app: ``build_app()`` builds the app; ``main()`` validates config and synthesizes.
 
 Importing this module has no side effects. ``cdktf synth`` (through cdktf.json) and
-``python main.py`` both run ``main()``.
+``python main.py`` both run ``main()``; only ``main()`` reads the environment.
 """
 
 from __future__ import annotations
@@ -13,23 +13,27 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-ROOT = Path(__file__).resolve().parent
+from config import ROOT
+from config.inputs import ConfigError, OrthwebConfig, load_config
+
+if TYPE_CHECKING:
+    from cdktf import App
+
 DEFAULT_OUTDIR = "cdktf.out"
 EXIT_CONFIG_ERROR = 2
 
 
-def build_app(config, outdir: str | None = None, state_path: str | None = None):
-    """An App holding the Orthweb stack for ``config`` (an ``OrthwebConfig``).
+def build_app(config: OrthwebConfig, outdir: str | None = None, state_path: str | None = None) -> App:
+    """An App holding the Orthweb stack for ``config``.
 
     ``state_path`` puts Terraform's local state there (the rehearsal keeps it in its own folder).
     """
     # jsii prints a Node end-of-life banner on every run otherwise.
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
-    if os.environ.get("ORTHWEB_AWS_BINDING") != "stock":
-        from modules.aws_binding import use_lazy_binding
-
-        use_lazy_binding()
+    # Imported here, not at the top: they start the jsii runtime (a Node process), so importing
+    # main.py stays free of side effects.
     from cdktf import App, LocalBackend
 
     from stacks.orthweb_stack import OrthwebStack
@@ -41,7 +45,7 @@ def build_app(config, outdir: str | None = None, state_path: str | None = None):
     return app
 
 
-def synth(config, outdir: Path) -> Path:
+def synth(config: OrthwebConfig, outdir: Path) -> Path:
     """Synthesize into a temporary sibling folder, then swap it in: never a half-written outdir."""
     outdir = outdir.resolve()
     outdir.parent.mkdir(parents=True, exist_ok=True)
@@ -62,8 +66,6 @@ def synth(config, outdir: Path) -> Path:
 
 
 def main(environ: Mapping[str, str] | None = None) -> int:
-    from stacks.config import ConfigError, load_config
-
     environ = os.environ if environ is None else environ
     try:
         config = load_config(ROOT, environ)
@@ -71,6 +73,9 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         for problem in exc.problems:
             print(f"orthweb: config error: {problem}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    if environ.get("ORTHWEB_AWS_BINDING") == "stock":
+        # Imported whole before modules/ can install the lazy binding (the stock path, for comparison).
+        import cdktf_cdktf_provider_aws  # noqa: F401
     # The cdktf CLI tells the app where to write through CDKTF_OUTDIR.
     outdir = synth(config, Path(environ.get("CDKTF_OUTDIR", ROOT / DEFAULT_OUTDIR)))
     print(f"orthweb: synthesized stack '{config.name}' into {outdir}/stacks/{config.name}")

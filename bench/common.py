@@ -8,7 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from config import ROOT
+
 RESULTS = ROOT / "build" / "bench"
 
 

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 from bench.common import table, write_result
-from tools.dicom_sender import make_instances, send
-from tools.emulator import free_port
-from tools.localsite import LocalSite, wait_for_port
+from config.facts import DEFAULT_AE_TITLE
+from tools.harness.dicom_sender import make_instances, send
+from tools.harness.localsite import LocalSite
+from tools.proc import free_ports, stop_process, wait_for_port
 
 COUNT = 200
 
@@ -28,7 +29,7 @@ def measure(host: str, port: int, ca: str | None, senders: int) -> float:
     acknowledged = [0] * senders
 
     def run(i: int) -> None:
-        acknowledged[i] = len(send(host, port, "ORTHANC", ca, batches[i]).acknowledged)
+        acknowledged[i] = len(send(host, port, DEFAULT_AE_TITLE, ca, batches[i]).acknowledged)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(senders)]
     start = time.monotonic()
@@ -44,12 +45,12 @@ def measure(host: str, port: int, ca: str | None, senders: int) -> float:
 
 def default_orthanc(folder: Path) -> tuple[subprocess.Popen, int]:
     """Orthanc as installed: SQLite and local disk, no TCP_NODELAY, no plugins."""
-    port, http = free_port(), free_port()
+    port, http = free_ports(2)
     config = folder / "orthanc.json"
     config.write_text(
         json.dumps(
             {
-                "DicomAet": "ORTHANC",
+                "DicomAet": DEFAULT_AE_TITLE,
                 "DicomPort": port,
                 "HttpPort": http,
                 "StorageDirectory": str(folder / "db"),
@@ -86,8 +87,7 @@ def main() -> int:
                 "127.0.0.1", port, None, senders
             )
     finally:
-        proc.terminate()
-        proc.wait()
+        stop_process(proc)
         shutil.rmtree(work, ignore_errors=True)
     rows = [["path", "1 sender (inst/s)", "4 senders (inst/s)", "4 vs 1"]]
     rows += [[name, f"{r[1]:.1f}", f"{r[4]:.1f}", f"{r[4] / r[1]:.2f}x"] for name, r in results.items()]

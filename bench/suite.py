@@ -8,7 +8,8 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
-from bench.common import ROOT, table, write_result
+from bench.common import table, write_result
+from config import ROOT
 
 
 def main() -> int:

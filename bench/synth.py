@@ -11,7 +11,8 @@ import os
 import sys
 import tempfile
 
-from bench.common import ROOT, median, run_measured, table, write_result
+from bench.common import median, run_measured, table, write_result
+from config import ROOT
 
 MODES = {"lazy binding (ours)": {}, "stock import": {"ORTHWEB_AWS_BINDING": "stock"}}
 

@@ -17,11 +17,11 @@ from cdktf_cdktf_provider_aws.sns_topic import SnsTopic
 from cdktf_cdktf_provider_aws.sns_topic_policy import SnsTopicPolicy
 from constructs import Construct
 
+from config.facts import TRAIL_PREFIX
 from modules.account import Account
 from modules.logs import encrypted_log_group
 from modules.policy import Statement, resource_policy_json, service_role
 
-TRAIL_PREFIX = "cloudtrail"
 BACKUP_POLICY = "service-role/AWSBackupServiceRolePolicyForBackup"
 # Daily at 05:00 UTC, after the RDS backup window AWS picks by default.
 BACKUP_SCHEDULE = "cron(0 5 * * ? *)"
@@ -44,6 +44,9 @@ class DataEventTrail(Construct):
     the access-log bucket under ``cloudtrail/``, to an encrypted CloudWatch log group (for alarms and
     queries) and announced on an encrypted SNS topic; multi-region.
     """
+
+    # Where the trail writes in the log bucket: the bucket's owner grants delivery under it.
+    key_prefix = TRAIL_PREFIX
 
     def __init__(self, scope: Construct, id_: str, *, props: TrailProps):
         super().__init__(scope, id_)
@@ -87,7 +90,7 @@ class DataEventTrail(Construct):
             "trail",
             name=f"{props.name}-audit",
             s3_bucket_name=props.log_bucket_name,
-            s3_key_prefix=TRAIL_PREFIX,
+            s3_key_prefix=self.key_prefix,
             kms_key_id=props.key_arn,
             enable_log_file_validation=True,
             is_multi_region_trail=True,
@@ -112,10 +115,10 @@ class DataEventTrail(Construct):
 @dataclass(frozen=True)
 class BackupProps:
     name: str
+    account: Account
     key_arn: str
     database_arn: str
     retention_days: int
-    partition: str
 
 
 class DatabaseBackup(Construct):
@@ -142,7 +145,7 @@ class DatabaseBackup(Construct):
             "backup",
             name=f"{props.name}-backup",
             service="backup.amazonaws.com",
-            managed_policy_arns=[f"arn:{props.partition}:iam::aws:policy/{BACKUP_POLICY}"],
+            managed_policy_arns=[f"arn:{props.account.partition}:iam::aws:policy/{BACKUP_POLICY}"],
         )
         BackupSelection(
             self,

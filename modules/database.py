@@ -13,6 +13,8 @@ from cdktf_cdktf_provider_aws.vpc_security_group_egress_rule import VpcSecurityG
 from cdktf_cdktf_provider_aws.vpc_security_group_ingress_rule import VpcSecurityGroupIngressRule
 from constructs import Construct
 
+from config.facts import DB_MASTER_USER, DB_NAME, POSTGRES_PORT
+from modules.account import Account
 from modules.logs import encrypted_log_group
 from modules.policy import service_role
 
@@ -20,9 +22,6 @@ from modules.policy import service_role
 # Terraform accepts the prefix, so a minor upgrade by AWS causes no perpetual diff.
 POSTGRES_ENGINE_VERSION = "17"
 POSTGRES_PARAMETER_FAMILY = "postgres17"
-POSTGRES_PORT = 5432
-DB_NAME = "orthanc"
-MASTER_USERNAME = "orthweb_admin"
 # Named explicitly (it is also RDS's default today) so the host's embedded CA always matches.
 CA_CERT_IDENTIFIER = "rds-ca-rsa2048-g1"
 # Server and upgrade logs only: with the settings below they carry no statement text.
@@ -45,7 +44,7 @@ NO_PHI_LOGGING = {
 @dataclass(frozen=True)
 class DatabaseProps:
     name: str
-    partition: str
+    account: Account
     vpc_id: str
     subnet_ids: Sequence[str]
     key_arn: str
@@ -56,7 +55,11 @@ class DatabaseProps:
     backup_retention_days: int
     deletion_protection: bool
     log_retention_days: int
-    prod: bool
+    # Names as terraform-aws-rds users know them; the stack decides them from the environment.
+    skip_final_snapshot: bool
+    final_snapshot_identifier: str | None
+    delete_automated_backups: bool
+    apply_immediately: bool
 
 
 class Database(Construct):
@@ -67,11 +70,18 @@ class Database(Construct):
     (``rds.force_ssl``); no statement logging; not publicly accessible; no ingress until a client
     security group is allowed; backups kept 7+ days with tags copied to snapshots; deletion
     protection on; Performance Insights and exported logs encrypted with the site key; enhanced
-    monitoring; in prod, a final snapshot with a stable name and automated backups kept.
+    monitoring. Final snapshot and backup retention on deletion as the stack decides.
     """
 
     def __init__(self, scope: Construct, id_: str, *, props: DatabaseProps):
         super().__init__(scope, id_)
+        self.props = props
+        self._network_and_parameters()
+        self._logs_and_monitoring()
+        self._instance()
+
+    def _network_and_parameters(self) -> None:
+        props = self.props
         self.security_group = SecurityGroup(
             self,
             "sg",
@@ -93,6 +103,9 @@ class Database(Construct):
                 for k, v in NO_PHI_LOGGING.items()
             ],
         )
+
+    def _logs_and_monitoring(self) -> None:
+        props = self.props
         # RDS writes exported logs into these groups when they exist: encrypted, with finite retention.
         self.log_groups = {
             log: encrypted_log_group(
@@ -109,8 +122,13 @@ class Database(Construct):
             "monitoring",
             name=f"{props.name}-rds-monitoring",
             service="monitoring.rds.amazonaws.com",
-            managed_policy_arns=[f"arn:{props.partition}:iam::aws:policy/service-role/{ENHANCED_MONITORING_POLICY}"],
+            managed_policy_arns=[
+                f"arn:{props.account.partition}:iam::aws:policy/service-role/{ENHANCED_MONITORING_POLICY}"
+            ],
         )
+
+    def _instance(self) -> None:
+        props = self.props
         self.instance = DbInstance(
             self,
             "db",
@@ -125,7 +143,7 @@ class Database(Construct):
             storage_encrypted=True,
             kms_key_id=props.key_arn,
             db_name=DB_NAME,
-            username=MASTER_USERNAME,
+            username=DB_MASTER_USER,
             manage_master_user_password=True,
             master_user_secret_kms_key_id=props.key_arn,
             port=POSTGRES_PORT,
@@ -146,17 +164,17 @@ class Database(Construct):
             monitoring_role_arn=self.monitoring_role.arn,
             enabled_cloudwatch_logs_exports=list(EXPORTED_LOGS),
             depends_on=list(self.log_groups.values()),
-            skip_final_snapshot=not props.prod,
-            final_snapshot_identifier=f"{props.name}-db-final" if props.prod else None,
-            delete_automated_backups=not props.prod,
-            apply_immediately=not props.prod,
+            skip_final_snapshot=props.skip_final_snapshot,
+            final_snapshot_identifier=props.final_snapshot_identifier,
+            delete_automated_backups=props.delete_automated_backups,
+            apply_immediately=props.apply_immediately,
         )
         # Stateful: renaming this logical ID would make Terraform destroy the study index.
         self.instance.override_logical_id("database")
         self.secret_arn = self.instance.master_user_secret.get(0).secret_arn
 
     def allow_client(self, id_: str, client_security_group_id: str) -> None:
-        """Open 5432 from one security group (never a CIDR), and let that group reach the database."""
+        """Open the PostgreSQL port to one security group (never a CIDR), and let that group reach the database."""
         VpcSecurityGroupIngressRule(
             self,
             f"{id_}-in",

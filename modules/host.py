@@ -22,12 +22,11 @@ from cdktf_cdktf_provider_aws.vpc_security_group_egress_rule import VpcSecurityG
 from cdktf_cdktf_provider_aws.vpc_security_group_ingress_rule import VpcSecurityGroupIngressRule
 from constructs import Construct
 
+from config.facts import DICOM_TLS_PORT, HTTPS_PORT
 from modules.hcl import base64gzip_expression
 
 # Public SSM parameter AWS keeps pointing at the newest Amazon Linux 2023 x86_64 AMI.
 AL2023_AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
-HTTPS_PORT = 443
-DICOM_TLS_PORT = 11112
 # Containers reach IMDS through the Docker bridge: one extra hop.
 IMDS_HOP_LIMIT = 2
 IMDS_V2_ONLY = {
@@ -54,21 +53,27 @@ class HostProps:
     eip_allocation_id: str
     ami_id: str = ""
     ssh_public_key: str = ""
-    instance_monitoring: bool = True
 
 
 class Host(Construct):
     """The Orthanc host and its front door.
 
     Secure defaults: IMDSv2 required (hop limit 2 for containers); encrypted gp3 root volume with
-    the site key; no port 22 (administer through SSM Session Manager); 443 and 11112 only from the
-    configured client networks; egress limited to HTTPS (AWS APIs, packages) plus what other
-    constructs open (PostgreSQL to the database); an Elastic IP so the address, and the certificate
-    names tied to it, survive host replacement; user data gzip-compressed.
+    the site key; no SSH port (administer through SSM Session Manager); HTTPS and DICOM TLS only
+    from the configured client networks; egress limited to HTTPS (AWS APIs, packages) plus what
+    other constructs open (PostgreSQL to the database); an Elastic IP so the address, and the
+    certificate names tied to it, survive host replacement; user data gzip-compressed.
     """
 
     def __init__(self, scope: Construct, id_: str, *, props: HostProps):
         super().__init__(scope, id_)
+        self.props = props
+        self._security_group()
+        self._launch_template()
+        self._instance()
+
+    def _security_group(self) -> None:
+        props = self.props
         self.security_group = SecurityGroup(
             self,
             "sg",
@@ -101,6 +106,9 @@ class Host(Construct):
             cidr_ipv4="0.0.0.0/0",
             description="AWS APIs and package repositories",
         )
+
+    def _launch_template(self) -> None:
+        props = self.props
         self.key_pair = None
         if props.ssh_public_key:
             self.key_pair = KeyPair(self, "key-pair", key_name=f"{props.name}-host", public_key=props.ssh_public_key)
@@ -147,6 +155,9 @@ class Host(Construct):
         )
         # Rendered text with deploy-time tokens; gzip keeps it under EC2's 16 KB user-data limit.
         self.launch_template.add_override("user_data", base64gzip_expression(props.user_data))
+
+    def _instance(self) -> None:
+        props = self.props
         self.instance = Instance(
             self,
             "instance",
@@ -158,8 +169,7 @@ class Host(Construct):
             # scanner) reports, whatever the template said at launch.
             metadata_options=IMDS_V2_ONLY,
             iam_instance_profile=props.instance_profile_name,
-            # None leaves it to the template (the emulator has no MonitorInstances API).
-            monitoring=True if props.instance_monitoring else None,
+            monitoring=True,
             ebs_optimized=True,
             root_block_device={
                 "volume_type": "gp3",

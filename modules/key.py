@@ -44,7 +44,6 @@ class SiteKeyProps:
     name: str
     account: Account
     deletion_window_days: int = 30
-    allow_cloudtrail: bool = False
 
 
 class SiteKey(Construct):
@@ -56,8 +55,8 @@ class SiteKey(Construct):
 
     def __init__(self, scope: Construct, id_: str, *, props: SiteKeyProps):
         super().__init__(scope, id_)
-        acct = props.account
-        statements = [
+        self.account = acct = props.account
+        self.statements = [
             Statement(
                 sid="AccountAdministersAndDelegates",
                 actions=ACCOUNT_KEY_ACTIONS,
@@ -76,40 +75,44 @@ class SiteKey(Construct):
                 ],
             ),
         ]
-        if props.allow_cloudtrail:
-            statements.append(
-                Statement(
-                    sid="CloudTrailEncryptsLogs",
-                    actions=["kms:GenerateDataKey*", "kms:DescribeKey"],
-                    principals={"Service": ["cloudtrail.amazonaws.com"]},
-                    conditions=[
-                        (
-                            "StringLike",
-                            "kms:EncryptionContext:aws:cloudtrail:arn",
-                            [f"arn:{acct.partition}:cloudtrail:*:{acct.account_id}:trail/*"],
-                        )
-                    ],
-                )
-            )
-            # Publishing to the trail's encrypted SNS topic.
-            statements.append(
-                Statement(
-                    sid="CloudTrailPublishesToEncryptedTopic",
-                    actions=["kms:GenerateDataKey*", "kms:Decrypt"],
-                    principals={"Service": ["cloudtrail.amazonaws.com"]},
-                    conditions=[("StringEquals", "aws:SourceAccount", [acct.account_id])],
-                )
-            )
-        policy = resource_policy_json(statements)
         self.key = KmsKey(
             self,
             "key",
             description=f"{props.name}: Orthweb site data key",
             enable_key_rotation=True,
             deletion_window_in_days=props.deletion_window_days,
-            policy=policy,
+            policy=resource_policy_json(self.statements),
         )
         # Stateful: every encrypted byte depends on this key; keep the logical ID stable.
         self.key.override_logical_id("site_key")
         self.alias = KmsAlias(self, "alias", name=f"alias/{props.name}", target_key_id=self.key.key_id)
         self.arn = self.key.arn
+
+    def _allow(self, *statements: Statement) -> None:
+        self.statements.extend(statements)
+        self.key.policy = resource_policy_json(self.statements)
+
+    def allow_cloudtrail(self) -> None:
+        """Let CloudTrail encrypt this account's trail logs with the key and publish to encrypted topics."""
+        acct = self.account
+        self._allow(
+            Statement(
+                sid="CloudTrailEncryptsLogs",
+                actions=["kms:GenerateDataKey*", "kms:DescribeKey"],
+                principals={"Service": ["cloudtrail.amazonaws.com"]},
+                conditions=[
+                    (
+                        "StringLike",
+                        "kms:EncryptionContext:aws:cloudtrail:arn",
+                        [f"arn:{acct.partition}:cloudtrail:*:{acct.account_id}:trail/*"],
+                    )
+                ],
+            ),
+            # Publishing to the trail's encrypted SNS topic.
+            Statement(
+                sid="CloudTrailPublishesToEncryptedTopic",
+                actions=["kms:GenerateDataKey*", "kms:Decrypt"],
+                principals={"Service": ["cloudtrail.amazonaws.com"]},
+                conditions=[("StringEquals", "aws:SourceAccount", [acct.account_id])],
+            ),
+        )

@@ -25,6 +25,7 @@ from cdktf_cdktf_provider_aws.vpc_security_group_egress_rule import VpcSecurityG
 from cdktf_cdktf_provider_aws.vpc_security_group_ingress_rule import VpcSecurityGroupIngressRule
 from constructs import Construct
 
+from config.facts import HTTPS_PORT
 from modules.account import Account
 from modules.logs import encrypted_log_group
 from modules.policy import Statement, service_role
@@ -77,6 +78,20 @@ class Network(Construct):
         self.default_security_group = DefaultSecurityGroup(
             self, "default-sg", vpc_id=self.vpc.id, ingress=[], egress=[]
         )
+        self._subnets(props)
+        self._routes(props)
+        self.site_eip = Eip(
+            self, "site-eip", domain="vpc", tags={"Name": f"{props.name}-site"}, depends_on=[self.internet_gateway]
+        )
+        # Stateful for users: PACS configurations and the certificate's names point at this address.
+        self.site_eip.override_logical_id("site_eip")
+        self.endpoint_security_group: SecurityGroup | None = None
+        self.interface_endpoints: dict[str, VpcEndpoint] = {}
+        if props.interface_endpoints:
+            self._interface_endpoints(props)
+        self._flow_logs(props)
+
+    def _subnets(self, props: NetworkProps) -> None:
         zones = DataAwsAvailabilityZones(
             self,
             "azs",
@@ -90,11 +105,6 @@ class Network(Construct):
             ],
         )
 
-        def az(i: int) -> str:
-            return Fn.element(zones.names, i)
-
-        private_count = max(props.az_count, MIN_DB_SUBNET_AZS)
-
         def subnets(tier: str, count: int, offset: int = 0) -> list[Subnet]:
             return [
                 Subnet(
@@ -102,7 +112,7 @@ class Network(Construct):
                     f"{tier}-{i}",
                     vpc_id=self.vpc.id,
                     cidr_block=cidr,
-                    availability_zone=az(i),
+                    availability_zone=Fn.element(zones.names, i),
                     map_public_ip_on_launch=False,
                     tags={"Name": f"{props.name}-{tier}-{i}", "Tier": tier},
                 )
@@ -110,7 +120,9 @@ class Network(Construct):
             ]
 
         self.public_subnets = subnets("public", props.az_count)
-        self.private_subnets = subnets("private", private_count, PRIVATE_SUBNET_OFFSET)
+        self.private_subnets = subnets("private", max(props.az_count, MIN_DB_SUBNET_AZS), PRIVATE_SUBNET_OFFSET)
+
+    def _routes(self, props: NetworkProps) -> None:
         self.internet_gateway = InternetGateway(self, "igw", vpc_id=self.vpc.id, tags={"Name": f"{props.name}-igw"})
         self.public_route_table = RouteTable(
             self, "public-rt", vpc_id=self.vpc.id, tags={"Name": f"{props.name}-public"}
@@ -125,14 +137,12 @@ class Network(Construct):
             destination_cidr_block="0.0.0.0/0",
             gateway_id=self.internet_gateway.id,
         )
-        for i, subnet in enumerate(self.public_subnets):
-            RouteTableAssociation(
-                self, f"public-rta-{i}", subnet_id=subnet.id, route_table_id=self.public_route_table.id
-            )
-        for i, subnet in enumerate(self.private_subnets):
-            RouteTableAssociation(
-                self, f"private-rta-{i}", subnet_id=subnet.id, route_table_id=self.private_route_table.id
-            )
+        for tier, subnets, table in (
+            ("public", self.public_subnets, self.public_route_table),
+            ("private", self.private_subnets, self.private_route_table),
+        ):
+            for i, subnet in enumerate(subnets):
+                RouteTableAssociation(self, f"{tier}-rta-{i}", subnet_id=subnet.id, route_table_id=table.id)
         self.s3_endpoint = VpcEndpoint(
             self,
             "s3-endpoint",
@@ -142,16 +152,6 @@ class Network(Construct):
             route_table_ids=[self.public_route_table.id, self.private_route_table.id],
             tags={"Name": f"{props.name}-s3"},
         )
-        self.site_eip = Eip(
-            self, "site-eip", domain="vpc", tags={"Name": f"{props.name}-site"}, depends_on=[self.internet_gateway]
-        )
-        # Stateful for users: PACS configurations and the certificate's names point at this address.
-        self.site_eip.override_logical_id("site_eip")
-        self.endpoint_security_group: SecurityGroup | None = None
-        self.interface_endpoints: dict[str, VpcEndpoint] = {}
-        if props.interface_endpoints:
-            self._interface_endpoints(props)
-        self._flow_logs(props)
 
     def _interface_endpoints(self, props: NetworkProps) -> None:
         sg = self.endpoint_security_group = SecurityGroup(
@@ -166,8 +166,8 @@ class Network(Construct):
             "endpoint-https-in",
             security_group_id=sg.id,
             ip_protocol="tcp",
-            from_port=443,
-            to_port=443,
+            from_port=HTTPS_PORT,
+            to_port=HTTPS_PORT,
             cidr_ipv4=props.vpc_cidr,
             description="HTTPS from the VPC",
         )
@@ -176,8 +176,8 @@ class Network(Construct):
             "endpoint-https-out",
             security_group_id=sg.id,
             ip_protocol="tcp",
-            from_port=443,
-            to_port=443,
+            from_port=HTTPS_PORT,
+            to_port=HTTPS_PORT,
             cidr_ipv4=props.vpc_cidr,
             description="Replies stay in the VPC",
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cdktf_cdktf_provider_aws.data_aws_iam_policy_document import (
     DataAwsIamPolicyDocument,
@@ -68,8 +69,8 @@ def resource_policy_json(statements: Sequence[Statement]) -> str:
         # AWS's own canonical form: a single value is a string (some tools read only that form).
         return values[0] if len(values) == 1 else list(values)
 
-    def one(s: Statement) -> dict:
-        out: dict = {"Effect": s.effect, "Action": compact(s.actions), "Resource": compact(s.resources)}
+    def one(s: Statement) -> dict[str, Any]:
+        out: dict[str, Any] = {"Effect": s.effect, "Action": compact(s.actions), "Resource": compact(s.resources)}
         if s.sid:
             out = {"Sid": s.sid, **out}
         if s.principals:

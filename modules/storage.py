@@ -34,10 +34,20 @@ from modules.account import Account
 from modules.policy import Statement, resource_policy_json
 
 ABORT_INCOMPLETE_UPLOAD_DAYS = 7
-TRAIL_PREFIX = "cloudtrail"
 INTELLIGENT_TIERING_AFTER_DAYS = 30
 # Access logs are written once; a replaced log object version has no value after a week.
 LOG_NONCURRENT_DAYS = 7
+EVERY_OBJECT = [S3BucketLifecycleConfigurationRuleFilter(prefix="")]
+ABORT_UPLOADS = S3BucketLifecycleConfigurationRule(
+    id="abort-incomplete-uploads",
+    status="Enabled",
+    filter=EVERY_OBJECT,
+    abort_incomplete_multipart_upload=[
+        S3BucketLifecycleConfigurationRuleAbortIncompleteMultipartUpload(
+            days_after_initiation=ABORT_INCOMPLETE_UPLOAD_DAYS
+        )
+    ],
+)
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,6 @@ class StorageProps:
     log_retention_days: int
     intelligent_tiering: bool = False
     object_lock_days: int = 0
-    cloudtrail: bool = False
 
 
 def _deny_insecure_transport(bucket: S3Bucket) -> Statement:
@@ -70,12 +79,21 @@ class Storage(Construct):
 
     Secure defaults: public access blocked; object ownership enforced (no ACLs); any request not
     over TLS denied by bucket policy; noncurrent versions expire after a configurable period;
-    incomplete multipart uploads aborted after 7 days; ``force_destroy`` only outside prod.
+    incomplete multipart uploads aborted after 7 days; ``force_destroy`` as the stack decides.
     The log bucket uses SSE-S3 because S3 server access logging cannot deliver to an SSE-KMS bucket.
     """
 
     def __init__(self, scope: Construct, id_: str, *, props: StorageProps):
         super().__init__(scope, id_)
+        self.props = props
+        self._buckets()
+        if props.object_lock_days:
+            self._object_lock()
+        self._policies_and_logging()
+        self._lifecycle()
+
+    def _buckets(self) -> None:
+        props = self.props
         self.log_bucket = S3Bucket(
             self, "log-bucket", bucket_prefix=f"{props.name}-logs-", force_destroy=props.force_destroy
         )
@@ -85,26 +103,27 @@ class Storage(Construct):
         )
         # Stateful: renaming this logical ID would make Terraform destroy the DICOM files.
         self.bucket.override_logical_id("dicom_bucket")
-
         self.versioning: dict[str, S3BucketVersioningA] = {}
         self._protect(self.log_bucket, "log", sse=EncryptionDefault(sse_algorithm="AES256"))
         self._protect(
             self.bucket, "dicom", sse=EncryptionDefault(sse_algorithm="aws:kms", kms_master_key_id=props.key_arn)
         )
 
-        if props.object_lock_days:
-            # Governance mode: every object version is kept for the period; an administrator with
-            # s3:BypassGovernanceRetention can still remove one (compliance mode would forbid even that).
-            S3BucketObjectLockConfigurationA(
-                self,
-                "dicom-object-lock",
-                bucket=self.bucket.id,
-                object_lock_enabled="Enabled",
-                rule={"default_retention": {"mode": "GOVERNANCE", "days": props.object_lock_days}},
-                depends_on=[self.versioning["dicom"]],
-            )
-        log_prefix = f"s3-access/{props.name}-dicom/"
-        log_statements = [
+    def _object_lock(self) -> None:
+        # Governance mode: every object version is kept for the period; an administrator with
+        # s3:BypassGovernanceRetention can still remove one (compliance mode would forbid even that).
+        S3BucketObjectLockConfigurationA(
+            self,
+            "dicom-object-lock",
+            bucket=self.bucket.id,
+            object_lock_enabled="Enabled",
+            rule={"default_retention": {"mode": "GOVERNANCE", "days": self.props.object_lock_days}},
+            depends_on=[self.versioning["dicom"]],
+        )
+
+    def _policies_and_logging(self) -> None:
+        log_prefix = f"s3-access/{self.props.name}-dicom/"
+        self.log_statements = [
             _deny_insecure_transport(self.log_bucket),
             Statement(
                 sid="S3ServerAccessLogs",
@@ -113,30 +132,12 @@ class Storage(Construct):
                 principals={"Service": ["logging.s3.amazonaws.com"]},
                 conditions=[
                     ("ArnLike", "aws:SourceArn", [self.bucket.arn]),
-                    ("StringEquals", "aws:SourceAccount", [props.account.account_id]),
+                    ("StringEquals", "aws:SourceAccount", [self.props.account.account_id]),
                 ],
             ),
         ]
-        if props.cloudtrail:
-            from_trails = [("StringEquals", "aws:SourceAccount", [props.account.account_id])]
-            log_statements += [
-                Statement(
-                    sid="CloudTrailAclCheck",
-                    actions=["s3:GetBucketAcl"],
-                    resources=[self.log_bucket.arn],
-                    principals={"Service": ["cloudtrail.amazonaws.com"]},
-                    conditions=from_trails,
-                ),
-                Statement(
-                    sid="CloudTrailWrite",
-                    actions=["s3:PutObject"],
-                    resources=[f"{self.log_bucket.arn}/{TRAIL_PREFIX}/AWSLogs/{props.account.account_id}/*"],
-                    principals={"Service": ["cloudtrail.amazonaws.com"]},
-                    conditions=from_trails,
-                ),
-            ]
         self.log_bucket_policy = S3BucketPolicy(
-            self, "log-policy", bucket=self.log_bucket.id, policy=resource_policy_json(log_statements)
+            self, "log-policy", bucket=self.log_bucket.id, policy=resource_policy_json(self.log_statements)
         )
         self.bucket_policy = S3BucketPolicy(
             self,
@@ -154,36 +155,27 @@ class Storage(Construct):
             depends_on=[self.log_bucket_policy],
         )
 
-        every_object = [S3BucketLifecycleConfigurationRuleFilter(prefix="")]
-        abort_uploads = S3BucketLifecycleConfigurationRule(
-            id="abort-incomplete-uploads",
-            status="Enabled",
-            filter=every_object,
-            abort_incomplete_multipart_upload=[
-                S3BucketLifecycleConfigurationRuleAbortIncompleteMultipartUpload(
-                    days_after_initiation=ABORT_INCOMPLETE_UPLOAD_DAYS
-                )
-            ],
-        )
+    def _lifecycle(self) -> None:
+        props = self.props
         dicom_rules = [
             S3BucketLifecycleConfigurationRule(
                 id="expire-noncurrent-versions",
                 status="Enabled",
-                filter=every_object,
+                filter=EVERY_OBJECT,
                 noncurrent_version_expiration=[
                     S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(
                         noncurrent_days=props.noncurrent_version_expiration_days
                     )
                 ],
             ),
-            abort_uploads,
+            ABORT_UPLOADS,
         ]
         if props.intelligent_tiering:
             dicom_rules.append(
                 S3BucketLifecycleConfigurationRule(
                     id="intelligent-tiering",
                     status="Enabled",
-                    filter=every_object,
+                    filter=EVERY_OBJECT,
                     transition=[
                         S3BucketLifecycleConfigurationRuleTransition(
                             days=INTELLIGENT_TIERING_AFTER_DAYS, storage_class="INTELLIGENT_TIERING"
@@ -200,7 +192,7 @@ class Storage(Construct):
                 S3BucketLifecycleConfigurationRule(
                     id="expire-logs",
                     status="Enabled",
-                    filter=every_object,
+                    filter=EVERY_OBJECT,
                     expiration=[S3BucketLifecycleConfigurationRuleExpiration(days=props.log_retention_days)],
                     noncurrent_version_expiration=[
                         S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(
@@ -208,9 +200,31 @@ class Storage(Construct):
                         )
                     ],
                 ),
-                abort_uploads,
+                ABORT_UPLOADS,
             ],
         )
+
+    def allow_trail_delivery(self, key_prefix: str) -> None:
+        """Let CloudTrail (this account's trails) write log files to the log bucket under ``key_prefix``."""
+        account_id = self.props.account.account_id
+        from_trails = [("StringEquals", "aws:SourceAccount", [account_id])]
+        self.log_statements += [
+            Statement(
+                sid="CloudTrailAclCheck",
+                actions=["s3:GetBucketAcl"],
+                resources=[self.log_bucket.arn],
+                principals={"Service": ["cloudtrail.amazonaws.com"]},
+                conditions=from_trails,
+            ),
+            Statement(
+                sid="CloudTrailWrite",
+                actions=["s3:PutObject"],
+                resources=[f"{self.log_bucket.arn}/{key_prefix}/AWSLogs/{account_id}/*"],
+                principals={"Service": ["cloudtrail.amazonaws.com"]},
+                conditions=from_trails,
+            ),
+        ]
+        self.log_bucket_policy.policy = resource_policy_json(self.log_statements)
 
     def _protect(self, bucket: S3Bucket, id_: str, *, sse: EncryptionDefault) -> None:
         """Encryption, versioning, public access block and owner-enforced objects for one bucket."""

@@ -1,47 +1,63 @@
-"""The single-host Orthweb site: one stack wiring the modules together."""
+"""The single-host Orthweb site: one stack wiring the modules together.
+
+The environment's meaning (what ``prod`` keeps on deletion, how long deleted secrets stay
+recoverable) is decided here once and handed to the constructs as plain settings.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from cdktf import TerraformOutput, TerraformStack
 from cdktf_cdktf_provider_aws.provider import AwsProvider, AwsProviderDefaultTags, AwsProviderEndpoints
 from constructs import Construct
 
+from config.facts import DB_NAME, DICOM_TLS_PORT, POSTGRES_PORT
+from config.inputs import OrthwebConfig
 from modules.access import HostAccess, HostAccessProps
 from modules.account import Account
 from modules.audit import BackupProps, DatabaseBackup, DataEventTrail, TrailProps
-from modules.database import DB_NAME, POSTGRES_PORT, Database, DatabaseProps
-from modules.host import DICOM_TLS_PORT, Host, HostProps
+from modules.database import Database, DatabaseProps
+from modules.host import Host, HostProps
 from modules.key import SiteKey, SiteKeyProps
 from modules.network import Network, NetworkProps
 from modules.storage import Storage, StorageProps
-from stacks.config import OrthwebConfig
+from stacks import emulator
 from userdata import HostValues, render_user_data
 
-# Services the stack calls; the emulator target points each at the loopback emulator.
-EMULATED_SERVICES = ("ec2", "s3", "rds", "iam", "kms", "secretsmanager", "sts", "cloudwatchlogs", "ssm", "cloudwatch")
-# Not credentials: the emulator accepts any key; these only keep the provider from looking for real ones.
-EMULATOR_ACCESS_KEY = "emulator-placeholder"
+# Days a deleted secret stays recoverable in prod.
+PROD_SECRET_RECOVERY_DAYS = 30
 
 
-def emulator_provider_settings(endpoint: str) -> dict:
-    """AWS provider settings that send every call to the emulator (provider argument names)."""
-    return {
-        "access_key": EMULATOR_ACCESS_KEY,
-        "secret_key": EMULATOR_ACCESS_KEY,
-        "skip_credentials_validation": True,
-        "skip_requesting_account_id": True,
-        "skip_metadata_api_check": "true",
-        "skip_region_validation": True,
-        "s3_use_path_style": True,
-        "endpoints": [{service: endpoint for service in EMULATED_SERVICES}],
-    }
+@dataclass(frozen=True)
+class Retention:
+    """What a deletion keeps, decided once from the environment."""
+
+    force_destroy: bool  # buckets: delete every object version with the bucket
+    recovery_window_days: int  # secrets: days a deleted secret stays recoverable
+    skip_final_snapshot: bool  # database: no snapshot when it is deleted
+    final_snapshot_identifier: str | None
+    delete_automated_backups: bool  # database: drop automated backups with it
+    apply_immediately: bool  # database: apply changes now, not in the maintenance window
+
+    @classmethod
+    def for_environment(cls, config: OrthwebConfig, name: str) -> Retention:
+        keep = config.is_prod
+        return cls(
+            force_destroy=not keep,
+            recovery_window_days=PROD_SECRET_RECOVERY_DAYS if keep else 0,
+            skip_final_snapshot=not keep,
+            final_snapshot_identifier=f"{name}-db-final" if keep else None,
+            delete_automated_backups=not keep,
+            apply_immediately=not keep,
+        )
 
 
 def _provider(stack: TerraformStack, config: OrthwebConfig) -> AwsProvider:
     default_tags = [AwsProviderDefaultTags(tags=config.tag_map)]
     if config.target != "emulator":
         return AwsProvider(stack, "aws", region=config.region, default_tags=default_tags)
-    settings = emulator_provider_settings(config.emulator_endpoint)
+    settings = emulator.provider_settings(config.emulator_endpoint)
     settings["endpoints"] = [AwsProviderEndpoints(**e) for e in settings["endpoints"]]
     return AwsProvider(stack, "aws", region=config.region, default_tags=default_tags, **settings)
 
@@ -54,10 +70,9 @@ class OrthwebStack(TerraformStack):
         self.config = config
         _provider(self, config)
         name = self._name(config)
-        account = Account(self, "account")
-        self.key = SiteKey(
-            self, "key", props=SiteKeyProps(name=name, account=account, allow_cloudtrail=config.cloudtrail)
-        )
+        retention = Retention.for_environment(config, name)
+        self.account = account = Account(self, "account")
+        self.key = SiteKey(self, "key", props=SiteKeyProps(name=name, account=account))
         self.network = Network(
             self,
             "network",
@@ -78,12 +93,11 @@ class OrthwebStack(TerraformStack):
                 name=name,
                 account=account,
                 key_arn=self.key.arn,
-                force_destroy=not config.is_prod,
+                force_destroy=retention.force_destroy,
                 noncurrent_version_expiration_days=config.noncurrent_version_expiration_days,
                 log_retention_days=config.log_retention_days,
                 intelligent_tiering=config.intelligent_tiering,
                 object_lock_days=config.object_lock_days,
-                cloudtrail=config.cloudtrail,
             ),
         )
         self.database = Database(
@@ -91,6 +105,7 @@ class OrthwebStack(TerraformStack):
             "database",
             props=DatabaseProps(
                 name=name,
+                account=account,
                 vpc_id=self.network.vpc.id,
                 subnet_ids=[s.id for s in self.network.private_subnets],
                 key_arn=self.key.arn,
@@ -101,8 +116,10 @@ class OrthwebStack(TerraformStack):
                 backup_retention_days=config.db_backup_retention_days,
                 deletion_protection=config.db_deletion_protection,
                 log_retention_days=config.log_retention_days,
-                partition=account.partition,
-                prod=config.is_prod,
+                skip_final_snapshot=retention.skip_final_snapshot,
+                final_snapshot_identifier=retention.final_snapshot_identifier,
+                delete_automated_backups=retention.delete_automated_backups,
+                apply_immediately=retention.apply_immediately,
             ),
         )
         self.access = HostAccess(
@@ -115,7 +132,7 @@ class OrthwebStack(TerraformStack):
                 bucket_arn=self.storage.bucket.arn,
                 db_secret_arn=self.database.secret_arn,
                 log_retention_days=config.log_retention_days,
-                prod=config.is_prod,
+                recovery_window_days=retention.recovery_window_days,
                 byo_tls_secret=config.tls_certificate_secret,
             ),
         )
@@ -129,21 +146,24 @@ class OrthwebStack(TerraformStack):
                 instance_type=config.instance_type,
                 instance_profile_arn=self.access.instance_profile.arn,
                 instance_profile_name=self.access.instance_profile.name,
-                # The AWS API emulator does not implement MonitorInstances; the template still asks for it.
-                instance_monitoring=config.target != "emulator",
                 key_arn=self.key.arn,
                 root_volume_gb=config.root_volume_gb,
                 web_client_cidrs=config.web_client_cidrs,
                 dicom_client_cidrs=config.dicom_client_cidrs,
-                user_data=render_user_data(self._host_values(config, account)),
+                user_data=render_user_data(self._host_values(config)),
                 eip_allocation_id=self.network.site_eip.allocation_id,
                 ami_id=config.ami_id,
                 ssh_public_key=config.ssh_public_key,
             ),
         )
         self.database.allow_client("host", self.host.security_group.id)
-        self._optional_extras(config, name, account)
-        self._outputs(account)
+        if config.cloudtrail:
+            self._trail(config, name)
+        if config.backup_retention_days:
+            self._backup(config, name)
+        if config.target == "emulator":
+            emulator.adapt_host(self.host)
+        self._outputs()
 
     def _name(self, config: OrthwebConfig) -> str:
         if not config.unique_suffix:
@@ -156,38 +176,41 @@ class OrthwebStack(TerraformStack):
         suffix = Id(self, "name-suffix", byte_length=3)
         return f"{config.name}-{suffix.hex}"
 
-    def _optional_extras(self, config: OrthwebConfig, name: str, account: Account) -> None:
-        if config.cloudtrail:
-            self.trail = DataEventTrail(
-                self,
-                "trail",
-                props=TrailProps(
-                    name=name,
-                    account=account,
-                    key_arn=self.key.arn,
-                    log_bucket_name=self.storage.log_bucket.bucket,
-                    dicom_bucket_arn=self.storage.bucket.arn,
-                    log_retention_days=config.log_retention_days,
-                ),
-            )
-            self.trail.trail.node.add_dependency(self.storage.log_bucket_policy)
-        if config.backup_retention_days:
-            self.backup = DatabaseBackup(
-                self,
-                "backup",
-                props=BackupProps(
-                    name=name,
-                    key_arn=self.key.arn,
-                    database_arn=self.database.instance.arn,
-                    retention_days=config.backup_retention_days,
-                    partition=account.partition,
-                ),
-            )
+    def _trail(self, config: OrthwebConfig, name: str) -> None:
+        self.trail = DataEventTrail(
+            self,
+            "trail",
+            props=TrailProps(
+                name=name,
+                account=self.account,
+                key_arn=self.key.arn,
+                log_bucket_name=self.storage.log_bucket.bucket,
+                dicom_bucket_arn=self.storage.bucket.arn,
+                log_retention_days=config.log_retention_days,
+            ),
+        )
+        # Each owner grants the trail what it needs on its own resource.
+        self.key.allow_cloudtrail()
+        self.storage.allow_trail_delivery(self.trail.key_prefix)
+        self.trail.trail.node.add_dependency(self.storage.log_bucket_policy)
 
-    def _host_values(self, config: OrthwebConfig, account: Account) -> HostValues:
+    def _backup(self, config: OrthwebConfig, name: str) -> None:
+        self.backup = DatabaseBackup(
+            self,
+            "backup",
+            props=BackupProps(
+                name=name,
+                account=self.account,
+                key_arn=self.key.arn,
+                database_arn=self.database.instance.arn,
+                retention_days=config.backup_retention_days,
+            ),
+        )
+
+    def _host_values(self, config: OrthwebConfig) -> HostValues:
         eip = self.network.site_eip
         return HostValues(
-            region=account.region,
+            region=self.account.region,
             bucket=self.storage.bucket.bucket,
             admin_secret_arn=self.access.admin_secret.arn,
             tls_secret_arn=self.access.tls_secret.arn,
@@ -208,7 +231,7 @@ class OrthwebStack(TerraformStack):
             container_logs=config.container_logs,
         )
 
-    def _outputs(self, account: Account) -> None:
+    def _outputs(self) -> None:
         dns = self.network.site_eip.public_dns
         db = self.database.instance
         outputs = {
@@ -219,9 +242,9 @@ class OrthwebStack(TerraformStack):
             "dicom_endpoint": (f"{dns}:{DICOM_TLS_PORT}", "DICOM TLS endpoint (host:port)"),
             "db_secret_arn": (self.database.secret_arn, "RDS-managed master secret in Secrets Manager"),
             "ssm_session_command": (
-                f"aws ssm start-session --target {self.host.instance.id} --region {account.region}",
+                f"aws ssm start-session --target {self.host.instance.id} --region {self.account.region}",
                 "Shell on the host without SSH",
             ),
         }
-        for name, (value, description) in outputs.items():
-            TerraformOutput(self, name, value=value, description=description)
+        for output_name, (value, description) in outputs.items():
+            TerraformOutput(self, output_name, value=value, description=description)

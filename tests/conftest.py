@@ -1,26 +1,34 @@
-"""Shared fixtures: synthesized stacks (default, prod, 3 AZs) and helpers to query them."""
+"""Shared fixtures: synthesized stacks (default, prod, 3 AZs, every extra) and helpers to query them.
+
+Test lanes: a module or test marks what it needs (``terraform``, ``security``, ``e2e``,
+``rehearsal``, ``programs``, ``npm``, ``cli``, ``slow``); everything unmarked gets ``unit`` and runs
+in ``make check`` with nothing but the Python dev dependencies.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from config import ROOT
+from config.inputs import OrthwebConfig
+from tools.harness.terraform import terraform_cli_config
+
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 os.environ.setdefault("CHECKPOINT_DISABLE", "1")
+# Terraform started from inside the jsii runtime (cdktf.Testing.to_be_valid_terraform) sees the
+# environment the runtime started with: point it at the offline CLI configuration before any test
+# module imports cdktf.
+_TF_CLI = terraform_cli_config(ROOT / "build" / "terraform-cli")
+if _TF_CLI:
+    os.environ["TF_CLI_CONFIG_FILE"] = str(_TF_CLI)
 
-from modules.aws_binding import use_lazy_binding  # noqa: E402
-
-use_lazy_binding()  # before anything imports the AWS binding: each test process loads only what it uses
-
-from stacks.config import OrthwebConfig  # noqa: E402
+SLOW_LANES = frozenset({"terraform", "security", "e2e", "rehearsal", "programs", "npm", "cli", "slow"})
 
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {},
@@ -37,8 +45,14 @@ EXTRAS: dict[str, Any] = {
 }
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not SLOW_LANES & {mark.name for mark in item.iter_markers()}:
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _tmpdir_in_project(tmp_path_factory) -> None:
+def _tmpdir_in_project(tmp_path_factory: pytest.TempPathFactory) -> None:
     # cdktf's Testing.app() leaves a temp folder per call: keep them inside pytest's own tree.
     os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("cdktf-tmp"))
 
@@ -48,7 +62,8 @@ def synth_json(config: OrthwebConfig, outdir: Path) -> dict[str, Any]:
 
     app = build_app(config.validate(), str(outdir))
     app.synth()
-    return json.loads((outdir / "stacks" / config.name / "cdk.tf.json").read_text())
+    data: dict[str, Any] = json.loads((outdir / "stacks" / config.name / "cdk.tf.json").read_text())
+    return data
 
 
 class Synth:
@@ -61,7 +76,8 @@ class Synth:
         self.stack_dir = outdir / "stacks" / config.name
 
     def resources(self, rtype: str) -> dict[str, dict[str, Any]]:
-        return self.data.get("resource", {}).get(rtype, {})
+        found: dict[str, dict[str, Any]] = self.data.get("resource", {}).get(rtype, {})
+        return found
 
     def one(self, rtype: str) -> dict[str, Any]:
         found = self.resources(rtype)
@@ -69,7 +85,8 @@ class Synth:
         return next(iter(found.values()))
 
     def data_sources(self, dtype: str) -> dict[str, dict[str, Any]]:
-        return self.data.get("data", {}).get(dtype, {})
+        found: dict[str, dict[str, Any]] = self.data.get("data", {}).get(dtype, {})
+        return found
 
     def strings(self) -> Iterator[str]:
         def walk(node: Any) -> Iterator[str]:
@@ -86,7 +103,7 @@ class Synth:
 
 
 @pytest.fixture(scope="session")
-def synth_profile(tmp_path_factory):
+def synth_profile(tmp_path_factory: pytest.TempPathFactory):
     cache: dict[str, Synth] = {}
 
     def get(profile: str) -> Synth:

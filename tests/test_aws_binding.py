@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import modules.aws_binding as binding
+import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+import modules.aws_binding as binding
+from config import ROOT
 
 
 def synth(out: Path, **env: str) -> bytes:
@@ -25,6 +26,7 @@ def synth(out: Path, **env: str) -> bytes:
     return (out / "stacks" / "orthweb" / "cdk.tf.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_lazy_and_stock_binding_synthesize_identical_json(tmp_path):
     assert synth(tmp_path / "lazy") == synth(tmp_path / "stock", ORTHWEB_AWS_BINDING="stock")
 

@@ -11,7 +11,6 @@ import shutil
 import stat
 import subprocess
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -19,15 +18,17 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from tools.emulator import Emulator
-from tools.hostsim import bootstrap_env, run_bootstrap
-from tools.localpg import PG_BIN, LocalPostgres
-from tools.pki import make_ca, make_server_cert
-from userdata import APP_DB_USER, HostValues, site_env
+from config import ROOT
+from config.facts import APP_DB_USER, DB_MASTER_USER, DB_NAME, EMULATOR_PLACEHOLDER_KEY, ORTHANC_ADMIN_USER
+from tools.harness.emulator import Emulator
+from tools.harness.hostsim import bootstrap_env, run_bootstrap
+from tools.harness.localpg import PG_BIN, LocalPostgres
+from tools.harness.pki import make_ca, make_server_cert
+from userdata import HostValues, site_env
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.programs
 BOOTSTRAP = ROOT / "userdata" / "bootstrap.sh"
-MASTER_USER = "orthweb_admin"
+MASTER_USER = DB_MASTER_USER
 SITE_DNS = "ec2-203-0-113-10.compute-1.amazonaws.com"
 SITE_IP = "203.0.113.10"
 
@@ -53,8 +54,8 @@ def site(tmp_path, emulator, pki):
         "secretsmanager",
         region_name="us-east-1",
         endpoint_url=emulator.endpoint,
-        aws_access_key_id="emulator-placeholder",
-        aws_secret_access_key="emulator-placeholder",
+        aws_access_key_id=EMULATOR_PLACEHOLDER_KEY,
+        aws_secret_access_key=EMULATOR_PLACEHOLDER_KEY,
     )
     prefix = tmp_path.name
     master_pw = "master-" + os.urandom(8).hex()
@@ -126,16 +127,19 @@ def site(tmp_path, emulator, pki):
 def test_first_run_creates_secrets_role_and_files(site):
     log = site.bootstrap()
     admin, tls = site.secret("admin"), site.secret("tls")
-    assert admin["username"] == "admin" and len(admin["password"]) >= 32 and admin["db_username"] == APP_DB_USER
+    assert (
+        admin["username"] == ORTHANC_ADMIN_USER and len(admin["password"]) >= 32 and admin["db_username"] == APP_DB_USER
+    )
     assert "created" in log and "database role orthanc: created" in log
     # Orthanc's connection works with verify-full against the (test) RDS CA, as the app role, not the master.
     assert site.connect() == APP_DB_USER
-    assert (
-        site.pg.psql_superuser("select pg_get_userbyid(datdba) from pg_database where datname='orthanc'") == APP_DB_USER
-    )
+    owner_sql = f"select pg_get_userbyid(datdba) from pg_database where datname='{DB_NAME}'"  # noqa: S608
+    assert site.pg.psql_superuser(owner_sql) == APP_DB_USER
     uri = (site.run / "secrets" / "db-connection-uri").read_text()
     assert "sslmode=verify-full" in uri and MASTER_USER not in uri
-    assert json.loads((site.run / "secrets" / "registered-users").read_text()) == {"admin": admin["password"]}
+    assert json.loads((site.run / "secrets" / "registered-users").read_text()) == {
+        ORTHANC_ADMIN_USER: admin["password"]
+    }
     for name in ("db-connection-uri", "registered-users", "site-cert.pem", "site-key.pem"):
         mode = stat.S_IMODE((site.run / "secrets" / name).stat().st_mode)
         assert mode == 0o600, f"{name} is {oct(mode)}"

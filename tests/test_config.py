@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from main import EXIT_CONFIG_ERROR, ROOT, main
-from stacks.config import ConfigError, DicomModality, OrthwebConfig, load_config
+from config import ROOT
+from config.inputs import ConfigError, DicomModality, OrthwebConfig, load_config
+from main import EXIT_CONFIG_ERROR, main
 
 BAD_INPUTS = [
     ("NAME", "Orthweb", "name: 'Orthweb' is not allowed; allowed: 3-20 chars"),
@@ -117,14 +118,14 @@ def test_config_file_then_environment(tmp_path):
     (tmp_path / "orthweb.toml").write_text(
         'name = "radiology"\naz_count = 3\nweb_client_cidrs = ["10.20.0.0/16"]\n'
         '[tags]\nCostCenter = "imaging"\n'
-        '[[dicom_modalities]]\naet = "PACS"\nhost = "10.20.1.5"\nport = 11112\nrights = ["echo", "find", "move"]\n'
+        '[[dicom_modalities]]\naet = "PACS"\nhost = "10.20.1.5"\nport = 4100\nrights = ["echo", "find", "move"]\n'
     )
     config = load_config(tmp_path, {"ORTHWEB_AZ_COUNT": "1"})
     assert config.name == "radiology"
     assert config.az_count == 1, "environment overrides the file"
     assert config.web_client_cidrs == ("10.20.0.0/16",)
     assert config.tag_map["CostCenter"] == "imaging"
-    assert config.dicom_modalities == (DicomModality("PACS", "10.20.1.5", 11112, ("echo", "find", "move")),)
+    assert config.dicom_modalities == (DicomModality("PACS", "10.20.1.5", 4100, ("echo", "find", "move")),)
 
 
 def test_tool_variables_are_not_config(tmp_path):

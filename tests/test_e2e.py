@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -16,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tools.dicom_sender import make_instances, send
-from tools.localsite import LocalSite
-from tools.validate import make_test_instance
+from config import ROOT
+from tools.harness.dicom_sender import make_instances, send
+from tools.harness.localsite import LocalSite
+from tools.ops.validate import make_test_instance
+from tools.proc import alive, free_ports
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +117,12 @@ def run_validator(site: LocalSite, ca: Path, password: str, tmp_path: Path, *ext
     ]
     env = {**os.environ, **{k: v for k, v in site.emulator.client_env().items() if k != "AWS_ENDPOINT_URL"}}
     return subprocess.run(
-        [sys.executable, "-m", "tools.validate", *args], capture_output=True, text=True, cwd=ROOT, timeout=120, env=env
+        [sys.executable, "-m", "tools.ops.validate", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env=env,
     )
 
 
@@ -149,7 +156,7 @@ def test_pynetdicom_store_and_validator(site, tmp_path):
     ],
 )
 def test_validator_fails_clearly(site, tmp_path, breakage, failing):
-    from tools.pki import make_ca
+    from tools.harness.pki import make_ca
 
     password = "not-the-password" if breakage == "password" else site.admin()["password"]
     ca = make_ca(tmp_path / "other", "Some other CA").cert if breakage == "certificate" else site.ca_path
@@ -172,7 +179,7 @@ def test_untrusted_certificate_and_old_tls_are_refused(site, tmp_path, port_name
     port = site.ports[port_name]
     trusted = ssl.create_default_context(cafile=str(site.ca_path))
     assert _tls_handshake(port, trusted) in ("TLSv1.2", "TLSv1.3")
-    from tools.pki import make_ca
+    from tools.harness.pki import make_ca
 
     other = ssl.create_default_context(cafile=str(make_ca(tmp_path / "x", "Not the site CA").cert))
     with pytest.raises(ssl.SSLCertVerificationError):
@@ -335,14 +342,19 @@ def test_four_concurrent_senders_store_every_instance_exactly_once(fresh_site):
 def test_local_up_and_down_leave_nothing_running(tmp_path):
     env = {**os.environ, "ORTHWEB_LOCALSITE_DIR": str(tmp_path / "localsite")}
     up = subprocess.run(
-        [sys.executable, "-m", "tools.localsite", "up"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=180
+        [sys.executable, "-m", "tools.harness.localsite", "up"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=180,
     )
     assert up.returncode == 0, up.stdout + up.stderr
     assert "DICOM TLS: 127.0.0.1:" in up.stdout and "site CA  :" in up.stdout and "password in" in up.stdout
     info = json.loads((tmp_path / "localsite" / "site.json").read_text())
-    assert all(_alive(pid) for pid in info["pids"].values())
+    assert all(alive(pid) for pid in info["pids"].values())
     down = subprocess.run(
-        [sys.executable, "-m", "tools.localsite", "down"],
+        [sys.executable, "-m", "tools.harness.localsite", "down"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -350,13 +362,22 @@ def test_local_up_and_down_leave_nothing_running(tmp_path):
         timeout=120,
     )
     assert down.returncode == 0 and "local site stopped" in down.stdout
-    assert not any(_alive(pid) for pid in info["pids"].values())
+    assert not any(alive(pid) for pid in info["pids"].values())
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/status")
-    return status.exists() and "State:\tZ" not in status.read_text()
+def test_local_up_fails_naming_the_listener_when_two_services_share_a_port(tmp_path, monkeypatch, capsys):
+    """The old free_port() could hand one port to two services: nginx then failed to bind and
+    local-up still said "up". Forced here: Orthanc's HTTP port and the HTTPS front door collide."""
+    from tools.harness import localsite
+
+    a, b, c = free_ports(3)
+    collide = {"orthanc_http": a, "orthanc_dicom": b, "https": a, "dicom_tls": c}
+    monkeypatch.setattr(localsite, "free_ports", lambda n: [collide[name] for name in localsite.PORT_NAMES][:n])
+    monkeypatch.setattr(localsite, "STATE_FILE", tmp_path / "localsite" / "site.json")
+    code = localsite.main(["localsite", "up"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "is up" not in out
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("Orthweb local site is NOT up: "), line
+    assert re.search(rf"127\.0\.0\.1:({a}|{c})\b", line), "the line names the listener that did not answer"
+    assert not (tmp_path / "localsite" / "site.json").exists()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 
-from tools.docs import README, render
+from tools.maint.docs import README, render
 
 
 def test_inputs_table_matches_config():
     text = README.read_text()
-    assert render(text) == text, "README inputs table is stale: run python -m tools.docs"
+    assert render(text) == text, "README inputs table is stale: run python -m tools.maint.docs"
 
 
 def test_outputs_table_matches_stack(default_stack):
@@ -25,3 +25,21 @@ def test_first_two_commands_are_synth_and_test():
     makefile = (README.parent / "Makefile").read_text()
     assert re.search(r"^synth:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
     assert "make test" in (README.parent / ".ci" / "run").read_text()
+
+
+def test_pre_commit_runs_the_same_gate_as_make_check():
+    import subprocess
+
+    import yaml
+
+    config = README.parent / ".pre-commit-config.yaml"
+    proc = subprocess.run(
+        [str(README.parent / ".venv" / "bin" / "pre-commit"), "validate-config", str(config)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    entries = [hook["entry"] for repo in yaml.safe_load(config.read_text())["repos"] for hook in repo["hooks"]]
+    makefile = (README.parent / "Makefile").read_text()
+    for tool in ("ruff check", "ruff format --check", "mypy ."):
+        assert any(tool in entry for entry in entries) and tool in makefile, tool

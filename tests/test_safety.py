@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from config.facts import POSTGRES_PORT, SSH_PORT
 from modules.hcl import TOKEN, base64gzip_expression, escape_literal
 
 PROFILES = ("default", "prod", "az3")
@@ -21,9 +22,9 @@ def _covers(rule: dict, port: int) -> bool:
 def test_no_world_or_any_cidr_on_postgres_or_ssh(synth_profile, profile):
     stack = synth_profile(profile)
     for rule in stack.resources("aws_vpc_security_group_ingress_rule").values():
-        assert not _covers(rule, 22), f"ingress on 22: {rule}"
-        if _covers(rule, 5432):
-            assert "cidr_ipv4" not in rule and "cidr_ipv6" not in rule, f"CIDR on 5432: {rule}"
+        assert not _covers(rule, SSH_PORT), f"ingress on {SSH_PORT}: {rule}"
+        if _covers(rule, POSTGRES_PORT):
+            assert "cidr_ipv4" not in rule and "cidr_ipv6" not in rule, f"CIDR on {POSTGRES_PORT}: {rule}"
     for sg in stack.resources("aws_security_group").values():
         assert "ingress" not in sg and "egress" not in sg, "rules live in separate resources only"
 

@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from tools.security import run_checkov, skipped_checks
+from config.facts import POSTGRES_PORT, SSH_PORT
+from tools.ci.security import run_checkov, skipped_checks
 
 pytestmark = pytest.mark.security
 
@@ -21,7 +22,7 @@ def test_stack_passes_checkov_and_custom_policies(synth_profile, profile):
 
 
 def test_at_most_five_skips_each_with_a_reason():
-    from tools.security import CONFIG
+    from tools.ci.security import CONFIG
 
     skips = skipped_checks()
     assert 1 <= len(skips) <= 5
@@ -61,15 +62,15 @@ def test_each_custom_policy_fails_a_broken_stack(synth_profile, tmp_path):
     rules["open_db"] = {
         "security_group_id": "${aws_security_group.database_sg.id}",
         "ip_protocol": "tcp",
-        "from_port": 5432,
-        "to_port": 5432,
+        "from_port": POSTGRES_PORT,
+        "to_port": POSTGRES_PORT,
         "cidr_ipv4": "10.0.0.0/8",
     }
     rules["open_ssh"] = {
         "security_group_id": "${aws_security_group.host_sg.id}",
         "ip_protocol": "tcp",
-        "from_port": 22,
-        "to_port": 22,
+        "from_port": SSH_PORT,
+        "to_port": SSH_PORT,
         "cidr_ipv4": "192.168.0.0/16",
     }
     broken["CKV_ORTHWEB_2"] = "resource.open_db"

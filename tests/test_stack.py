@@ -4,7 +4,11 @@ security or durability, and outputs with their exact names."""
 from __future__ import annotations
 
 import json
+import shutil
 
+import pytest
+
+from config.facts import DICOM_TLS_PORT, HTTPS_PORT, POSTGRES_PORT
 from modules.database import POSTGRES_ENGINE_VERSION
 from modules.host import AL2023_AMI_PARAMETER
 
@@ -74,7 +78,7 @@ def test_network_layout(default_stack, synth_profile):
 
 
 def test_one_az_still_gives_rds_two_subnets(tmp_path):
-    from stacks.config import OrthwebConfig
+    from config.inputs import OrthwebConfig
     from tests.conftest import synth_json
 
     data = synth_json(OrthwebConfig(az_count=1), tmp_path)
@@ -118,7 +122,7 @@ def test_lifecycle_rules(default_stack, tmp_path):
     assert rules["abort-incomplete-uploads"]["abort_incomplete_multipart_upload"][0]["days_after_initiation"] == 7
     assert "intelligent-tiering" not in rules
 
-    from stacks.config import OrthwebConfig
+    from config.inputs import OrthwebConfig
     from tests.conftest import synth_json
 
     data = synth_json(OrthwebConfig(intelligent_tiering=True), tmp_path)
@@ -163,7 +167,7 @@ def test_database_ingress_only_from_host_security_group(default_stack):
         if r["security_group_id"].startswith(db_sg_ref)
     ]
     assert len(rules) == 1
-    assert rules[0]["from_port"] == rules[0]["to_port"] == 5432
+    assert rules[0]["from_port"] == rules[0]["to_port"] == POSTGRES_PORT
     assert rules[0]["referenced_security_group_id"].startswith("${aws_security_group.host_sg")
     assert "cidr_ipv4" not in rules[0]
 
@@ -186,11 +190,11 @@ def test_host_hardening(default_stack):
         for r in default_stack.resources("aws_vpc_security_group_ingress_rule").values()
         if r["security_group_id"].startswith("${aws_security_group.host")
     }
-    assert ports == {(443, "0.0.0.0/0"), (11112, "0.0.0.0/0")}
+    assert ports == {(HTTPS_PORT, "0.0.0.0/0"), (DICOM_TLS_PORT, "0.0.0.0/0")}
 
 
 def test_pinned_ami_and_ssh_key_and_client_cidrs(tmp_path):
-    from stacks.config import OrthwebConfig
+    from config.inputs import OrthwebConfig
     from tests.conftest import synth_json
 
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHb5nC2m1wV0Y2bKq3n8dFJkT7H2cX0f5e9r3QmT0aBc admin@site"
@@ -212,7 +216,11 @@ def test_pinned_ami_and_ssh_key_and_client_cidrs(tmp_path):
         for r in data["resource"]["aws_vpc_security_group_ingress_rule"].values()
         if "cidr_ipv4" in r
     ]
-    assert sorted(ingress) == [(443, "10.1.0.0/16"), (443, "192.168.5.0/24"), (11112, "10.2.0.0/24")]
+    assert sorted(ingress) == [
+        (HTTPS_PORT, "10.1.0.0/16"),
+        (HTTPS_PORT, "192.168.5.0/24"),
+        (DICOM_TLS_PORT, "10.2.0.0/24"),
+    ]
 
 
 def test_host_role_least_privilege(default_stack):
@@ -267,7 +275,7 @@ def test_outputs_have_exact_names(default_stack):
     assert outputs["hostinfo"]["value"] == "ec2-user@${aws_eip.site_eip.public_dns}"
     assert outputs["dbinfo"]["value"] == "${aws_db_instance.database.address}:${aws_db_instance.database.port}"
     assert outputs["s3bucket"]["value"] == "${aws_s3_bucket.dicom_bucket.bucket_domain_name}"
-    assert outputs["dicom_endpoint"]["value"].endswith(":11112")
+    assert outputs["dicom_endpoint"]["value"].endswith(f":{DICOM_TLS_PORT}")
     assert outputs["ssm_session_command"]["value"].startswith("aws ssm start-session --target ${aws_instance.")
 
 
@@ -280,7 +288,7 @@ def test_default_tags_and_only_aws_provider(default_stack):
 
 
 def test_unique_suffix_uses_random_provider(tmp_path):
-    from stacks.config import OrthwebConfig
+    from config.inputs import OrthwebConfig
     from tests.conftest import synth_json
 
     data = synth_json(OrthwebConfig(unique_suffix=True), tmp_path)
@@ -291,7 +299,7 @@ def test_unique_suffix_uses_random_provider(tmp_path):
 
 
 def test_emulator_target_points_every_service_at_loopback(tmp_path):
-    from stacks.config import OrthwebConfig
+    from config.inputs import OrthwebConfig
     from tests.conftest import synth_json
 
     data = synth_json(OrthwebConfig(target="emulator", emulator_endpoint="http://127.0.0.1:4566"), tmp_path)
@@ -331,7 +339,7 @@ def test_extras_are_off_by_default(default_stack):
 
 
 def test_your_own_certificate_secret_is_readable_by_the_host(tmp_path):
-    from stacks.config import OrthwebConfig
+    from config.inputs import OrthwebConfig
     from tests.conftest import synth_json
 
     data = synth_json(OrthwebConfig(tls_certificate_secret="hospital/pacs-cert"), tmp_path)
@@ -340,3 +348,45 @@ def test_your_own_certificate_secret_is_readable_by_the_host(tmp_path):
     assert any(r.endswith(":secret:hospital/pacs-cert-??????") for r in read["resources"])
     write = next(s for s in doc["statement"] if s["sid"] == "WriteAppSecrets")
     assert not any("pacs-cert" in r for r in write["resources"]), "the host never writes your certificate"
+
+
+def test_environment_decides_retention_once():
+    from config.inputs import OrthwebConfig
+    from stacks.orthweb_stack import Retention
+
+    dev = Retention.for_environment(OrthwebConfig(), "orthweb")
+    prod = Retention.for_environment(OrthwebConfig(environment="prod"), "orthweb")
+    assert (dev.force_destroy, dev.recovery_window_days, dev.skip_final_snapshot) == (True, 0, True)
+    assert (prod.force_destroy, prod.recovery_window_days, prod.skip_final_snapshot) == (False, 30, False)
+    assert prod.final_snapshot_identifier == "orthweb-db-final" and dev.final_snapshot_identifier is None
+
+
+def test_provider_and_stack_with_cdktf_testing(default_stack):
+    import cdktf
+
+    text = (default_stack.stack_dir / "cdk.tf.json").read_text()
+    assert cdktf.Testing.to_have_provider_with_properties(text, "aws", {"region": "us-east-1"})
+    assert cdktf.Testing.to_have_resource_with_properties(text, "aws_kms_key", {"enable_key_rotation": True})
+    assert not cdktf.Testing.to_have_resource(text, "aws_secretsmanager_secret_version")
+
+
+@pytest.mark.terraform
+def test_stack_is_valid_terraform_by_cdktf_testing(default_stack):
+    """CDKTF's own check runs `terraform init` and `validate` on every stack of a synthesized app
+    (the provider comes from the offline mirror: see conftest)."""
+    import cdktf
+
+    assert cdktf.Testing.to_be_valid_terraform(str(default_stack.outdir))
+
+
+@pytest.mark.terraform
+def test_cdktf_testing_validity_check_can_fail(default_stack, tmp_path):
+    import cdktf
+
+    broken = tmp_path / "app"
+    shutil.copytree(default_stack.outdir, broken, ignore=shutil.ignore_patterns(".terraform*"))
+    stack_json = broken / "stacks" / default_stack.config.name / "cdk.tf.json"
+    data = json.loads(stack_json.read_text())
+    next(iter(data["resource"]["aws_vpc"].values()))["no_such_argument"] = True
+    stack_json.write_text(json.dumps(data))
+    assert not cdktf.Testing.to_be_valid_terraform(str(broken))

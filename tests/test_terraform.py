@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from stacks.config import OrthwebConfig
+from config.inputs import OrthwebConfig
 from tests.conftest import PROFILES, synth_json
-from tools.emulator import Emulator
-from tools.terraform import Terraform
+from tools.harness.emulator import Emulator
+from tools.harness.terraform import Terraform
 
 pytestmark = pytest.mark.terraform
 
@@ -92,7 +92,8 @@ def test_init_and_validate_offline(synth_profile, scratch, profile):
 def test_emulator_target_covers_every_service_the_stack_calls(tmp_path):
     """With the emulator target no call can reach real AWS: every service is pointed at loopback
     and the provider carries placeholder keys, so ambient credentials are never used."""
-    from stacks.orthweb_stack import EMULATED_SERVICES, EMULATOR_ACCESS_KEY
+    from config.facts import EMULATOR_PLACEHOLDER_KEY
+    from stacks.emulator import EMULATED_SERVICES
 
     config = OrthwebConfig(**PROFILES["az3"], target="emulator", emulator_endpoint="http://127.0.0.1:4566")
     data = synth_json(config, tmp_path)
@@ -111,7 +112,7 @@ def test_emulator_target_covers_every_service_the_stack_calls(tmp_path):
     needed = {next((svc for prefix, svc in service_of.items() if t.startswith(prefix)), "ec2") for t in types}
     assert needed <= set(EMULATED_SERVICES)
     provider = data["provider"]["aws"][0]
-    assert provider["access_key"] == provider["secret_key"] == EMULATOR_ACCESS_KEY
+    assert provider["access_key"] == provider["secret_key"] == EMULATOR_PLACEHOLDER_KEY
     assert all(url == "http://127.0.0.1:4566" for url in provider["endpoints"][0].values())
 
 

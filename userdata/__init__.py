@@ -12,7 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from stacks.config import DicomModality
+from config import rds_ca
+from config.facts import APP_DB_USER, DEFAULT_AE_TITLE, NGINX_IMAGE, ORTHANC_IMAGE
+from config.inputs import DicomModality
 from userdata.site import (
     ComposeValues,
     NginxValues,
@@ -25,7 +27,6 @@ from userdata.site import (
 HERE = Path(__file__).resolve().parent
 # EC2 refuses user data over 16 KB (after compression, before base64).
 USER_DATA_LIMIT = 16 * 1024
-APP_DB_USER = "orthanc"
 _SAFE_ENV_VALUE = re.compile(r"^[^'\n\\]*$")
 
 
@@ -44,28 +45,15 @@ class HostValues:
     site_dns: str
     site_ip: str
     log_group: str
-    ae_title: str = "ORTHANC"
+    ae_title: str = DEFAULT_AE_TITLE
     site_name: str = ""
     byo_tls_secret: str = ""
     modalities: tuple[DicomModality, ...] = ()
-    orthanc_image: str = ""
-    nginx_image: str = ""
+    orthanc_image: str = ORTHANC_IMAGE
+    nginx_image: str = NGINX_IMAGE
     container_logs: bool = True
     # The region as plain text (``region`` may be a token): selects the RDS CA certificates.
     region_name: str = "us-east-1"
-
-
-def rds_ca_pem(region: str) -> str:
-    """The region's RDS root CAs (RSA2048, RSA4096, ECC384 G1), from the bundle pinned in the repo."""
-    blocks = re.findall(
-        r"^# (Amazon RDS (\S+) Root CA [^\n]+)\n(-----BEGIN CERTIFICATE-----\n.+?-----END CERTIFICATE-----\n)",
-        (HERE / "rds-ca-bundle.pem").read_text(),
-        re.M | re.S,
-    )
-    pems = [f"# {label}\n{pem}" for label, block_region, pem in blocks if block_region == region]
-    if not pems:
-        raise ValueError(f"region: no RDS CA certificates for {region!r} in userdata/rds-ca-bundle.pem")
-    return "".join(pems)
 
 
 def site_env(v: HostValues) -> str:
@@ -97,7 +85,8 @@ def host_files(v: HostValues) -> dict[str, str]:
     compose = ComposeValues(
         log_group=v.log_group if v.container_logs else "",
         region=v.region,
-        **{k: getattr(v, k) for k in ("orthanc_image", "nginx_image") if getattr(v, k)},
+        orthanc_image=v.orthanc_image,
+        nginx_image=v.nginx_image,
     )
     return {
         "site.env": site_env(v),
@@ -106,7 +95,7 @@ def host_files(v: HostValues) -> dict[str, str]:
         "orthanc.json": render_orthanc(
             OrthancValues(ae_title=v.ae_title, bucket=v.bucket, region=v.region, modalities=v.modalities)
         ),
-        "rds-ca.pem": rds_ca_pem(v.region_name),
+        "rds-ca.pem": rds_ca.pem_for(v.region_name),
         "bootstrap.sh": (HERE / "bootstrap.sh").read_text(),
         **{
             name: (HERE / name).read_text()
@@ -130,4 +119,4 @@ def render_user_data(v: HostValues) -> str:
     files = host_files(v)
     for entry in skeleton["write_files"]:
         entry["content"] = _Literal(files[entry["content"]])
-    return "#cloud-config\n" + yaml.safe_dump(skeleton, sort_keys=False, width=1000)
+    return "#cloud-config\n" + str(yaml.safe_dump(skeleton, sort_keys=False, width=1000))

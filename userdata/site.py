@@ -7,20 +7,23 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
-from stacks.config import DicomModality
+from config import ROOT
+from config.facts import (
+    DICOM_TLS_PORT,
+    HTTPS_PORT,
+    NGINX_IMAGE,
+    ORTHANC_DICOM_PORT,
+    ORTHANC_HTTP_PORT,
+    ORTHANC_IMAGE,
+    SITE_LABEL,
+)
+from config.inputs import DicomModality
 
-DOCKER_DIR = Path(__file__).resolve().parent.parent / "docker"
-
-# orthancteam/orthanc release with Orthanc 1.12 and the PostgreSQL and AWS S3 plugins in the default tag.
-ORTHANC_IMAGE = "orthancteam/orthanc:25.12.3"
-# nginx stable branch; the official image is built with the stream and stream-SSL modules.
-NGINX_IMAGE = "nginx:1.28.0"
+DOCKER_DIR = ROOT / "docker"
 # Fits a large CT/MR study uploaded through the REST API; bulk transfers go over DICOM.
 MAX_BODY_SIZE = "4g"
-# Called "Name" in Orthanc; shown in the UI.
-SITE_LABEL = "Orthweb"
 PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
 
@@ -39,10 +42,10 @@ def fill(template: str, values: dict[str, str]) -> str:
 class NginxValues:
     """Where nginx listens, where it forwards, and where its files live."""
 
-    http_upstream: str = "orthanc:8042"
-    dicom_upstream: str = "orthanc:4242"
-    https_listen: str = "443"
-    dicom_listen: str = "11112"
+    http_upstream: str = f"orthanc:{ORTHANC_HTTP_PORT}"
+    dicom_upstream: str = f"orthanc:{ORTHANC_DICOM_PORT}"
+    https_listen: str = str(HTTPS_PORT)
+    dicom_listen: str = str(DICOM_TLS_PORT)
     cert_path: str = "/run/secrets/site-cert"
     key_path: str = "/run/secrets/site-key"
     pid_path: str = "/var/run/nginx.pid"
@@ -80,10 +83,10 @@ class OrthancValues:
     bucket: str
     region: str
     modalities: Sequence[DicomModality] = ()
-    dicom_port: int = 4242
-    http_port: int = 8042
+    dicom_port: int = ORTHANC_DICOM_PORT
+    http_port: int = ORTHANC_HTTP_PORT
     storage_directory: str = "/var/lib/orthanc/db"
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def render_orthanc(v: OrthancValues) -> str:
@@ -135,6 +138,10 @@ def render_compose(v: ComposeValues) -> str:
         {
             "orthanc_image": v.orthanc_image,
             "nginx_image": v.nginx_image,
+            "https_port": str(HTTPS_PORT),
+            "dicom_tls_port": str(DICOM_TLS_PORT),
+            "orthanc_http_port": str(ORTHANC_HTTP_PORT),
+            "orthanc_dicom_port": str(ORTHANC_DICOM_PORT),
             "orthanc_logging": _logging(v, "orthanc"),
             "nginx_logging": _logging(v, "nginx"),
         },

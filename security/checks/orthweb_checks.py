@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import re
+import runpy
+from pathlib import Path
 from typing import Any
 
 from checkov.common.models.enums import CheckCategories, CheckResult
 from checkov.terraform.checks.data.base_check import BaseDataCheck
 from checkov.terraform.checks.resource.base_resource_check import BaseResourceCheck
 
-POSTGRES_PORT = 5432
-SSH_PORT = 22
+# checkov loads this file from its own virtualenv, outside the project: read the site's facts by path.
+_FACTS = runpy.run_path(str(Path(__file__).resolve().parents[2] / "config" / "facts.py"))
+POSTGRES_PORT: int = _FACTS["POSTGRES_PORT"]
+SSH_PORT: int = _FACTS["SSH_PORT"]
 # S3 server access logs can only be written to an SSE-S3 bucket (AWS constraint).
 SSE_S3_ALLOWED_BUCKETS = ("aws_s3_bucket.log_bucket.",)
 
@@ -115,7 +119,7 @@ class PostgresIngressOnlyFromSecurityGroups(BaseResourceCheck):
 class NoSshIngress(BaseResourceCheck):
     def __init__(self) -> None:
         super().__init__(
-            name="No security group ingress on port 22 (use SSM Session Manager)",
+            name=f"No security group ingress on port {SSH_PORT} (use SSM Session Manager)",
             id="CKV_ORTHWEB_3",
             categories=[CheckCategories.NETWORKING],
             supported_resources=INGRESS_RESOURCES,

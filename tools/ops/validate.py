@@ -1,6 +1,6 @@
 """Orthweb site validator: is a deployed (or local) site working, safely, end to end?
 
-    python -m tools.validate --host <site> --ca orthweb-ca.pem --password-file pw.txt [--json]
+    python -m tools.ops.validate --host <site> --ca orthweb-ca.pem --password-file pw.txt [--json]
 
 Checks, in order: HTTPS with the site CA (TLS 1.2+), REST refuses a request without credentials
 and one with a wrong password, REST answers with the site credentials and the AE title matches,
@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from config.facts import DEFAULT_AE_TITLE, DICOM_TLS_PORT, HTTPS_PORT, ORTHANC_ADMIN_USER
 
 TEST_PATIENT = "ORTHWEB^VALIDATION"
 
@@ -268,14 +270,14 @@ class Validator:
 
 
 def parse(argv: list[str]) -> tuple[Target, bool]:
-    p = argparse.ArgumentParser(prog="python -m tools.validate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.ops.validate", description=__doc__.split("\n")[0])
     p.add_argument("--host", help="site DNS name or address (or use --outputs)")
     p.add_argument("--outputs", type=Path, help="JSON of `terraform output -json` / `cdktf output --outputs-file`")
-    p.add_argument("--https-port", type=int, default=443)
-    p.add_argument("--dicom-port", type=int, default=11112)
-    p.add_argument("--aet", default="ORTHANC", help="called AE title of the site")
+    p.add_argument("--https-port", type=int, default=HTTPS_PORT)
+    p.add_argument("--dicom-port", type=int, default=DICOM_TLS_PORT)
+    p.add_argument("--aet", default=DEFAULT_AE_TITLE, help="called AE title of the site")
     p.add_argument("--ca", type=Path, required=True, help="PEM file of the site CA (or the public CA)")
-    p.add_argument("--user", default="admin")
+    p.add_argument("--user", default=ORTHANC_ADMIN_USER)
     p.add_argument("--password-file", type=Path, required=True, help="file holding the password (not an argument)")
     p.add_argument("--bucket", default="", help="also check the object in this S3 bucket")
     p.add_argument("--s3-endpoint", default="", help=argparse.SUPPRESS)

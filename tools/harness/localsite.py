@@ -11,60 +11,58 @@ loopback ports, from the same rendered templates and bootstrap as on EC2.
   storage area as the STAND-IN for the official S3 plugin (tools/s3_storage_plugin.py);
 - nginx with the stream module and the rendered ``nginx.conf``: HTTPS and DICOM TLS in front.
 
-``python -m tools.localsite up|down`` (``make local-up`` / ``make local-down``).
+``python -m tools.harness.localsite up|down`` (``make local-up`` / ``make local-down``).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
-import time
+import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
 
-from tools.emulator import Emulator, free_port
-from tools.hostsim import bootstrap_env, run_bootstrap
-from tools.localpg import LocalPostgres
-from tools.pki import make_ca, make_server_cert
+from config import ROOT
+from config.facts import ADMIN_SECRET, DB_MASTER_USER, DB_NAME, DEFAULT_AE_TITLE, ORTHANC_ADMIN_USER, TLS_SECRET
+from tools.harness.emulator import Emulator
+from tools.harness.hostsim import bootstrap_env, run_bootstrap
+from tools.harness.localpg import LocalPostgres
+from tools.harness.pki import make_ca, make_server_cert
+from tools.proc import free_ports, stop_pid, stop_process, wait_for_port
 from userdata import HostValues, site_env
 from userdata.site import NginxValues, OrthancValues, render_nginx, render_orthanc
 
-ROOT = Path(__file__).resolve().parent.parent
 BOOTSTRAP = ROOT / "userdata" / "bootstrap.sh"
-PLUGIN = ROOT / "tools" / "s3_storage_plugin.py"
+PLUGIN = Path(__file__).resolve().parent / "s3_storage_plugin.py"
 ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 STATE_FILE = Path(os.environ.get("ORTHWEB_LOCALSITE_DIR", ROOT / "build" / "localsite")) / "site.json"
-MASTER_USER = "orthweb_admin"
+PORT_NAMES = ("orthanc_http", "orthanc_dicom", "https", "dicom_tls")
 
 
-def wait_for_port(port: int, timeout: float = 60, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on port {port} after {timeout}s")
+class SiteNotUp(RuntimeError):
+    """A listener the site announces did not answer as itself; the message names it."""
 
 
 @dataclass
 class LocalSite:
     workdir: Path
-    ae_title: str = "ORTHANC"
+    ae_title: str = DEFAULT_AE_TITLE
     bucket: str = "orthweb-dicom-local"
     region: str = "us-east-1"
+    # Ports by name (PORT_NAMES); any not given are handed out by tools.proc.free_ports.
     ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -86,29 +84,32 @@ class LocalSite:
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> LocalSite:
+        """Start every part, then check that each announced listener answers as itself."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.ports = {name: free_port() for name in ("orthanc_http", "orthanc_dicom", "https", "dicom_tls")}
+        missing = [name for name in PORT_NAMES if name not in self.ports]
+        self.ports = {**dict(zip(missing, free_ports(len(missing)), strict=True)), **self.ports}
         self.emulator = Emulator(self.workdir / "logs", region=self.region).start()
         self.sm = boto3.client("secretsmanager", **self.emulator.boto_kwargs())
         self.s3 = boto3.client("s3", **self.emulator.boto_kwargs())
         self.s3.create_bucket(Bucket=self.bucket)
         master_pw = os.urandom(16).hex()
         self.arns = {
-            "admin": self.sm.create_secret(Name="orthweb/orthanc-admin")["ARN"],
-            "tls": self.sm.create_secret(Name="orthweb/site-tls")["ARN"],
+            "admin": self.sm.create_secret(Name=f"orthweb/{ADMIN_SECRET}")["ARN"],
+            "tls": self.sm.create_secret(Name=f"orthweb/{TLS_SECRET}")["ARN"],
             "db": self.sm.create_secret(
-                Name="rds!db-local", SecretString=json.dumps({"username": MASTER_USER, "password": master_pw})
+                Name="rds!db-local", SecretString=json.dumps({"username": DB_MASTER_USER, "password": master_pw})
             )["ARN"],
         }
         rds_ca = make_ca(self.workdir / "rds-pki", "Local RDS CA")
         self.pg = LocalPostgres(
-            make_server_cert(self.workdir / "rds-pki", rds_ca, "db"), MASTER_USER, master_pw, "orthanc"
+            make_server_cert(self.workdir / "rds-pki", rds_ca, "db"), DB_MASTER_USER, master_pw, DB_NAME
         ).start()
         self.etc.mkdir(parents=True, exist_ok=True)
         (self.etc / "rds-ca.pem").write_text(rds_ca.cert.read_text())
         self.bootstrap()
         self.start_orthanc()
         self.start_nginx()
+        self.verify()
         return self
 
     def host_values(self) -> HostValues:
@@ -120,7 +121,7 @@ class LocalSite:
             db_secret_arn=self.arns["db"],
             db_host="localhost",
             db_port=str(self.pg.port),
-            db_name="orthanc",
+            db_name=DB_NAME,
             site_dns="localhost",
             site_ip="127.0.0.1",
             log_group="",
@@ -180,8 +181,7 @@ class LocalSite:
         self.processes["orthanc"] = subprocess.Popen(
             ["Orthanc", str(path)], stdout=log, stderr=subprocess.STDOUT, env=env
         )
-        wait_for_port(self.ports["orthanc_http"], process=self.processes["orthanc"])
-        wait_for_port(self.ports["orthanc_dicom"], process=self.processes["orthanc"])
+        self._listening("orthanc", ("orthanc_http", "orthanc_dicom"))
 
     def start_nginx(self) -> None:
         prefix = self.workdir / "nginx"
@@ -220,8 +220,85 @@ class LocalSite:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        wait_for_port(self.ports["https"], process=self.processes["nginx"])
-        wait_for_port(self.ports["dicom_tls"], process=self.processes["nginx"])
+        self._listening("nginx", ("https", "dicom_tls"))
+
+    def _listening(self, name: str, port_names: tuple[str, ...]) -> None:
+        for port_name in port_names:
+            port = self.ports[port_name]
+            try:
+                wait_for_port(port, process=self.processes[name])
+            except RuntimeError as exc:
+                raise SiteNotUp(f"{name} ({port_name} 127.0.0.1:{port}): {exc}; see {self.workdir / 'logs'}") from exc
+
+    # -- is it up? ------------------------------------------------------------------------------
+    def verify(self) -> list[str]:
+        """Each listener the site announces answers as itself: both processes run, the HTTPS port
+        completes a TLS handshake with the site certificate and REST answers with the site's AE
+        title, the DICOM TLS port completes a handshake and a C-ECHO. Raises SiteNotUp naming the
+        first that does not; returns one line per listener."""
+        https, dicom = self.ports["https"], self.ports["dicom_tls"]
+        checks: list[tuple[str, Callable[[], str]]] = [
+            ("Orthanc process", lambda: self._running("orthanc")),
+            ("nginx process", lambda: self._running("nginx")),
+            (f"web/REST https://127.0.0.1:{https}", self._check_rest),
+            (f"DICOM TLS 127.0.0.1:{dicom}", self._check_dicom),
+        ]
+        lines = []
+        for label, check in checks:
+            try:
+                lines.append(f"{label}: {check()}")
+            except Exception as exc:  # noqa: BLE001 - any failure means "not up", named
+                raise SiteNotUp(f"{label}: {exc or exc.__class__.__name__}") from exc
+        return lines
+
+    def _running(self, name: str) -> str:
+        proc = self.processes.get(name)
+        if proc is None or proc.poll() is not None:
+            raise RuntimeError(
+                f"not running (exit code {None if proc is None else proc.returncode}); see {self.workdir / 'logs'}"
+            )
+        return f"running, pid {proc.pid}"
+
+    def tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_path))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+    def _handshake(self, port: int) -> str:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with self.tls_context().wrap_socket(raw, server_hostname="localhost") as tls:
+                return tls.version() or "?"
+
+    def _check_rest(self) -> str:
+        version = self._handshake(self.ports["https"])
+        status, body = self.rest("/system", auth=(ORTHANC_ADMIN_USER, self.admin()["password"]))
+        if status != 200:
+            raise RuntimeError(f"REST /system answered {status}")
+        aet = json.loads(body).get("DicomAet")
+        if aet != self.ae_title:
+            raise RuntimeError(f"answered as AE title {aet!r}, not {self.ae_title!r}")
+        return f"{version}, REST answers as {aet}"
+
+    def _check_dicom(self) -> str:
+        from pynetdicom import AE
+        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+        version = self._handshake(self.ports["dicom_tls"])
+        ae = AE(ae_title="ORTHWEBUP")
+        ae.add_requested_context(Verification)
+        ae.acse_timeout = ae.network_timeout = 10
+        assoc = ae.associate(
+            "127.0.0.1", self.ports["dicom_tls"], ae_title=self.ae_title, tls_args=(self.tls_context(), "localhost")
+        )
+        if not assoc.is_established:
+            raise RuntimeError("DICOM association refused")
+        try:
+            status = assoc.send_c_echo()
+        finally:
+            assoc.release()
+        if not status or status.Status != 0:
+            raise RuntimeError(f"C-ECHO status {getattr(status, 'Status', None)}")
+        return f"{version}, C-ECHO to {self.ae_title}"
 
     # -- faults and lifecycle ------------------------------------------------------------------
     def kill_orthanc(self) -> None:
@@ -235,14 +312,7 @@ class LocalSite:
         self.start_orthanc()
 
     def stop_process(self, name: str) -> None:
-        proc = self.processes.pop(name, None)
-        if proc and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(self.processes.pop(name, None))
 
     def stop(self) -> None:
         for name in ("nginx", "orthanc"):
@@ -262,16 +332,10 @@ class LocalSite:
         data: bytes | None = None,
     ) -> tuple[int, bytes]:
         """One REST call through the TLS front door (or straight to Orthanc with ``direct``)."""
-        import base64
-        import ssl
-
         if direct:
             url, context = f"http://127.0.0.1:{self.ports['orthanc_http']}{path}", None
         else:
-            url, context = (
-                f"https://127.0.0.1:{self.ports['https']}{path}",
-                ssl.create_default_context(cafile=str(self.ca_path)),
-            )
+            url, context = f"https://127.0.0.1:{self.ports['https']}{path}", self.tls_context()
         request = urllib.request.Request(url, method=method, data=data)  # noqa: S310 - loopback only
         if auth:
             request.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
@@ -288,25 +352,10 @@ class LocalSite:
             "dicom_port": self.ports["dicom_tls"],
             "ae_title": self.ae_title,
             "ca": str(self.ca_path),
-            "user": "admin",
+            "user": ORTHANC_ADMIN_USER,
             "password_secret": "orthweb/orthanc-admin (in the emulator)",
             "workdir": str(self.workdir),
         }
-
-
-def _stop_pid(pid: int, sig: int, timeout: float = 30) -> None:
-    """Signal a process that is not our child and wait for it to go (SIGKILL after ``timeout``)."""
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = Path(f"/proc/{pid}/status")
-        if not status.exists() or "State:\tZ" in status.read_text():
-            return
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
 
 
 def main(argv: list[str]) -> int:
@@ -314,7 +363,13 @@ def main(argv: list[str]) -> int:
     if command == "up":
         workdir = STATE_FILE.parent
         shutil.rmtree(workdir, ignore_errors=True)
-        site = LocalSite(workdir).start()
+        site = LocalSite(workdir)
+        try:
+            site.start()
+        except SiteNotUp as exc:
+            print(f"Orthweb local site is NOT up: {exc}", file=sys.stderr)
+            site.stop()
+            return 1
         info = site.describe()
         password_file = workdir / "admin-password"
         password_file.write_text(site.admin()["password"])
@@ -342,12 +397,12 @@ def main(argv: list[str]) -> int:
         # Front to back; PostgreSQL gets SIGINT ("fast" shutdown: it does not wait for clients).
         order = ("nginx", "orthanc", "postgres", "emulator")
         for name in sorted(info["pids"], key=lambda n: order.index(n) if n in order else len(order)):
-            _stop_pid(info["pids"][name], signal.SIGINT if name == "postgres" else signal.SIGTERM)
+            stop_pid(info["pids"][name], signal.SIGINT if name == "postgres" else signal.SIGTERM)
         shutil.rmtree(info.get("pg_root", ""), ignore_errors=True)
         STATE_FILE.unlink()
         print("local site stopped")
         return 0
-    print("usage: python -m tools.localsite up|down", file=sys.stderr)
+    print("usage: python -m tools.harness.localsite up|down", file=sys.stderr)
     return 2
 
 

@@ -7,8 +7,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from tools.emulator import Emulator
-from tools.localpg import PG_BIN
+from tools.harness.emulator import Emulator
+from tools.harness.localpg import PG_BIN
 
 
 def bootstrap_env(etc: Path, run: Path, emulator: Emulator, extra_path: Sequence[Path] = ()) -> dict[str, str]:

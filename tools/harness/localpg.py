@@ -6,21 +6,15 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from tools.pki import Certificate
+from tools.harness.pki import Certificate
+from tools.proc import free_port, stop_process
 
 PG_BIN = Path(os.environ.get("ORTHWEB_PG_BIN", "/usr/lib/postgresql/15/bin"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class LocalPostgres:
@@ -31,7 +25,7 @@ class LocalPostgres:
             raise RuntimeError(f"PostgreSQL 15 server not found in {PG_BIN} (apt-get install postgresql-15)")
         self.cert = server_cert
         self.superuser, self.password, self.database = superuser, password, database
-        self.port = _free_port()
+        self.port = free_port()
         # Outside pytest's 0700 folders: the server runs as the postgres user, which must enter it.
         self.root = Path(tempfile.mkdtemp(prefix="orthweb-pg-", dir="/tmp"))
         self.data = self.root / "data"
@@ -140,13 +134,7 @@ class LocalPostgres:
         self._spawn()
 
     def stop(self, remove: bool = True) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=20)
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
 

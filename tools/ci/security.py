@@ -1,7 +1,7 @@
 """Security gate: checkov (pinned, own virtualenv, offline) with Orthweb's custom policies on the
 synthesized default and prod stacks and on the plan of the default stack.
 
-``python -m tools.security`` (``make security``) prints one line per scan and exits 1 on any
+``python -m tools.ci.security`` (``make security``) prints one line per scan and exits 1 on any
 failed check. The scans and the custom checks' own tests share ``run_checkov``.
 """
 
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from config import ROOT
+
 CONFIG = ROOT / "security" / "checkov.yaml"
 REQUIREMENTS = ROOT / "security" / "requirements.txt"
 VENV = ROOT / "build" / "checkov-venv"
@@ -81,8 +82,8 @@ def run_checkov(target: Path, label: str, framework: str = "terraform_json", che
 
 
 def synth(profile: dict[str, Any], outdir: Path) -> Path:
+    from config.inputs import OrthwebConfig
     from main import build_app
-    from stacks.config import OrthwebConfig
 
     config = OrthwebConfig(**profile).validate()
     outdir.mkdir(parents=True, exist_ok=True)
@@ -94,13 +95,13 @@ def plan_json(outdir: Path) -> Path:
     """``terraform show -json`` of the default stack's plan, its data sources answered by the AWS API
     emulator: the stack is the real one (target aws); a Terraform override file next to it points
     the provider at the emulator for the plan only."""
-    from stacks.orthweb_stack import emulator_provider_settings
-    from tools.emulator import Emulator
-    from tools.terraform import Terraform
+    from stacks.emulator import provider_settings
+    from tools.harness.emulator import Emulator
+    from tools.harness.terraform import Terraform
 
     with Emulator(outdir / "emulator") as emulator:
         stack = synth({}, outdir / "cdktf.out")
-        override = {"provider": {"aws": [emulator_provider_settings(emulator.endpoint)]}}
+        override = {"provider": {"aws": [provider_settings(emulator.endpoint)]}}
         (stack / "emulator_override.tf.json").write_text(json.dumps(override))
         tf = Terraform.offline(stack, outdir / "terraform-cli", extra_env={"TF_DATA_DIR": str(outdir / "tfdata")})
         tf.init()
@@ -111,7 +112,6 @@ def plan_json(outdir: Path) -> Path:
 
 
 def main() -> int:
-    os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
     scans = [
         run_checkov(synth({}, WORK / "default"), "default stack (terraform_json)"),
         run_checkov(synth({"environment": "prod"}, WORK / "prod"), "prod stack (terraform_json)"),

@@ -52,6 +52,14 @@ def write_cli_config(folder: Path, mirror: Path) -> Path:
     return path
 
 
+def terraform_cli_config(folder: Path) -> Path | None:
+    """The offline CLI configuration in ``folder``, or None on a machine without a provider mirror."""
+    try:
+        return write_cli_config(folder, find_mirror())
+    except TerraformError:
+        return None
+
+
 @dataclass
 class Terraform:
     """Terraform in one working directory (a synthesized stack folder)."""

@@ -14,9 +14,9 @@ from typing import Any
 
 import boto3
 
+from config.facts import DICOM_TLS_PORT, HTTPS_PORT, POSTGRES_PORT, SSH_PORT
 from modules.access import DICOM_BUCKET_ACTIONS, DICOM_OBJECT_ACTIONS
-from modules.host import DICOM_TLS_PORT, HTTPS_PORT
-from tools.emulator import FAKE_CREDENTIALS
+from tools.harness.emulator import FAKE_CREDENTIALS
 
 
 class CheckFailed(AssertionError):
@@ -148,7 +148,7 @@ def check_security_groups(d: Deployment) -> str:
     db_rules = _ingress(ec2, db)
     expect(
         len(db_rules) == 1
-        and db_rules[0]["FromPort"] == 5432
+        and db_rules[0]["FromPort"] == POSTGRES_PORT
         and not db_rules[0].get("IpRanges")
         and [p["GroupId"] for p in db_rules[0]["UserIdGroupPairs"]] == [host],
         f"database ingress {db_rules}",
@@ -157,11 +157,15 @@ def check_security_groups(d: Deployment) -> str:
     for group in ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["SecurityGroups"]:
         for perm in group["IpPermissions"]:
             expect(
-                not (perm.get("FromPort", 0) <= 22 <= perm.get("ToPort", 65535)), f"port 22 open in {group['GroupId']}"
+                not (perm.get("FromPort", 0) <= SSH_PORT <= perm.get("ToPort", 65535)),
+                f"port {SSH_PORT} open in {group['GroupId']}",
             )
         if group["GroupName"] == "default":
             expect(not group["IpPermissions"] and not group["IpPermissionsEgress"], "default security group not closed")
-    return "security groups: host 443/11112 only, PostgreSQL only from the host group, no 22, default closed"
+    return (
+        f"security groups: host {HTTPS_PORT}/{DICOM_TLS_PORT} only, PostgreSQL only from the host group,"
+        f" no {SSH_PORT}, default closed"
+    )
 
 
 def check_iam(d: Deployment) -> str:
@@ -179,7 +183,7 @@ def check_iam(d: Deployment) -> str:
 def check_outputs(d: Deployment) -> str:
     o = d.outputs
     expect(re.fullmatch(r"ec2-user@\S+", o.get("hostinfo", "")) is not None, f"hostinfo {o.get('hostinfo')}")
-    expect(re.fullmatch(r"\S+:5432", o.get("dbinfo", "")) is not None, f"dbinfo {o.get('dbinfo')}")
+    expect(re.fullmatch(rf"\S+:{POSTGRES_PORT}", o.get("dbinfo", "")) is not None, f"dbinfo {o.get('dbinfo')}")
     expect(
         re.fullmatch(r"orthweb-dicom-\S+\.s3\.amazonaws\.com", o.get("s3bucket", "")) is not None,
         f"s3bucket {o.get('s3bucket')}",

@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-# Any value works with the emulator; named so that no scanner mistakes it for a credential.
-FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "emulator-placeholder", "AWS_SECRET_ACCESS_KEY": "emulator-placeholder"}
+from config.facts import EMULATOR_PLACEHOLDER_KEY
+from tools.proc import free_port, stop_process
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": EMULATOR_PLACEHOLDER_KEY, "AWS_SECRET_ACCESS_KEY": EMULATOR_PLACEHOLDER_KEY}
 
 
 class Emulator:
@@ -77,13 +72,7 @@ class Emulator:
         raise RuntimeError(f"emulator did not answer within {timeout}s")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=10)
 
     def __enter__(self) -> Emulator:
         return self.start()

@@ -1,6 +1,6 @@
 """Deploy rehearsal: the real Terraform workflow against the AWS API emulator, end to end.
 
-``python -m tools.rehearsal`` (or ``make rehearsal``): start the emulator, synthesize the stack for
+``python -m tools.harness.rehearsal`` (or ``make rehearsal``): start the emulator, synthesize the stack for
 it, ``terraform init/apply``, print the outputs, check what was created through the AWS APIs,
 check the state holds no secret value and that a second plan is empty, run the host bootstrap
 against the deployment, ``terraform destroy``, stop the emulator. One line per phase with its
@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import os
 import shutil
 import sys
 import time
@@ -21,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from config import ROOT
+
 WORKDIR = ROOT / "build" / "rehearsal"
 
 
@@ -108,13 +108,13 @@ class Rehearsal:
 
     # -- phases --------------------------------------------------------------------------------
     def start_emulator(self) -> None:
-        from tools.emulator import Emulator
+        from tools.harness.emulator import Emulator
 
         self.emulator = Emulator(self.workdir / "logs", region=self.region).start()
 
     def synth(self, **overrides: Any) -> None:
+        from config.inputs import OrthwebConfig
         from main import build_app
-        from stacks.config import OrthwebConfig
 
         config = OrthwebConfig(
             name=self.name, region=self.region, target="emulator", emulator_endpoint=self.emulator.endpoint, **overrides
@@ -126,7 +126,7 @@ class Rehearsal:
         self.stack_dir = out / "stacks" / self.name
 
     def init(self) -> None:
-        from tools.terraform import Terraform
+        from tools.harness.terraform import Terraform
 
         self.tf = Terraform.offline(
             self.stack_dir,
@@ -162,9 +162,9 @@ class Rehearsal:
         import boto3
         import yaml
 
-        from tools.hostsim import bootstrap_env, run_bootstrap
-        from tools.localpg import LocalPostgres
-        from tools.pki import make_ca, make_server_cert
+        from tools.harness.hostsim import bootstrap_env, run_bootstrap
+        from tools.harness.localpg import LocalPostgres
+        from tools.harness.pki import make_ca, make_server_cert
 
         ec2 = boto3.client("ec2", **self.emulator.boto_kwargs())
         sm = boto3.client("secretsmanager", **self.emulator.boto_kwargs())
@@ -241,7 +241,7 @@ class Rehearsal:
 
 
 def main() -> int:
-    from tools.checks import check_state, run_post_deploy_checks
+    from tools.harness.checks import check_state, run_post_deploy_checks
 
     rehearsal = Rehearsal()
     failed = False
@@ -268,5 +268,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
     sys.exit(main())

@@ -7,7 +7,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tools.validate import make_test_instance
+from tools.ops.validate import make_test_instance
 
 
 @dataclass

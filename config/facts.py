@@ -1,0 +1,49 @@
+"""Facts of an Orthweb site, each written once: ports, names, default images, host paths.
+
+Python code, the rendered templates (docker-compose.yml, nginx.conf, orthanc.json, site.env) and
+the tests read them from here.
+"""
+
+from __future__ import annotations
+
+# -- ports --------------------------------------------------------------------------------------
+HTTPS_PORT = 443  # the front door: Orthanc web UI and REST API over TLS
+DICOM_TLS_PORT = 11112  # the front door: DICOM over TLS (IANA "dicom-tls")
+ORTHANC_HTTP_PORT = 8042  # Orthanc's own HTTP port, reached only through nginx
+ORTHANC_DICOM_PORT = 4242  # Orthanc's own DICOM port, reached only through nginx
+POSTGRES_PORT = 5432  # RDS PostgreSQL
+SSH_PORT = 22  # never opened: administration goes through SSM Session Manager
+
+# -- DICOM and Orthanc --------------------------------------------------------------------------
+DEFAULT_AE_TITLE = "ORTHANC"
+ORTHANC_ADMIN_USER = "admin"
+# Called "Name" in Orthanc; shown in the UI.
+SITE_LABEL = "Orthweb"
+
+# -- database -----------------------------------------------------------------------------------
+DB_NAME = "orthanc"
+# RDS master user: used by the host only to create the application role, never by Orthanc.
+DB_MASTER_USER = "orthweb_admin"
+# The role Orthanc connects as (owner of DB_NAME, no superuser).
+APP_DB_USER = "orthanc"
+
+# -- names of things the stack creates ------------------------------------------------------------
+# Secret names (not values): <name>/orthanc-admin holds the Orthanc admin and app DB role passwords,
+# <name>/site-tls the site CA and server certificate.
+ADMIN_SECRET = "orthanc-admin"  # noqa: S105
+TLS_SECRET = "site-tls"  # noqa: S105
+TRAIL_PREFIX = "cloudtrail"  # key prefix of CloudTrail log files in the log bucket
+
+# -- images -------------------------------------------------------------------------------------
+# orthancteam/orthanc release with Orthanc 1.12 and the PostgreSQL and AWS S3 plugins in the default tag.
+ORTHANC_IMAGE = "orthancteam/orthanc:25.12.3"
+# nginx stable branch; the official image is built with the stream and stream-SSL modules.
+NGINX_IMAGE = "nginx:1.28.0"
+
+# -- the host -----------------------------------------------------------------------------------
+HOST_ETC = "/etc/orthweb"  # deploy-time configuration written by cloud-init (no secrets)
+HOST_RUN = "/run/orthweb"  # tmpfs: runtime secret files
+
+# -- the AWS API emulator (rehearsals and local runs only) --------------------------------------------
+# Not a credential: the emulator accepts any key; named so no scanner mistakes it for one.
+EMULATOR_PLACEHOLDER_KEY = "emulator-placeholder"

@@ -1,0 +1,493 @@
+"""The one validated, immutable description of an Orthweb deployment: every input declared once.
+
+Each field of ``OrthwebConfig`` is one ``setting(...)``: its type (the annotation), its default,
+its description and its single-field checks, together, the way a Terraform ``variable`` block
+holds type, default, description and validation. The README inputs table is generated from this
+metadata (``python -m tools.maint.docs``); rules that involve several fields live in one function,
+``cross_field_problems``.
+
+Values come from the defaults, then an optional ``orthweb.toml`` in the project root, then
+environment variables named ``ORTHWEB_<FIELD>``. Every problem is reported together, one line
+each, naming the field, the value and what is allowed.
+
+Why not pydantic-settings: its environment source silently ignores unknown ``ORTHWEB_*`` names (a
+typo would be lost), reads ``os.environ`` on every construction (tests and the stack build configs
+directly), raises a parse error instead of a validation message for comma-separated lists, and its
+messages ("Input should be less than or equal to 3", with the raw input) would need a mapping per
+error type to keep ours; it would also add a compiled dependency to a synth-only tool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+from urllib.parse import urlparse
+
+from config import facts, rds_ca
+
+ENV_PREFIX = "ORTHWEB_"
+CONFIG_FILE_NAME = "orthweb.toml"
+# Variables with the same prefix that tune Orthweb's tools, not the deployment: never config fields.
+TOOL_VARIABLES = frozenset(
+    {
+        "ORTHWEB_AWS_BINDING",
+        "ORTHWEB_TF_MIRROR",
+        "ORTHWEB_PG_BIN",
+        "ORTHWEB_LOCALSITE_DIR",
+        "ORTHWEB_AWS_ENDPOINT",
+        "ORTHWEB_ETC",
+        "ORTHWEB_RUN",
+    }
+)
+
+ENVIRONMENTS = ("dev", "test", "prod")
+TARGETS = ("aws", "emulator")
+# CloudWatch Logs accepts only these retention periods (days).
+LOG_RETENTION_DAYS = (
+    *(1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365),
+    *(400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653),
+)
+# Interface endpoints worth having for a host in a VPC without NAT; each costs ~$7/month per AZ.
+INTERFACE_ENDPOINT_SERVICES = ("ssm", "ssmmessages", "ec2messages", "secretsmanager", "kms", "logs", "sts")
+DICOM_RIGHTS = ("echo", "find", "move", "get", "store")
+
+_NAME = re.compile(r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$")
+_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$")
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+_DB_CLASS = re.compile(r"^db\.[a-z][a-z0-9-]*\.[a-z0-9]+$")
+_AMI = re.compile(r"^ami-[0-9a-f]{8}([0-9a-f]{9})?$")
+_SSH_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( \S.*)?$")
+_TAG_KEY = re.compile(r"^[\w .:/=+@-]{1,128}$")
+_AE_TITLE = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
+_HOST = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
+_SITE_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$|^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:\S+$")
+# An image reference pinned by an exact release tag, optionally also by digest. Never "latest".
+_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[0-9][A-Za-z0-9._-]*)(@sha256:[0-9a-f]{64})?$")
+
+# A check takes the field's name and value and yields one message per problem.
+Check = Callable[[str, Any], Iterator[str]]
+
+
+class ConfigError(ValueError):
+    """Raised with every validation problem found, one message per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def allowed(name: str, value: Any, what: str) -> str:
+    """The one message form: the field, the value and what is allowed."""
+    return f"{name}: {value!r} is not allowed; allowed: {what}"
+
+
+# -- single-field checks ---------------------------------------------------------------------------
+
+
+def one_of(choices: tuple[Any, ...], what: str | None = None) -> Check:
+    def check(name: str, value: Any) -> Iterator[str]:
+        if value not in choices:
+            yield allowed(name, value, what or ", ".join(map(str, choices)))
+
+    return check
+
+
+def whole_number(low: int, high: int) -> Check:
+    def check(name: str, value: Any) -> Iterator[str]:
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            yield allowed(name, value, f"a whole number from {low} to {high}")
+
+    return check
+
+
+def matching(pattern: re.Pattern[str], what: str, *, optional: bool = False, shown: str | None = None) -> Check:
+    """The value matches ``pattern`` (or is empty, if ``optional``); ``shown`` hides the value in messages."""
+
+    def check(name: str, value: Any) -> Iterator[str]:
+        if optional and value == "":
+            return
+        if not isinstance(value, str) or not pattern.match(value):
+            yield allowed(name, value if shown is None else shown, what)
+
+    return check
+
+
+def cidr(name: str, value: Any) -> Iterator[str]:
+    try:
+        ipaddress.IPv4Network(value, strict=True)
+    except (ValueError, TypeError):
+        yield allowed(name, value, "an IPv4 network in CIDR form such as 10.0.0.0/16, host bits zero")
+
+
+def each(check: Check) -> Check:
+    """Apply ``check`` to every element of a tuple field."""
+
+    def check_all(name: str, values: Any) -> Iterator[str]:
+        for value in values:
+            yield from check(name, value)
+
+    return check_all
+
+
+def _region(name: str, value: Any) -> Iterator[str]:
+    if not _REGION.match(str(value)) or value not in rds_ca.regions():
+        yield allowed(name, value, f"an AWS region with RDS (see config/{rds_ca.BUNDLE.name}), such as us-east-1")
+
+
+def _vpc_cidr(name: str, value: Any) -> Iterator[str]:
+    problems = list(cidr(name, value))
+    if problems:
+        yield from problems
+    elif not 16 <= ipaddress.IPv4Network(value).prefixlen <= 24:
+        yield allowed(name, value, "a prefix length from /16 to /24")
+
+
+def _tags(name: str, pairs: Any) -> Iterator[str]:
+    for key, value in pairs:
+        if not _TAG_KEY.match(key) or key.lower().startswith("aws:") or len(value) > 256:
+            yield allowed(name, f"{key}={value}", "key=value pairs; keys 1-128 chars, not starting with aws:")
+
+
+def _modalities(name: str, modalities: Any) -> Iterator[str]:
+    ae_title = matching(_AE_TITLE, "1-16 chars: letters, digits, _ or -")
+    for m in modalities:
+        yield from ae_title(f"{name}.aet", m.aet)
+        yield from matching(_HOST, "a host name or IP address")(f"{name}.host", m.host)
+        yield from whole_number(1, 65535)(f"{name}.port", m.port)
+        yield from each(one_of(DICOM_RIGHTS))(f"{name}.rights", m.rights)
+
+
+_IMAGE_RULE = "empty, or name:tag with an exact release tag (not latest), optionally @sha256:<64 hex digits>"
+
+
+def setting(default: Any, description: str, *checks: Check, empty_means_default: bool = False) -> Any:
+    """One input: default, description (the README's words) and its single-field checks."""
+    metadata = {"description": description, "checks": checks, "empty_means_default": empty_means_default}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class DicomModality:
+    """A remote DICOM node allowed more than echo/store (e.g. a PACS that queries and retrieves)."""
+
+    aet: str
+    host: str
+    port: int = 104
+    rights: tuple[str, ...] = ("echo", "find", "move", "get", "store")
+
+
+@dataclass(frozen=True)
+class OrthwebConfig:
+    """Every input of a deployment (the README's inputs table is generated from these settings)."""
+
+    name: str = setting(
+        "orthweb",
+        "Name prefix of every resource; 3-20 chars, lowercase letters, digits, hyphens.",
+        matching(_NAME, "3-20 chars: lowercase letters, digits, hyphens; starts with a letter"),
+    )
+    environment: str = setting(
+        "dev",
+        "dev, test or prod; prod turns on deletion protection, final snapshot, Multi-AZ.",
+        one_of(ENVIRONMENTS),
+    )
+    region: str = setting("us-east-1", "AWS region to deploy into.", _region)
+    target: str = setting(
+        "aws", "aws, or emulator (an AWS API emulator on loopback; never a real account).", one_of(TARGETS)
+    )
+    emulator_endpoint: str = setting("", "URL of the emulator when target is emulator; loopback only.")
+    vpc_cidr: str = setting("172.17.0.0/16", "VPC address range, /16 to /24; subnets are carved from it.", _vpc_cidr)
+    az_count: int = setting(
+        2,
+        "Availability zones for public subnets, 1-3; the DB subnet group always spans 2+.",
+        whole_number(1, 3),
+    )
+    interface_endpoints: tuple[str, ...] = setting(
+        (),
+        "Interface VPC endpoints to create (ssm, secretsmanager, ...).",
+        each(one_of(INTERFACE_ENDPOINT_SERVICES)),
+    )
+    instance_type: str = setting(
+        "t3.medium",
+        "EC2 instance type of the Orthanc host (x86_64).",
+        matching(_INSTANCE_TYPE, "an EC2 instance type such as t3.medium"),
+    )
+    ami_id: str = setting(
+        "",
+        "Pin the host AMI; empty resolves the latest Amazon Linux 2023 at plan time.",
+        matching(_AMI, "empty, or an AMI id such as ami-0123456789abcdef0", optional=True),
+    )
+    root_volume_gb: int = setting(
+        30, "Size of the host's encrypted gp3 root volume, 8-1024 GiB.", whole_number(8, 1024)
+    )
+    ssh_public_key: str = setting(
+        "",
+        "Optional SSH public key; empty means no key pair (use SSM Session Manager).",
+        matching(
+            _SSH_KEY,
+            "empty, or an OpenSSH public key (ssh-ed25519, ssh-rsa, ecdsa)",
+            optional=True,
+            shown="<key text>",
+        ),
+    )
+    web_client_cidrs: tuple[str, ...] = setting(
+        ("0.0.0.0/0",), f"Networks allowed to reach HTTPS ({facts.HTTPS_PORT}).", each(cidr)
+    )
+    dicom_client_cidrs: tuple[str, ...] = setting(
+        ("0.0.0.0/0",), f"Networks allowed to reach DICOM TLS ({facts.DICOM_TLS_PORT}).", each(cidr)
+    )
+    db_instance_class: str = setting(
+        "db.t4g.small",
+        "RDS instance class.",
+        matching(_DB_CLASS, "an RDS instance class such as db.t4g.small"),
+    )
+    db_allocated_storage_gb: int = setting(
+        20, "Initial RDS storage, 20-65536 GiB (grows automatically).", whole_number(20, 65536)
+    )
+    db_max_allocated_storage_gb: int = setting(100, "Ceiling for RDS storage autoscaling.", whole_number(20, 65536))
+    db_multi_az: bool | None = setting(
+        None,
+        "RDS Multi-AZ; empty means on in prod, off elsewhere.",
+        one_of((None, True, False), "true, false, or empty (on in prod)"),
+    )
+    db_backup_retention_days: int = setting(7, "RDS automated backup retention, 7-35 days.", whole_number(7, 35))
+    db_deletion_protection: bool = setting(
+        True, "Refuse to delete the database (turn off before destroying a dev site)."
+    )
+    noncurrent_version_expiration_days: int = setting(
+        90, "Days before replaced/deleted DICOM object versions expire.", whole_number(1, 3650)
+    )
+    intelligent_tiering: bool = setting(False, "Move DICOM objects to S3 Intelligent-Tiering after 30 days.")
+    log_retention_days: int = setting(
+        365, "CloudWatch retention for flow logs and container logs.", one_of(LOG_RETENTION_DAYS)
+    )
+    cloudtrail: bool = setting(
+        False, "A CloudTrail trail with S3 data events for the DICOM bucket (~$0.10 per 100k calls)."
+    )
+    object_lock_days: int = setting(
+        0,
+        "S3 Object Lock (governance) default retention in days; 0 is off. Locks every version.",
+        whole_number(0, 36500),
+    )
+    backup_retention_days: int = setting(
+        0,
+        "Daily AWS Backup of the database kept this long; 0 is off (snapshot storage cost).",
+        whole_number(0, 36500),
+    )
+    unique_suffix: bool = setting(False, "Append a random suffix to names (needs the random provider).")
+    tags: tuple[tuple[str, str], ...] = setting((), "Extra tags on every resource, as key=value pairs.", _tags)
+    site_name: str = setting(
+        "",
+        "Optional DNS name of the site, added to the certificate's names.",
+        matching(_SITE_NAME, "empty, or a lowercase DNS name such as pacs.example.org", optional=True),
+    )
+    ae_title: str = setting(
+        facts.DEFAULT_AE_TITLE,
+        "Called AE title of the Orthanc server.",
+        matching(_AE_TITLE, "1-16 chars: letters, digits, _ or -"),
+    )
+    tls_certificate_secret: str = setting(
+        "",
+        "Secrets Manager secret holding your own certificate; empty: self-signed.",
+        matching(_SECRET_NAME, "empty, or a Secrets Manager name or ARN", optional=True),
+    )
+    dicom_modalities: tuple[DicomModality, ...] = setting(
+        (), "Modalities allowed find/get/move (aet, host, port, rights).", _modalities
+    )
+    container_logs: bool = setting(True, "Ship container logs to the CloudWatch log group.")
+    orthanc_image: str = setting(
+        facts.ORTHANC_IMAGE,
+        "Orthanc image (name:tag[@sha256:digest]); empty means this default.",
+        matching(_IMAGE, _IMAGE_RULE, optional=True),
+        empty_means_default=True,
+    )
+    nginx_image: str = setting(
+        facts.NGINX_IMAGE,
+        "nginx image (name:tag[@sha256:digest]); empty means this default.",
+        matching(_IMAGE, _IMAGE_RULE, optional=True),
+        empty_means_default=True,
+    )
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.metadata["empty_means_default"] and getattr(self, f.name) == "":
+                object.__setattr__(self, f.name, f.default)
+
+    @property
+    def is_prod(self) -> bool:
+        return self.environment == "prod"
+
+    @property
+    def multi_az(self) -> bool:
+        return self.is_prod if self.db_multi_az is None else self.db_multi_az
+
+    @property
+    def tag_map(self) -> dict[str, str]:
+        return {"Application": "orthweb", "Name": self.name, "Environment": self.environment, **dict(self.tags)}
+
+    def validate(self) -> OrthwebConfig:
+        problems = [
+            p for f in fields(self) for check in f.metadata["checks"] for p in check(f.name, getattr(self, f.name))
+        ]
+        problems += cross_field_problems(self)
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+
+def cross_field_problems(c: OrthwebConfig) -> list[str]:
+    """Rules that involve more than one field."""
+    problems = []
+    if c.target == "emulator":
+        url = urlparse(c.emulator_endpoint)
+        host = url.hostname or ""
+        loopback = host == "localhost"
+        try:
+            loopback = loopback or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            pass
+        if url.scheme not in ("http", "https") or not loopback or not url.port:
+            problems.append(
+                allowed(
+                    "emulator_endpoint",
+                    c.emulator_endpoint,
+                    "http://127.0.0.1:PORT, http://localhost:PORT or http://[::1]:PORT (loopback only)",
+                )
+            )
+    elif c.emulator_endpoint:
+        problems.append(allowed("emulator_endpoint", c.emulator_endpoint, "empty unless target is emulator"))
+    sizes = (c.db_allocated_storage_gb, c.db_max_allocated_storage_gb)
+    if all(isinstance(s, int) for s in sizes) and c.db_max_allocated_storage_gb < c.db_allocated_storage_gb:
+        problems.append(
+            allowed(
+                "db_max_allocated_storage_gb",
+                c.db_max_allocated_storage_gb,
+                f"at least db_allocated_storage_gb ({c.db_allocated_storage_gb})",
+            )
+        )
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: defaults < orthweb.toml < ORTHWEB_* environment variables. Values arrive as TOML
+# values or strings and are converted by the field's type.
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError
+    return int(value)
+
+
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _to_bool(value: Any) -> bool:
+    return value if isinstance(value, bool) else _BOOL_WORDS[str(value).strip().lower()]
+
+
+def _to_optional_bool(value: Any) -> bool | None:
+    return None if isinstance(value, str) and not value.strip() else _to_bool(value)
+
+
+def _to_strings(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError
+
+
+def _to_pairs(value: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, dict):
+        return tuple((str(k), str(v)) for k, v in value.items())
+    if not isinstance(value, str):
+        raise ValueError
+    pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError
+    return tuple((k.strip(), v.strip()) for k, v in pairs)
+
+
+def _to_modalities(value: Any) -> tuple[DicomModality, ...]:
+    items = json.loads(value) if isinstance(value, str) else value
+    return tuple(
+        DicomModality(
+            aet=str(i["aet"]),
+            host=str(i["host"]),
+            port=int(i.get("port", 104)),
+            rights=tuple(i.get("rights", DicomModality.rights)),
+        )
+        for i in items
+    )
+
+
+def _to_text(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        raise ValueError
+    return str(value)
+
+
+# Field type -> (converter, what a value of that type looks like).
+_CONVERTERS: dict[Any, tuple[Callable[[Any], Any], str]] = {
+    int: (_to_int, "a whole number"),
+    bool: (_to_bool, "true or false"),
+    bool | None: (_to_optional_bool, "true, false, or empty"),
+    tuple[str, ...]: (_to_strings, "a comma-separated list (or a TOML list)"),
+    tuple[tuple[str, str], ...]: (_to_pairs, "key=value pairs separated by commas (or a TOML table)"),
+    tuple[DicomModality, ...]: (
+        _to_modalities,
+        'a JSON list of {"aet", "host", "port", "rights"} objects (or TOML tables)',
+    ),
+    str: (_to_text, "text"),
+}
+
+
+def field_types() -> dict[str, Any]:
+    return get_type_hints(OrthwebConfig)
+
+
+def _coerce(name: str, kind: Any, value: Any, problems: list[str]) -> Any:
+    """Turn a TOML or environment value into the field's type; record a problem if impossible."""
+    convert, expected = _CONVERTERS[kind]
+    try:
+        return convert(value)
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+        problems.append(allowed(name, value, expected))
+        return dataclasses.MISSING
+
+
+def load_config(root: Path, environ: Mapping[str, str]) -> OrthwebConfig:
+    """Build and validate the config from ``root/orthweb.toml`` (optional) and ``environ``."""
+    known = field_types()
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    path = root / CONFIG_FILE_NAME
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{CONFIG_FILE_NAME}: not valid TOML ({exc})"]) from None
+        for key, value in data.items():
+            if key not in known:
+                problems.append(allowed(f"{CONFIG_FILE_NAME}: {key}", key, "the fields listed in README"))
+            else:
+                values[key] = _coerce(key, known[key], value, problems)
+    for env_name, value in environ.items():
+        if not env_name.startswith(ENV_PREFIX) or env_name in TOOL_VARIABLES:
+            continue
+        key = env_name[len(ENV_PREFIX) :].lower()
+        if key not in known:
+            problems.append(allowed(env_name, "set", "ORTHWEB_<FIELD> for the fields listed in README"))
+        else:
+            values[key] = _coerce(key, known[key], value, problems)
+    if problems:
+        raise ConfigError(problems)
+    return OrthwebConfig(**values).validate()

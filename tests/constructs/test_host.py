@@ -1,0 +1,57 @@
+"""The host alone: ingress only from the given networks, the AMI lookup, an SSH key pair only on request."""
+
+from __future__ import annotations
+
+from cdktf_cdktf_provider_aws.data_aws_ssm_parameter import DataAwsSsmParameter
+from cdktf_cdktf_provider_aws.key_pair import KeyPair
+from cdktf_cdktf_provider_aws.launch_template import LaunchTemplate
+from cdktf_cdktf_provider_aws.vpc_security_group_ingress_rule import VpcSecurityGroupIngressRule
+
+from config.facts import DICOM_TLS_PORT, HTTPS_PORT
+from modules.host import AL2023_AMI_PARAMETER, Host, HostProps
+
+
+def props(**overrides) -> HostProps:
+    values = dict(
+        name="site",
+        vpc_id="vpc-1",
+        subnet_id="subnet-a",
+        instance_type="t3.medium",
+        instance_profile_arn="arn:aws:iam::123456789012:instance-profile/site-host",
+        instance_profile_name="site-host",
+        key_arn="arn:aws:kms:us-east-1:123456789012:key/test",
+        root_volume_gb=30,
+        web_client_cidrs=("10.1.0.0/16",),
+        dicom_client_cidrs=("10.2.0.0/24",),
+        user_data="#cloud-config\n",
+        eip_allocation_id="eipalloc-1",
+    )
+    return HostProps(**{**values, **overrides})
+
+
+def test_ingress_only_from_the_given_networks(build):
+    built = build(lambda stack, account: Host(stack, "host", props=props()))
+    rules = {
+        (r["from_port"], r["cidr_ipv4"]) for r in built.resources(VpcSecurityGroupIngressRule.TF_RESOURCE_TYPE).values()
+    }
+    assert rules == {(HTTPS_PORT, "10.1.0.0/16"), (DICOM_TLS_PORT, "10.2.0.0/24")}
+
+
+def test_ami_from_ssm_unless_pinned_and_no_key_pair_by_default(build):
+    latest = build(lambda stack, account: Host(stack, "host", props=props()))
+    assert latest.has_data(DataAwsSsmParameter.TF_RESOURCE_TYPE, {"name": AL2023_AMI_PARAMETER})
+    assert not latest.has(KeyPair.TF_RESOURCE_TYPE)
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHb5nC2m1wV0Y2bKq3n8dFJkT7H2cX0f5e9r3QmT0aBc admin@site"
+    pinned = build(
+        lambda stack, account: Host(stack, "host", props=props(ami_id="ami-0123456789abcdef0", ssh_public_key=key))
+    )
+    assert pinned.has(LaunchTemplate.TF_RESOURCE_TYPE, {"image_id": "ami-0123456789abcdef0"})
+    assert pinned.has(KeyPair.TF_RESOURCE_TYPE, {"key_name": "site-host"})
+    assert "data" not in pinned.data or DataAwsSsmParameter.TF_RESOURCE_TYPE not in pinned.data["data"]
+
+
+def test_user_data_is_a_gzip_expression_of_the_text(build):
+    built = build(lambda stack, account: Host(stack, "host", props=props(user_data="#cloud-config\nruncmd: []\n")))
+    template = next(iter(built.resources(LaunchTemplate.TF_RESOURCE_TYPE).values()))
+    assert template["user_data"] == '${base64gzip("#cloud-config\\nruncmd: []\\n")}'
+    assert template["metadata_options"]["http_tokens"] == "required"

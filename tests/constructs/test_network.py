@@ -1,0 +1,55 @@
+"""The network alone: subnets per AZ count, the zone allowlist, endpoints only when asked for."""
+
+from __future__ import annotations
+
+import re
+
+from cdktf_cdktf_provider_aws.data_aws_availability_zones import DataAwsAvailabilityZones
+from cdktf_cdktf_provider_aws.security_group import SecurityGroup
+from cdktf_cdktf_provider_aws.subnet import Subnet
+from cdktf_cdktf_provider_aws.vpc_endpoint import VpcEndpoint
+
+from modules.network import Network, NetworkProps
+
+
+def props(account, **overrides) -> NetworkProps:
+    values = dict(
+        name="site",
+        account=account,
+        vpc_cidr="10.20.0.0/16",
+        az_count=2,
+        key_arn="arn:aws:kms:us-east-1:123456789012:key/test",
+        log_retention_days=365,
+    )
+    return NetworkProps(**{**values, **overrides})
+
+
+def test_one_az_still_gives_the_database_two_private_subnets(build):
+    built = build(lambda stack, account: Network(stack, "network", props=props(account, az_count=1)))
+    tiers = [s["tags"]["Tier"] for s in built.resources(Subnet.TF_RESOURCE_TYPE).values()]
+    assert sorted(tiers) == ["private", "private", "public"]
+    assert built.has(Subnet.TF_RESOURCE_TYPE, {"cidr_block": "10.20.0.0/20", "map_public_ip_on_launch": False})
+
+
+def test_zones_come_from_an_allowlist(build):
+    built = build(lambda stack, account: Network(stack, "network", props=props(account)))
+    assert built.has_data(DataAwsAvailabilityZones.TF_RESOURCE_TYPE, {"state": "available"})
+    zones = next(iter(built.data["data"][DataAwsAvailabilityZones.TF_RESOURCE_TYPE].values()))
+    filters = {f["name"]: f["values"] for f in zones["filter"]}
+    assert filters["opt-in-status"] == ["opt-in-not-required"]
+    # The region's lettered zones only: a zone AWS adds later cannot move the subnets.
+    assert [re.sub(r"^\$\{data\.aws_region\.[^}]+\}", "", z) for z in filters["zone-name"]] == list("abcdef")
+
+
+def test_interface_endpoints_and_their_group_only_when_asked(build):
+    plain = build(lambda stack, account: Network(stack, "network", props=props(account)))
+    assert not plain.has(SecurityGroup.TF_RESOURCE_TYPE)
+    assert len(plain.resources(VpcEndpoint.TF_RESOURCE_TYPE)) == 1  # the S3 gateway
+    with_endpoints = build(
+        lambda stack, account: Network(stack, "network", props=props(account, interface_endpoints=("ssm", "kms")))
+    )
+    assert with_endpoints.has(SecurityGroup.TF_RESOURCE_TYPE)
+    assert with_endpoints.has(
+        VpcEndpoint.TF_RESOURCE_TYPE, {"vpc_endpoint_type": "Interface", "private_dns_enabled": True}
+    )
+    assert len(with_endpoints.resources(VpcEndpoint.TF_RESOURCE_TYPE)) == 3

@@ -1,0 +1,1 @@
+"""CI gates run by .ci/run after the test suite."""

@@ -1,0 +1,1 @@
+"""Operator commands: run against a deployed site (or the local one)."""
