@@ -18,9 +18,9 @@ PYTEST_WORKERS ?= 4
 # Debian packages the test suite drives for real: cloud-init schema, shellcheck, nginx -t, compose
 # config, and the bootstrap against the emulator (awscli v2, PostgreSQL 15 with TLS, openssl).
 APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose awscli postgresql-15 openssl \
-	orthanc orthanc-postgresql orthanc-python python3-boto3 dcmtk
+	orthanc orthanc-postgresql orthanc-python python3-boto3 dcmtk graphviz
 
-.PHONY: bench check local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
+.PHONY: bench check cost diagram modality-cert recover local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
 	pytest pytest-unit cli cli-synth diff deploy destroy output snapshot clean
 
 ## synth: install runtime dependencies and synthesize cdktf.out/stacks/<name> (no AWS account needed)
@@ -85,9 +85,25 @@ local-down:
 security: setup-dev
 	$(PY) -m tools.ci.security
 
+## modality-cert: DICOM client certificates, e.g. ARGS="issue CT1 --out certs/", ARGS=list, ARGS="revoke CT1"
+modality-cert: setup-dev
+	$(PY) -m tools.ops.modalities $(ARGS)
+
 ## rehearsal: deploy to the AWS API emulator with real Terraform, check, plan again, destroy
 rehearsal: setup-dev system-deps
 	$(PY) -m tools.harness.rehearsal
+
+## diagram: docs/diagrams/{default,prod}.dot and .svg from the synthesized stacks (graphviz renders the SVG)
+diagram: setup-dev
+	$(PY) -m tools.maint.diagram --docs
+
+## cost: the monthly estimate of the reference profiles into docs/operations-tools.md (dated price table)
+cost: setup-dev
+	$(PY) -m tools.maint.cost --markdown --write docs/operations-tools.md
+
+## recover: restore DICOM objects deleted after a time and re-ingest them (see docs/recovery.md), RECOVER_ARGS="..."
+recover: setup-dev
+	$(PY) -m tools.ops.recover $(RECOVER_ARGS)
 
 ## snapshot: write (or, with SNAPSHOT_COMPARE=dir, compare) the synthesized JSON of the reference profiles
 snapshot: setup

@@ -29,16 +29,26 @@ APP_DB_USER = "orthanc"
 
 # -- names of things the stack creates ------------------------------------------------------------
 # Secret names (not values): <name>/orthanc-admin holds the Orthanc admin and app DB role passwords,
-# <name>/site-tls the site CA and server certificate.
+# <name>/site-tls the server certificate chain and key.
+# <name>/site-ca holds the site CA (name-constrained to the site) and its key, read only by the host;
+# <name>/dicom-client-ca the DICOM client CA key, read only by operators; <name>/dicom-clients its
+# certificate, revocation list and the list of issued client certificates.
 ADMIN_SECRET = "orthanc-admin"  # noqa: S105
 TLS_SECRET = "site-tls"  # noqa: S105
+CA_SECRET = "site-ca"  # noqa: S105
+CLIENT_CA_SECRET = "dicom-client-ca"  # noqa: S105
+CLIENTS_SECRET = "dicom-clients"  # noqa: S105
 TRAIL_PREFIX = "cloudtrail"  # key prefix of CloudTrail log files in the log bucket
 
 # -- images -------------------------------------------------------------------------------------
-# orthancteam/orthanc release with Orthanc 1.12 and the PostgreSQL and AWS S3 plugins in the default tag.
-ORTHANC_IMAGE = "orthancteam/orthanc:25.12.3"
-# nginx stable branch; the official image is built with the stream and stream-SSL modules.
-NGINX_IMAGE = "nginx:1.28.0"
+# orthancteam/orthanc 26.8.1 (2026-08-19): Orthanc 1.13.0, PostgreSQL plugin 10.3, AWS S3 plugin 2.5.4,
+# DICOMweb 1.24, Orthanc Explorer 2 1.14.1, Ubuntu 26.04 (orthanc-builder release notes). Since 26.7.0
+# the image refuses legacy environment variables (Orthweb uses none) and an empty RegisteredUsers
+# with authentication on (Orthweb always provides it).
+ORTHANC_IMAGE = "orthancteam/orthanc:26.8.1"
+# nginx 1.30.4, the stable branch (docker-library/official-images); built with the stream and
+# stream-SSL modules; >= 1.25.1 takes "http2 on;".
+NGINX_IMAGE = "nginx:1.30.4"
 
 # -- the host -----------------------------------------------------------------------------------
 HOST_ETC = "/etc/orthweb"  # deploy-time configuration written by cloud-init (no secrets)

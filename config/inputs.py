@@ -57,6 +57,11 @@ LOG_RETENTION_DAYS = (
 # Interface endpoints worth having for a host in a VPC without NAT; each costs ~$7/month per AZ.
 INTERFACE_ENDPOINT_SERVICES = ("ssm", "ssmmessages", "ec2messages", "secretsmanager", "kms", "logs", "sts")
 DICOM_RIGHTS = ("echo", "find", "move", "get", "store")
+# C-MOVE makes Orthanc open a connection to the modality, so "move" is granted only when asked for
+# (the host then opens egress to the modality's address and port).
+DEFAULT_MODALITY_RIGHTS = ("echo", "find", "get", "store")
+DICOM_CLIENT_AUTH = ("none", "certificate")
+WORLD = "0.0.0.0/0"
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$")
@@ -163,6 +168,16 @@ def _modalities(name: str, modalities: Any) -> Iterator[str]:
         yield from matching(_HOST, "a host name or IP address")(f"{name}.host", m.host)
         yield from whole_number(1, 65535)(f"{name}.port", m.port)
         yield from each(one_of(DICOM_RIGHTS))(f"{name}.rights", m.rights)
+        if "move" in m.rights and not _is_ipv4(m.host):
+            yield allowed(f"{name}.host", m.host, "an IPv4 address when rights include move (egress is opened to it)")
+
+
+def _is_ipv4(value: str) -> bool:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return False
+    return True
 
 
 _IMAGE_RULE = "empty, or name:tag with an exact release tag (not latest), optionally @sha256:<64 hex digits>"
@@ -181,7 +196,7 @@ class DicomModality:
     aet: str
     host: str
     port: int = 104
-    rights: tuple[str, ...] = ("echo", "find", "move", "get", "store")
+    rights: tuple[str, ...] = DEFAULT_MODALITY_RIGHTS
 
 
 @dataclass(frozen=True)
@@ -238,10 +253,15 @@ class OrthwebConfig:
         ),
     )
     web_client_cidrs: tuple[str, ...] = setting(
-        ("0.0.0.0/0",), f"Networks allowed to reach HTTPS ({facts.HTTPS_PORT}).", each(cidr)
+        (WORLD,), f"Networks allowed to reach HTTPS ({facts.HTTPS_PORT}).", each(cidr)
     )
     dicom_client_cidrs: tuple[str, ...] = setting(
-        ("0.0.0.0/0",), f"Networks allowed to reach DICOM TLS ({facts.DICOM_TLS_PORT}).", each(cidr)
+        (WORLD,), f"Networks allowed to reach DICOM TLS ({facts.DICOM_TLS_PORT}).", each(cidr)
+    )
+    dicom_client_auth: str = setting(
+        "none",
+        "none, or certificate: DICOM clients must present a certificate issued by `make modality-cert`.",
+        one_of(DICOM_CLIENT_AUTH),
     )
     db_instance_class: str = setting(
         "db.t4g.small",
@@ -258,8 +278,10 @@ class OrthwebConfig:
         one_of((None, True, False), "true, false, or empty (on in prod)"),
     )
     db_backup_retention_days: int = setting(7, "RDS automated backup retention, 7-35 days.", whole_number(7, 35))
-    db_deletion_protection: bool = setting(
-        True, "Refuse to delete the database (turn off before destroying a dev site)."
+    db_deletion_protection: bool = setting(True, "Refuse to delete the database (turn off before destroying a site).")
+    allow_data_destroy: bool = setting(
+        False,
+        "Let destroy delete the buckets with every object version, the secrets at once, the DB without final snapshot.",
     )
     noncurrent_version_expiration_days: int = setting(
         90, "Days before replaced/deleted DICOM object versions expire.", whole_number(1, 3650)
@@ -363,6 +385,14 @@ def cross_field_problems(c: OrthwebConfig) -> list[str]:
             )
     elif c.emulator_endpoint:
         problems.append(allowed("emulator_endpoint", c.emulator_endpoint, "empty unless target is emulator"))
+    if c.is_prod and WORLD in c.dicom_client_cidrs and c.dicom_client_auth != "certificate":
+        problems.append(
+            allowed(
+                "dicom_client_cidrs",
+                WORLD,
+                'in prod, your modalities\' networks; or the whole Internet with dicom_client_auth = "certificate"',
+            )
+        )
     sizes = (c.db_allocated_storage_gb, c.db_max_allocated_storage_gb)
     if all(isinstance(s, int) for s in sizes) and c.db_max_allocated_storage_gb < c.db_allocated_storage_gb:
         problems.append(

@@ -1,30 +1,36 @@
-"""The host's identity: its IAM role, the application secrets and its log group."""
+"""Who may do what on the host: its IAM role, the narrower role Orthanc works with, the application
+secrets, its log groups and the Session Manager document people log in with."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from cdktf_cdktf_provider_aws.iam_instance_profile import IamInstanceProfile
+from cdktf_cdktf_provider_aws.iam_role import IamRole
+from cdktf_cdktf_provider_aws.kms_key import KmsKey
 from cdktf_cdktf_provider_aws.secretsmanager_secret import SecretsmanagerSecret
+from cdktf_cdktf_provider_aws.ssm_document import SsmDocument
 from constructs import Construct
 
-from config.facts import ADMIN_SECRET, TLS_SECRET
+from config.facts import ADMIN_SECRET, CA_SECRET, CLIENT_CA_SECRET, CLIENTS_SECRET, TLS_SECRET
 from modules.account import Account
+from modules.key import ACCOUNT_KEY_ACTIONS
 from modules.logs import encrypted_log_group
-from modules.policy import Statement, service_role
+from modules.policy import Statement, grant, resource_policy_json, service_role
 
-# Object-level S3 actions Orthanc's storage plugin needs; nothing that changes bucket settings.
-DICOM_OBJECT_ACTIONS = (
-    "s3:GetObject",
-    "s3:PutObject",
-    "s3:DeleteObject",
-    "s3:AbortMultipartUpload",
-    "s3:ListMultipartUploadParts",
-)
-DICOM_BUCKET_ACTIONS = ("s3:ListBucket", "s3:GetBucketLocation")
-KEY_USE_ACTIONS = ("kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey")
 LOG_WRITE_ACTIONS = ("logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")
-SSM_MANAGED_POLICY = "AmazonSSMManagedInstanceCore"
+# What the SSM agent needs for Session Manager and nothing else (AmazonSSMManagedInstanceCore would
+# also grant ssm:GetParameter(s) on every parameter of the account, and the Run Command channel).
+SSM_AGENT_ACTIONS = ("ssm:UpdateInstanceInformation",)
+SSM_CHANNEL_ACTIONS = (
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+)
+# A forgotten shell closes itself.
+SESSION_IDLE_MINUTES = 20
 
 
 @dataclass(frozen=True)
@@ -32,15 +38,13 @@ class HostAccessProps:
     name: str
     account: Account
     key_arn: str
-    bucket_arn: str
-    db_secret_arn: str
     log_retention_days: int
     # Days Secrets Manager keeps a deleted secret recoverable (0 deletes at once); the stack decides.
     recovery_window_days: int
     byo_tls_secret: str = ""  # name or ARN of the user's own certificate secret
 
 
-def _secret_arn(account: Account, name_or_arn: str) -> str:
+def secret_arn_pattern(account: Account, name_or_arn: str) -> str:
     """An ARN as given, or the ARN pattern of a secret name (AWS appends 6 random characters)."""
     if name_or_arn.startswith("arn:"):
         return name_or_arn
@@ -48,35 +52,62 @@ def _secret_arn(account: Account, name_or_arn: str) -> str:
 
 
 class HostAccess(Construct):
-    """Least-privilege role and instance profile for the Orthanc host, with the secrets it owns.
+    """The host's role and instance profile, Orthanc's data role, the secrets the host owns, its log
+    groups and the Session Manager document.
 
-    Secure defaults: no ``s3:*`` and no ``*`` action; object actions on the DICOM bucket only;
-    read of the RDS-managed DB secret; read and write of the two application secrets only (they
-    are created empty: the host generates their values at first boot, so they never enter
-    Terraform state); use of the site key; writes to its own log group; SSM Session Manager
-    instead of SSH.
+    Secure defaults: no ``*`` action and no AWS managed policy; the host role reads its own secrets
+    and writes only the ones it generates (the DICOM client CA key is out of its reach: operators
+    hold it); Session Manager with the agent's minimal permissions, sessions logged to an encrypted
+    log group; the DICOM bucket is not the host's: Orthanc gets short-lived credentials of its own
+    role (the bucket and the key grant that role, see Storage and SiteKey), so the containers need
+    no instance metadata at all. Secrets are created empty: the host generates their values at
+    first boot, so they never enter Terraform state.
     """
 
     def __init__(self, scope: Construct, id_: str, *, props: HostAccessProps):
         super().__init__(scope, id_)
-        self.admin_secret = SecretsmanagerSecret(
+        self.props = props
+        self._secrets()
+        self._log_groups()
+        self._session_key()
+        self._roles()
+        self._session_document()
+
+    def _secret(self, id_: str, suffix: str, description: str) -> SecretsmanagerSecret:
+        props = self.props
+        secret = SecretsmanagerSecret(
             self,
-            "admin-secret",
-            name=f"{props.name}/{ADMIN_SECRET}",
+            id_,
+            name=f"{props.name}/{suffix}",
             kms_key_id=props.key_arn,
             recovery_window_in_days=props.recovery_window_days,
-            description="Orthanc admin credentials; generated by the host at first boot",
+            description=description,
         )
-        self.admin_secret.override_logical_id("admin_secret")
-        self.tls_secret = SecretsmanagerSecret(
-            self,
+        # Stateful: a new logical ID would delete the secret (and with it the site's certificate).
+        secret.override_logical_id(id_.replace("-", "_"))
+        return secret
+
+    def _secrets(self) -> None:
+        self.admin_secret = self._secret(
+            "admin-secret", ADMIN_SECRET, "Orthanc admin credentials; generated by the host at first boot"
+        )
+        self.tls_secret = self._secret(
             "tls-secret",
-            name=f"{props.name}/{TLS_SECRET}",
-            kms_key_id=props.key_arn,
-            recovery_window_in_days=props.recovery_window_days,
-            description="Site CA and server certificate; generated once by the host unless you bring your own",
+            TLS_SECRET,
+            "Server certificate chain and key; generated once by the host unless you bring your own",
         )
-        self.tls_secret.override_logical_id("tls_secret")
+        self.ca_secret = self._secret(
+            "ca-secret", CA_SECRET, "Site CA (certificate and key), name-constrained to the site; kept by the host"
+        )
+        self.client_ca_secret = self._secret(
+            "client-ca-secret", CLIENT_CA_SECRET, "DICOM client CA key; written and read only by operators"
+        )
+        self.clients_secret = self._secret(
+            "clients-secret", CLIENTS_SECRET, "DICOM client CA certificate, revocation list and issued certificates"
+        )
+
+    def _log_groups(self) -> None:
+        props = self.props
         self.log_group = encrypted_log_group(
             self,
             "containers",
@@ -84,32 +115,120 @@ class HostAccess(Construct):
             key_arn=props.key_arn,
             retention_days=props.log_retention_days,
         )
-        app_secrets = [self.admin_secret.arn, self.tls_secret.arn]
-        readable = [props.db_secret_arn, *app_secrets]
+        self.session_log_group = encrypted_log_group(
+            self,
+            "sessions",
+            name=f"/{props.name}/sessions",
+            key_arn=props.key_arn,
+            retention_days=props.log_retention_days,
+        )
+
+    def _session_key(self) -> None:
+        """A key of its own for Session Manager's channel encryption: the agent decrypts session data
+        keys with it directly (no AWS service in between), so the host role gets kms:Decrypt on this
+        key alone, never unconditioned on the site key that protects the data."""
+        acct = self.props.account
+        self.session_key = KmsKey(
+            self,
+            "session-key",
+            description=f"{self.props.name}: Session Manager channel encryption",
+            enable_key_rotation=True,
+            deletion_window_in_days=30,
+            policy=resource_policy_json(
+                [
+                    Statement(
+                        sid="AccountAdministersAndDelegates",
+                        actions=ACCOUNT_KEY_ACTIONS,
+                        principals={"AWS": [f"arn:{acct.partition}:iam::{acct.account_id}:root"]},
+                    )
+                ]
+            ),
+        )
+        self.session_key.override_logical_id("session_key")
+
+    def _roles(self) -> None:
+        props, acct = self.props, self.props.account
+        readable = [self.admin_secret.arn, self.tls_secret.arn, self.ca_secret.arn, self.clients_secret.arn]
         if props.byo_tls_secret:
-            readable.append(_secret_arn(props.account, props.byo_tls_secret))
-        self.role = service_role(
+            readable.append(secret_arn_pattern(acct, props.byo_tls_secret))
+        self.role: IamRole = service_role(
             self,
             "host",
             name=f"{props.name}-host",
             service="ec2.amazonaws.com",
             inline=[
-                Statement(sid="DicomObjects", actions=DICOM_OBJECT_ACTIONS, resources=[f"{props.bucket_arn}/*"]),
-                Statement(sid="DicomBucket", actions=DICOM_BUCKET_ACTIONS, resources=[props.bucket_arn]),
                 Statement(
                     sid="ReadSecrets",
                     actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
                     resources=readable,
                 ),
-                Statement(sid="WriteAppSecrets", actions=["secretsmanager:PutSecretValue"], resources=app_secrets),
-                Statement(sid="UseSiteKey", actions=KEY_USE_ACTIONS, resources=[props.key_arn]),
+                Statement(
+                    sid="WriteGeneratedSecrets",
+                    actions=["secretsmanager:PutSecretValue"],
+                    resources=[self.admin_secret.arn, self.tls_secret.arn, self.ca_secret.arn],
+                ),
                 Statement(
                     sid="WriteContainerLogs",
                     actions=LOG_WRITE_ACTIONS,
                     resources=[self.log_group.arn, f"{self.log_group.arn}:*"],
                 ),
+                Statement(
+                    sid="SessionManagerAgent",
+                    actions=SSM_AGENT_ACTIONS,
+                    resources=[f"arn:{acct.partition}:ec2:{acct.region}:{acct.account_id}:instance/*"],
+                ),
+                # These four actions have no resource-level permissions (AWS documents "*").
+                Statement(sid="SessionManagerChannels", actions=SSM_CHANNEL_ACTIONS, resources=["*"]),
+                Statement(
+                    sid="WriteSessionLogs",
+                    actions=LOG_WRITE_ACTIONS,
+                    resources=[self.session_log_group.arn, f"{self.session_log_group.arn}:*"],
+                ),
+                Statement(sid="DecryptSessionData", actions=["kms:Decrypt"], resources=[self.session_key.arn]),
+                # The agent checks that the session log group exists and is encrypted before a session.
+                Statement(
+                    sid="FindSessionLogGroup",
+                    actions=["logs:DescribeLogGroups"],
+                    resources=[f"arn:{acct.partition}:logs:{acct.region}:{acct.account_id}:log-group:*"],
+                ),
             ],
             inline_name="orthweb-host",
-            managed_policy_arns=[f"arn:{props.account.partition}:iam::aws:policy/{SSM_MANAGED_POLICY}"],
         )
         self.instance_profile = IamInstanceProfile(self, "profile", name=f"{props.name}-host", role=self.role.name)
+        # Orthanc's own role: the host assumes it and hands Orthanc short-lived credentials in a file.
+        self.orthanc_role: IamRole = service_role(
+            self, "orthanc", name=f"{props.name}-orthanc", trusted_roles=[self.role.arn]
+        )
+        grant(
+            self,
+            "assume-orthanc",
+            self.role,
+            [Statement(sid="AssumeOrthancRole", actions=["sts:AssumeRole"], resources=[self.orthanc_role.arn])],
+            "assume-orthanc-role",
+        )
+
+    def _session_document(self) -> None:
+        props = self.props
+        self.session_document = SsmDocument(
+            self,
+            "session-document",
+            name=f"{props.name}-session",
+            document_type="Session",
+            document_format="JSON",
+            content=json.dumps(
+                {
+                    "schemaVersion": "1.0",
+                    "description": f"{props.name}: shell sessions on the Orthweb host, logged (encrypted)",
+                    "sessionType": "Standard_Stream",
+                    "inputs": {
+                        "cloudWatchLogGroupName": self.session_log_group.name,
+                        "cloudWatchEncryptionEnabled": True,
+                        "kmsKeyId": self.session_key.key_id,
+                        "cloudWatchStreamingEnabled": True,
+                        "idleSessionTimeout": str(SESSION_IDLE_MINUTES),
+                        "runAsEnabled": False,
+                        "shellProfile": {"linux": ""},
+                    },
+                }
+            ),
+        )

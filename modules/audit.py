@@ -63,6 +63,15 @@ class DataEventTrail(Construct):
             "logs",
             name=f"{props.name}-cloudtrail-logs",
             service="cloudtrail.amazonaws.com",
+            # Only this trail may assume it (confused-deputy protection).
+            conditions=[
+                ("StringEquals", "aws:SourceAccount", [acct.account_id]),
+                (
+                    "ArnLike",
+                    "aws:SourceArn",
+                    [f"arn:{acct.partition}:cloudtrail:{acct.region}:{acct.account_id}:trail/{props.name}-audit"],
+                ),
+            ],
             inline=[
                 Statement(actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[f"{self.log_group.arn}:*"])
             ],
@@ -144,6 +153,8 @@ class DatabaseBackup(Construct):
             self,
             "backup",
             name=f"{props.name}-backup",
+            # No aws:SourceAccount here: AWS Backup assumes the role it was handed (iam:PassRole) and
+            # does not send the key, so a condition on it would stop every backup.
             service="backup.amazonaws.com",
             managed_policy_arns=[f"arn:{props.account.partition}:iam::aws:policy/{BACKUP_POLICY}"],
         )

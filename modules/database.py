@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from cdktf_cdktf_provider_aws.db_instance import DbInstance
 from cdktf_cdktf_provider_aws.db_parameter_group import DbParameterGroup, DbParameterGroupParameter
 from cdktf_cdktf_provider_aws.db_subnet_group import DbSubnetGroup
+from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.security_group import SecurityGroup
 from cdktf_cdktf_provider_aws.vpc_security_group_egress_rule import VpcSecurityGroupEgressRule
 from cdktf_cdktf_provider_aws.vpc_security_group_ingress_rule import VpcSecurityGroupIngressRule
@@ -16,7 +17,7 @@ from constructs import Construct
 from config.facts import DB_MASTER_USER, DB_NAME, POSTGRES_PORT
 from modules.account import Account
 from modules.logs import encrypted_log_group
-from modules.policy import service_role
+from modules.policy import Statement, grant, service_role
 
 # Major version only, with automatic minor upgrades: RDS applies security patches itself and
 # Terraform accepts the prefix, so a minor upgrade by AWS causes no perpetual diff.
@@ -122,6 +123,8 @@ class Database(Construct):
             "monitoring",
             name=f"{props.name}-rds-monitoring",
             service="monitoring.rds.amazonaws.com",
+            # Only RDS acting for this account may assume it (confused-deputy protection).
+            conditions=[("StringEquals", "aws:SourceAccount", [props.account.account_id])],
             managed_policy_arns=[
                 f"arn:{props.account.partition}:iam::aws:policy/service-role/{ENHANCED_MONITORING_POLICY}"
             ],
@@ -172,6 +175,22 @@ class Database(Construct):
         # Stateful: renaming this logical ID would make Terraform destroy the study index.
         self.instance.override_logical_id("database")
         self.secret_arn = self.instance.master_user_secret.get(0).secret_arn
+
+    def grant_master_secret_read(self, id_: str, role: IamRole) -> None:
+        """Let ``role`` read the RDS-managed master secret (the host creates the app role with it)."""
+        grant(
+            self,
+            id_,
+            role,
+            [
+                Statement(
+                    sid="ReadMasterSecret",
+                    actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                    resources=[self.secret_arn],
+                )
+            ],
+            "read-db-master-secret",
+        )
 
     def allow_client(self, id_: str, client_security_group_id: str) -> None:
         """Open the PostgreSQL port to one security group (never a CIDR), and let that group reach the database."""

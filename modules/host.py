@@ -17,6 +17,7 @@ from cdktf_cdktf_provider_aws.launch_template import (
     LaunchTemplateNetworkInterfaces,
     LaunchTemplateTagSpecifications,
 )
+from cdktf_cdktf_provider_aws.s3_object import S3Object
 from cdktf_cdktf_provider_aws.security_group import SecurityGroup
 from cdktf_cdktf_provider_aws.vpc_security_group_egress_rule import VpcSecurityGroupEgressRule
 from cdktf_cdktf_provider_aws.vpc_security_group_ingress_rule import VpcSecurityGroupIngressRule
@@ -27,8 +28,9 @@ from modules.hcl import base64gzip_expression
 
 # Public SSM parameter AWS keeps pointing at the newest Amazon Linux 2023 x86_64 AMI.
 AL2023_AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
-# Containers reach IMDS through the Docker bridge: one extra hop.
-IMDS_HOP_LIMIT = 2
+# One hop: instance metadata (and the host role's credentials) answers the host itself, never a
+# container on the Docker bridge. Orthanc gets credentials of its own narrower role in a file.
+IMDS_HOP_LIMIT = 1
 IMDS_V2_ONLY = {
     "http_endpoint": "enabled",
     "http_tokens": "required",
@@ -51,6 +53,12 @@ class HostProps:
     dicom_client_cidrs: Sequence[str]
     user_data: str
     eip_allocation_id: str
+    # The boot bundle (its key names its SHA-256) and where it goes; the user data names both.
+    bundle_data_base64: str
+    bundle_key: str
+    config_bucket: str
+    # (address, port) of modalities Orthanc sends studies to (C-MOVE): egress opened to each.
+    move_destinations: Sequence[tuple[str, int]] = ()
     ami_id: str = ""
     ssh_public_key: str = ""
 
@@ -58,17 +66,20 @@ class HostProps:
 class Host(Construct):
     """The Orthanc host and its front door.
 
-    Secure defaults: IMDSv2 required (hop limit 2 for containers); encrypted gp3 root volume with
-    the site key; no SSH port (administer through SSM Session Manager); HTTPS and DICOM TLS only
-    from the configured client networks; egress limited to HTTPS (AWS APIs, packages) plus what
-    other constructs open (PostgreSQL to the database); an Elastic IP so the address, and the
-    certificate names tied to it, survive host replacement; user data gzip-compressed.
+    Secure defaults: IMDSv2 required with a hop limit of 1 (no container reaches the host role);
+    encrypted gp3 root volume with the site key; no SSH port (administer through SSM Session
+    Manager); HTTPS and DICOM TLS only from the configured client networks; egress limited to HTTPS
+    (AWS APIs, packages), the modalities Orthanc sends studies to, and what other constructs open
+    (PostgreSQL to the database); an Elastic IP so the address, and the certificate names tied to
+    it, survive host replacement; a small user data that fetches the boot bundle (KMS-encrypted,
+    checked by SHA-256) from the config bucket.
     """
 
     def __init__(self, scope: Construct, id_: str, *, props: HostProps):
         super().__init__(scope, id_)
         self.props = props
         self._security_group()
+        self._bundle()
         self._launch_template()
         self._instance()
 
@@ -105,6 +116,30 @@ class Host(Construct):
             to_port=HTTPS_PORT,
             cidr_ipv4="0.0.0.0/0",
             description="AWS APIs and package repositories",
+        )
+        for i, (address, port) in enumerate(props.move_destinations):
+            VpcSecurityGroupEgressRule(
+                self,
+                f"dicom-move-out-{i}",
+                security_group_id=self.security_group.id,
+                ip_protocol="tcp",
+                from_port=port,
+                to_port=port,
+                cidr_ipv4=f"{address}/32",
+                description="C-MOVE: Orthanc sends studies to this modality",
+            )
+
+    def _bundle(self) -> None:
+        props = self.props
+        self.bundle = S3Object(
+            self,
+            "bundle",
+            bucket=props.config_bucket,
+            key=props.bundle_key,
+            content_base64=props.bundle_data_base64,
+            content_type="application/gzip",
+            server_side_encryption="aws:kms",
+            kms_key_id=props.key_arn,
         )
 
     def _launch_template(self) -> None:
@@ -171,6 +206,8 @@ class Host(Construct):
             iam_instance_profile=props.instance_profile_name,
             monitoring=True,
             ebs_optimized=True,
+            # The boot bundle must be in place before the host fetches it.
+            depends_on=[self.bundle],
             root_block_device={
                 "volume_type": "gp3",
                 "volume_size": props.root_volume_gb,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.kms_alias import KmsAlias
 from cdktf_cdktf_provider_aws.kms_key import KmsKey
 from constructs import Construct
 
 from modules.account import Account
-from modules.policy import Statement, resource_policy_json
+from modules.policy import Statement, grant, resource_policy_json
 
 # Key administration and use for the account's IAM principals, spelled out so no statement
 # carries a bare "kms:*" (IAM policies still decide which principal may do what).
@@ -87,6 +89,31 @@ class SiteKey(Construct):
         self.key.override_logical_id("site_key")
         self.alias = KmsAlias(self, "alias", name=f"alias/{props.name}", target_key_id=self.key.key_id)
         self.arn = self.key.arn
+
+    def grant_use(self, id_: str, role: IamRole, *, actions: Sequence[str], via_services: Sequence[str]) -> None:
+        """Let ``role`` use the key for ``actions``, only through the named AWS services (``kms:ViaService``):
+        the role can have Secrets Manager or S3 decrypt for it, never call KMS with the key itself."""
+        acct = self.account
+        grant(
+            self,
+            id_,
+            role,
+            [
+                Statement(
+                    sid="UseSiteKeyThroughServices",
+                    actions=actions,
+                    resources=[self.arn],
+                    conditions=[
+                        (
+                            "StringEquals",
+                            "kms:ViaService",
+                            [f"{svc}.{acct.region}.amazonaws.com" for svc in via_services],
+                        )
+                    ],
+                )
+            ],
+            f"use-site-key-{id_}",
+        )
 
     def _allow(self, *statements: Statement) -> None:
         self.statements.extend(statements)

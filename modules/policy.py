@@ -85,13 +85,16 @@ def resource_policy_json(statements: Sequence[Statement]) -> str:
 
 
 def assume_role_policy(
-    scope: Construct, id_: str, service: str, conditions: Sequence[tuple[str, str, Sequence[str]]] = ()
+    scope: Construct,
+    id_: str,
+    principals: dict[str, Sequence[str]],
+    conditions: Sequence[tuple[str, str, Sequence[str]]] = (),
 ) -> DataAwsIamPolicyDocument:
-    """Trust policy letting one AWS service assume a role."""
+    """Trust policy letting the given principals (an AWS service, or another role) assume a role."""
     return policy_document(
         scope,
         id_,
-        [Statement(actions=["sts:AssumeRole"], resources=(), principals={"Service": [service]}, conditions=conditions)],
+        [Statement(actions=["sts:AssumeRole"], resources=(), principals=principals, conditions=conditions)],
     )
 
 
@@ -100,18 +103,34 @@ def service_role(
     id_: str,
     *,
     name: str,
-    service: str,
+    service: str | None = None,
+    trusted_roles: Sequence[str] = (),
     conditions: Sequence[tuple[str, str, Sequence[str]]] = (),
     inline: Sequence[Statement] = (),
     inline_name: str = "inline",
     managed_policy_arns: Sequence[str] = (),
 ) -> IamRole:
-    """A role an AWS service assumes, with an optional inline policy and managed policy attachments."""
-    trust = assume_role_policy(scope, f"{id_}-trust", service, conditions)
+    """A role that an AWS ``service`` (or the ``trusted_roles``) may assume, with an optional inline
+    policy and managed policy attachments."""
+    principals: dict[str, Sequence[str]] = {"Service": [service]} if service else {"AWS": list(trusted_roles)}
+    trust = assume_role_policy(scope, f"{id_}-trust", principals, conditions)
     role = IamRole(scope, f"{id_}-role", name=name, assume_role_policy=trust.json)
     if inline:
-        document = policy_document(scope, f"{id_}-write", inline)
-        IamRolePolicy(scope, f"{id_}-policy", name=inline_name, role=role.id, policy=document.json)
+        grant(scope, f"{id_}", role, inline, inline_name, document_id=f"{id_}-write")
     for index, arn in enumerate(managed_policy_arns):
         IamRolePolicyAttachment(scope, f"{id_}-managed-{index}", role=role.name, policy_arn=arn)
     return role
+
+
+def grant(
+    scope: Construct,
+    id_: str,
+    role: IamRole,
+    statements: Sequence[Statement],
+    policy_name: str,
+    *,
+    document_id: str | None = None,
+) -> IamRolePolicy:
+    """An inline policy on ``role``: how the owner of a resource grants a role access to it."""
+    document = policy_document(scope, document_id or f"{id_}-document", statements)
+    return IamRolePolicy(scope, f"{id_}-policy", name=policy_name, role=role.id, policy=document.json)

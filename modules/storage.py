@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.s3_bucket import S3Bucket
 from cdktf_cdktf_provider_aws.s3_bucket_lifecycle_configuration import (
     S3BucketLifecycleConfiguration,
@@ -31,8 +33,18 @@ from cdktf_cdktf_provider_aws.s3_bucket_versioning import S3BucketVersioningA
 from constructs import Construct
 
 from modules.account import Account
-from modules.policy import Statement, resource_policy_json
+from modules.policy import Statement, grant, resource_policy_json
 
+# Object-level S3 actions Orthanc's storage plugin needs; nothing that changes bucket settings.
+DICOM_OBJECT_ACTIONS = (
+    "s3:GetObject",
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:AbortMultipartUpload",
+    "s3:ListMultipartUploadParts",
+)
+# The plugin lists objects (ListObjects) and looks up the bucket's region.
+DICOM_BUCKET_ACTIONS = ("s3:ListBucket", "s3:GetBucketLocation")
 ABORT_INCOMPLETE_UPLOAD_DAYS = 7
 INTELLIGENT_TIERING_AFTER_DAYS = 30
 # Access logs are written once; a replaced log object version has no value after a week.
@@ -62,12 +74,46 @@ class StorageProps:
     object_lock_days: int = 0
 
 
-def _deny_insecure_transport(bucket: S3Bucket) -> Statement:
+def _deny_foreign_encryption(bucket: S3Bucket, key_arn: str) -> list[Statement]:
+    """Writes encrypted with anything but the site key are refused: another KMS key, SSE-S3, or a
+    key the client brings (SSE-C, which the bucket owner could never read or rotate). A write
+    without encryption headers gets the bucket default, the site key."""
+    every_principal: dict[str, Sequence[str]] = {"AWS": ["*"]}
+    objects = [f"{bucket.arn}/*"]
+    return [
+        Statement(
+            sid="DenyOtherEncryption",
+            effect="Deny",
+            actions=["s3:PutObject"],
+            resources=objects,
+            principals=every_principal,
+            conditions=[("StringNotEqualsIfExists", "s3:x-amz-server-side-encryption", ["aws:kms"])],
+        ),
+        Statement(
+            sid="DenyOtherKeys",
+            effect="Deny",
+            actions=["s3:PutObject"],
+            resources=objects,
+            principals=every_principal,
+            conditions=[("StringNotEqualsIfExists", "s3:x-amz-server-side-encryption-aws-kms-key-id", [key_arn])],
+        ),
+        Statement(
+            sid="DenyCustomerKeys",
+            effect="Deny",
+            actions=["s3:PutObject"],
+            resources=objects,
+            principals=every_principal,
+            conditions=[("Null", "s3:x-amz-server-side-encryption-customer-algorithm", ["false"])],
+        ),
+    ]
+
+
+def deny_insecure_transport(bucket: S3Bucket, objects: bool = True) -> Statement:
     return Statement(
         sid="DenyInsecureTransport",
         effect="Deny",
         actions=["s3:*"],
-        resources=[bucket.arn, f"{bucket.arn}/*"],
+        resources=[bucket.arn, f"{bucket.arn}/*"] if objects else [bucket.arn],
         # Equivalent to "Principal": "*" for AWS; the emulator's log-delivery check mis-parses that form.
         principals={"AWS": ["*"]},
         conditions=[("Bool", "aws:SecureTransport", ["false"])],
@@ -75,12 +121,16 @@ def _deny_insecure_transport(bucket: S3Bucket) -> Statement:
 
 
 class Storage(Construct):
-    """A private, versioned DICOM bucket (SSE-KMS with bucket key) and a bucket for its access logs.
+    """A private, versioned DICOM bucket (SSE-KMS with bucket key), a bucket for the host's boot
+    bundle, and a bucket for their access logs.
 
     Secure defaults: public access blocked; object ownership enforced (no ACLs); any request not
-    over TLS denied by bucket policy; noncurrent versions expire after a configurable period;
-    incomplete multipart uploads aborted after 7 days; ``force_destroy`` as the stack decides.
-    The log bucket uses SSE-S3 because S3 server access logging cannot deliver to an SSE-KMS bucket.
+    over TLS denied by bucket policy; writes encrypted with anything but the site key (another KMS
+    key, SSE-S3, SSE-C) denied; noncurrent versions expire after a configurable period; incomplete
+    multipart uploads aborted after 7 days; ``force_destroy`` as the stack decides; access to
+    objects only through the grants this construct offers (``grant_dicom_objects``,
+    ``grant_config_read``). The log bucket uses SSE-S3 because S3 server access logging cannot
+    deliver to an SSE-KMS bucket.
     """
 
     def __init__(self, scope: Construct, id_: str, *, props: StorageProps):
@@ -103,11 +153,16 @@ class Storage(Construct):
         )
         # Stateful: renaming this logical ID would make Terraform destroy the DICOM files.
         self.bucket.override_logical_id("dicom_bucket")
-        self.versioning: dict[str, S3BucketVersioningA] = {}
-        self._protect(self.log_bucket, "log", sse=EncryptionDefault(sse_algorithm="AES256"))
-        self._protect(
-            self.bucket, "dicom", sse=EncryptionDefault(sse_algorithm="aws:kms", kms_master_key_id=props.key_arn)
+        # The host's versioned boot bundle: user data stays small and names the bundle by its SHA-256.
+        self.config_bucket = S3Bucket(
+            self, "config-bucket", bucket_prefix=f"{props.name}-config-", force_destroy=props.force_destroy
         )
+        self.config_bucket.override_logical_id("config_bucket")
+        self.versioning: dict[str, S3BucketVersioningA] = {}
+        site_key = EncryptionDefault(sse_algorithm="aws:kms", kms_master_key_id=props.key_arn)
+        self._protect(self.log_bucket, "log", sse=EncryptionDefault(sse_algorithm="AES256"))
+        self._protect(self.bucket, "dicom", sse=site_key)
+        self._protect(self.config_bucket, "config", sse=site_key)
 
     def _object_lock(self) -> None:
         # Governance mode: every object version is kept for the period; an administrator with
@@ -122,54 +177,63 @@ class Storage(Construct):
         )
 
     def _policies_and_logging(self) -> None:
-        log_prefix = f"s3-access/{self.props.name}-dicom/"
+        logged = {"dicom": self.bucket, "config": self.config_bucket}
+        prefixes = {label: f"s3-access/{self.props.name}-{label}/" for label in logged}
+        # One statement per source bucket: each may write its access logs under its own prefix only.
         self.log_statements = [
-            _deny_insecure_transport(self.log_bucket),
-            Statement(
-                sid="S3ServerAccessLogs",
-                actions=["s3:PutObject"],
-                resources=[f"{self.log_bucket.arn}/{log_prefix}*"],
-                principals={"Service": ["logging.s3.amazonaws.com"]},
-                conditions=[
-                    ("ArnLike", "aws:SourceArn", [self.bucket.arn]),
-                    ("StringEquals", "aws:SourceAccount", [self.props.account.account_id]),
-                ],
+            deny_insecure_transport(self.log_bucket),
+            *(
+                Statement(
+                    sid=f"S3ServerAccessLogs{label.capitalize()}",
+                    actions=["s3:PutObject"],
+                    resources=[f"{self.log_bucket.arn}/{prefixes[label]}*"],
+                    principals={"Service": ["logging.s3.amazonaws.com"]},
+                    conditions=[
+                        ("ArnLike", "aws:SourceArn", [bucket.arn]),
+                        ("StringEquals", "aws:SourceAccount", [self.props.account.account_id]),
+                    ],
+                )
+                for label, bucket in logged.items()
             ),
         ]
         self.log_bucket_policy = S3BucketPolicy(
             self, "log-policy", bucket=self.log_bucket.id, policy=resource_policy_json(self.log_statements)
         )
-        self.bucket_policy = S3BucketPolicy(
-            self,
-            "dicom-policy",
-            bucket=self.bucket.id,
-            policy=resource_policy_json([_deny_insecure_transport(self.bucket)]),
-        )
-        S3BucketLoggingA(
-            self,
-            "dicom-logging",
-            bucket=self.bucket.id,
-            target_bucket=self.log_bucket.id,
-            target_prefix=log_prefix,
-            # S3 checks the target bucket grants the logging service access when logging is switched on.
-            depends_on=[self.log_bucket_policy],
+        self.bucket_policies: dict[str, S3BucketPolicy] = {}
+        for label, bucket in logged.items():
+            self.bucket_policies[label] = S3BucketPolicy(
+                self,
+                f"{label}-policy",
+                bucket=bucket.id,
+                policy=resource_policy_json(
+                    [deny_insecure_transport(bucket), *_deny_foreign_encryption(bucket, self.props.key_arn)]
+                ),
+            )
+            S3BucketLoggingA(
+                self,
+                f"{label}-logging",
+                bucket=bucket.id,
+                target_bucket=self.log_bucket.id,
+                target_prefix=prefixes[label],
+                # S3 checks the target bucket grants the logging service access when logging is switched on.
+                depends_on=[self.log_bucket_policy],
+            )
+
+    def _noncurrent_rule(self) -> S3BucketLifecycleConfigurationRule:
+        return S3BucketLifecycleConfigurationRule(
+            id="expire-noncurrent-versions",
+            status="Enabled",
+            filter=EVERY_OBJECT,
+            noncurrent_version_expiration=[
+                S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(
+                    noncurrent_days=self.props.noncurrent_version_expiration_days
+                )
+            ],
         )
 
     def _lifecycle(self) -> None:
         props = self.props
-        dicom_rules = [
-            S3BucketLifecycleConfigurationRule(
-                id="expire-noncurrent-versions",
-                status="Enabled",
-                filter=EVERY_OBJECT,
-                noncurrent_version_expiration=[
-                    S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(
-                        noncurrent_days=props.noncurrent_version_expiration_days
-                    )
-                ],
-            ),
-            ABORT_UPLOADS,
-        ]
+        dicom_rules = [self._noncurrent_rule(), ABORT_UPLOADS]
         if props.intelligent_tiering:
             dicom_rules.append(
                 S3BucketLifecycleConfigurationRule(
@@ -184,6 +248,9 @@ class Storage(Construct):
                 )
             )
         S3BucketLifecycleConfiguration(self, "dicom-lifecycle", bucket=self.bucket.id, rule=dicom_rules)
+        S3BucketLifecycleConfiguration(
+            self, "config-lifecycle", bucket=self.config_bucket.id, rule=[self._noncurrent_rule(), ABORT_UPLOADS]
+        )
         S3BucketLifecycleConfiguration(
             self,
             "log-lifecycle",
@@ -202,6 +269,29 @@ class Storage(Construct):
                 ),
                 ABORT_UPLOADS,
             ],
+        )
+
+    def grant_dicom_objects(self, id_: str, role: IamRole) -> None:
+        """Let ``role`` read, write and delete DICOM objects (and list the bucket); nothing else."""
+        grant(
+            self,
+            id_,
+            role,
+            [
+                Statement(sid="DicomObjects", actions=DICOM_OBJECT_ACTIONS, resources=[f"{self.bucket.arn}/*"]),
+                Statement(sid="DicomBucket", actions=DICOM_BUCKET_ACTIONS, resources=[self.bucket.arn]),
+            ],
+            "dicom-objects",
+        )
+
+    def grant_config_read(self, id_: str, role: IamRole) -> None:
+        """Let ``role`` read the boot bundles."""
+        grant(
+            self,
+            id_,
+            role,
+            [Statement(sid="ReadBootBundle", actions=["s3:GetObject"], resources=[f"{self.config_bucket.arn}/*"])],
+            "read-boot-bundle",
         )
 
     def allow_trail_delivery(self, key_prefix: str) -> None:

@@ -2,9 +2,12 @@
 
 The AWS API emulator (moto server on loopback) is a stand-in for AWS used by rehearsals and tests;
 it is never a real account. For it the stack: points every AWS endpoint of the provider at the
-loopback URL with placeholder keys (so ambient credentials are never used), and leaves detailed
+loopback URL with placeholder keys (so ambient credentials are never used); leaves detailed
 monitoring of the instance to the launch template, because the emulator has no MonitorInstances
-API. Nothing else differs from the ``aws`` target.
+API; and keeps only the TLS rule, on the bucket itself, in the DICOM and config bucket policies:
+the emulator applies a Deny whose conditions it cannot evaluate (``...IfExists``, ``Null``) to
+every request, and it speaks plain HTTP on loopback, so the TLS rule on objects would refuse the
+boot bundle's upload and download. Nothing else differs from the ``aws`` target.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Any
 
 from config.facts import EMULATOR_PLACEHOLDER_KEY
 from modules.host import Host
+from modules.policy import resource_policy_json
+from modules.storage import Storage, deny_insecure_transport
 
 # Services the stack calls; the emulator target points each at the loopback emulator.
 EMULATED_SERVICES = ("ec2", "s3", "rds", "iam", "kms", "secretsmanager", "sts", "cloudwatchlogs", "ssm", "cloudwatch")
@@ -35,3 +40,10 @@ def provider_settings(endpoint: str) -> dict[str, Any]:
 def adapt_host(host: Host) -> None:
     """The emulator does not implement MonitorInstances; the launch template still asks for it."""
     host.instance.reset_monitoring()
+
+
+def adapt_storage(storage: Storage) -> None:
+    """Only the TLS rule in the DICOM and config bucket policies (see the module docstring)."""
+    buckets = {"dicom": storage.bucket, "config": storage.config_bucket}
+    for label, policy in storage.bucket_policies.items():
+        policy.policy = resource_policy_json([deny_insecure_transport(buckets[label], objects=False)])

@@ -1,11 +1,14 @@
 """The single-host Orthweb site: one stack wiring the modules together.
 
-The environment's meaning (what ``prod`` keeps on deletion, how long deleted secrets stay
-recoverable) is decided here once and handed to the constructs as plain settings.
+What a deletion keeps (``allow_data_destroy``) and what the environment means (``prod`` keeps
+automated backups and applies database changes in the maintenance window) is decided here once and
+handed to the constructs as plain settings. Cross-construct permissions are granted by the
+construct that owns the resource.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 from cdktf import TerraformOutput, TerraformStack
@@ -23,10 +26,10 @@ from modules.key import SiteKey, SiteKeyProps
 from modules.network import Network, NetworkProps
 from modules.storage import Storage, StorageProps
 from stacks import emulator
-from userdata import HostValues, render_user_data
+from userdata import AppValues, HostValues, build_bundle, render_user_data
 
-# Days a deleted secret stays recoverable in prod.
-PROD_SECRET_RECOVERY_DAYS = 30
+# Days a deleted secret stays recoverable unless allow_data_destroy.
+SECRET_RECOVERY_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -42,14 +45,14 @@ class Retention:
 
     @classmethod
     def for_environment(cls, config: OrthwebConfig, name: str) -> Retention:
-        keep = config.is_prod
+        destroy = config.allow_data_destroy
         return cls(
-            force_destroy=not keep,
-            recovery_window_days=PROD_SECRET_RECOVERY_DAYS if keep else 0,
-            skip_final_snapshot=not keep,
-            final_snapshot_identifier=f"{name}-db-final" if keep else None,
-            delete_automated_backups=not keep,
-            apply_immediately=not keep,
+            force_destroy=destroy,
+            recovery_window_days=0 if destroy else SECRET_RECOVERY_DAYS,
+            skip_final_snapshot=destroy,
+            final_snapshot_identifier=None if destroy else f"{name}-db-final",
+            delete_automated_backups=not config.is_prod,
+            apply_immediately=not config.is_prod,
         )
 
 
@@ -129,13 +132,13 @@ class OrthwebStack(TerraformStack):
                 name=name,
                 account=account,
                 key_arn=self.key.arn,
-                bucket_arn=self.storage.bucket.arn,
-                db_secret_arn=self.database.secret_arn,
                 log_retention_days=config.log_retention_days,
                 recovery_window_days=retention.recovery_window_days,
                 byo_tls_secret=config.tls_certificate_secret,
             ),
         )
+        self._grants()
+        bundle = build_bundle(self._app_values(config))
         self.host = Host(
             self,
             "host",
@@ -150,8 +153,12 @@ class OrthwebStack(TerraformStack):
                 root_volume_gb=config.root_volume_gb,
                 web_client_cidrs=config.web_client_cidrs,
                 dicom_client_cidrs=config.dicom_client_cidrs,
-                user_data=render_user_data(self._host_values(config)),
+                user_data=render_user_data(self._host_values(config), bundle),
                 eip_allocation_id=self.network.site_eip.allocation_id,
+                bundle_data_base64=base64.b64encode(bundle.data).decode(),
+                bundle_key=bundle.key,
+                config_bucket=self.storage.config_bucket.id,
+                move_destinations=[(m.host, m.port) for m in config.dicom_modalities if "move" in m.rights],
                 ami_id=config.ami_id,
                 ssh_public_key=config.ssh_public_key,
             ),
@@ -163,7 +170,20 @@ class OrthwebStack(TerraformStack):
             self._backup(config, name)
         if config.target == "emulator":
             emulator.adapt_host(self.host)
+            emulator.adapt_storage(self.storage)
         self._outputs()
+
+    def _grants(self) -> None:
+        """Each owner grants the host (and Orthanc's role) what they need on its resource."""
+        host, orthanc = self.access.role, self.access.orthanc_role
+        self.database.grant_master_secret_read("host-master-secret", host)
+        self.storage.grant_config_read("host-config", host)
+        self.storage.grant_dicom_objects("orthanc-dicom", orthanc)
+        # The host decrypts its secrets and the boot bundle; Orthanc's role its DICOM objects.
+        self.key.grant_use(
+            "host", host, actions=["kms:Decrypt", "kms:GenerateDataKey"], via_services=["secretsmanager", "s3"]
+        )
+        self.key.grant_use("orthanc", orthanc, actions=["kms:Decrypt", "kms:GenerateDataKey"], via_services=["s3"])
 
     def _name(self, config: OrthwebConfig) -> str:
         if not config.unique_suffix:
@@ -214,6 +234,8 @@ class OrthwebStack(TerraformStack):
             bucket=self.storage.bucket.bucket,
             admin_secret_arn=self.access.admin_secret.arn,
             tls_secret_arn=self.access.tls_secret.arn,
+            ca_secret_arn=self.access.ca_secret.arn,
+            clients_secret_arn=self.access.clients_secret.arn,
             db_secret_arn=self.database.secret_arn,
             db_host=self.database.instance.address,
             db_port=str(POSTGRES_PORT),
@@ -221,14 +243,23 @@ class OrthwebStack(TerraformStack):
             site_dns=eip.public_dns,
             site_ip=eip.public_ip,
             log_group=self.access.log_group.name,
-            ae_title=config.ae_title,
+            orthanc_role_arn=self.access.orthanc_role.arn,
+            config_bucket=self.storage.config_bucket.bucket,
             site_name=config.site_name,
             byo_tls_secret=config.tls_certificate_secret,
-            region_name=config.region,
+            dicom_client_auth=config.dicom_client_auth,
+        )
+
+    @staticmethod
+    def _app_values(config: OrthwebConfig) -> AppValues:
+        return AppValues(
+            ae_title=config.ae_title,
             modalities=config.dicom_modalities,
             orthanc_image=config.orthanc_image,
             nginx_image=config.nginx_image,
             container_logs=config.container_logs,
+            region_name=config.region,
+            dicom_client_auth=config.dicom_client_auth,
         )
 
     def _outputs(self) -> None:
@@ -242,8 +273,9 @@ class OrthwebStack(TerraformStack):
             "dicom_endpoint": (f"{dns}:{DICOM_TLS_PORT}", "DICOM TLS endpoint (host:port)"),
             "db_secret_arn": (self.database.secret_arn, "RDS-managed master secret in Secrets Manager"),
             "ssm_session_command": (
-                f"aws ssm start-session --target {self.host.instance.id} --region {self.account.region}",
-                "Shell on the host without SSH",
+                f"aws ssm start-session --target {self.host.instance.id} --region {self.account.region}"
+                f" --document-name {self.access.session_document.name}",
+                "Shell on the host without SSH (logged, encrypted)",
             ),
         }
         for output_name, (value, description) in outputs.items():

@@ -18,6 +18,7 @@ import pytest
 from config import ROOT
 from config.inputs import OrthwebConfig
 from tools.harness.terraform import terraform_cli_config
+from tools.profiles import EXTRAS, PROD, PROFILES  # noqa: F401 - re-exported for the test modules
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 os.environ.setdefault("CHECKPOINT_DISABLE", "1")
@@ -29,20 +30,6 @@ if _TF_CLI:
     os.environ["TF_CLI_CONFIG_FILE"] = str(_TF_CLI)
 
 SLOW_LANES = frozenset({"terraform", "security", "e2e", "rehearsal", "programs", "npm", "cli", "slow"})
-
-PROFILES: dict[str, dict[str, Any]] = {
-    "default": {},
-    "prod": {"environment": "prod"},
-    "az3": {"az_count": 3, "interface_endpoints": ("ssm", "secretsmanager")},
-}
-# Every optional extra switched on (validated and scanned, not planned).
-EXTRAS: dict[str, Any] = {
-    "environment": "prod",
-    "cloudtrail": True,
-    "object_lock_days": 30,
-    "backup_retention_days": 35,
-    "intelligent_tiering": True,
-}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -108,7 +95,7 @@ def synth_profile(tmp_path_factory: pytest.TempPathFactory):
 
     def get(profile: str) -> Synth:
         if profile not in cache:
-            config = OrthwebConfig(**({**PROFILES, "extras": EXTRAS})[profile])
+            config = OrthwebConfig(**PROFILES[profile])
             outdir = tmp_path_factory.mktemp(f"synth-{profile}")
             cache[profile] = Synth(synth_json(config, outdir), outdir, config)
         return cache[profile]

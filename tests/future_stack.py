@@ -1,6 +1,6 @@
 """A synthesized stack with the resource types planned next added by hand: the host behind a Network
 Load Balancer in an Auto Scaling group, alarms to an SNS topic, a dashboard, a DICOM replica bucket
-and keys in a second region, session logs through an SSM document, a config object, a managed
+and keys in a second region, a config object, a managed
 policy. The generators (tools/maint/diagram.py, cost.py) are tested on it before the stack has them.
 
 Resource names carry an 8-hex suffix like cdktf's, so the hash stripping is exercised too.
@@ -85,21 +85,9 @@ def with_planned_resources(data: dict[str, Any]) -> dict[str, Any]:
         }
     }
     r["aws_cloudwatch_dashboard"] = {"ops_dashboard_1F2E3D4C": {"dashboard_name": "orthweb", "dashboard_body": "{}"}}
-    r["aws_cloudwatch_log_group"]["access_sessions_5B6A7C8D"] = {
-        "name": "/orthweb/sessions",
-        "retention_in_days": 365,
-        "kms_key_id": _ref("aws_kms_key", "site_key", "arn"),
-    }
-    r["aws_ssm_document"] = {
-        "access_session-prefs_9E8D7C6B": {
-            "name": "orthweb-session-prefs",
-            "document_type": "Session",
-            "content": "${jsonencode({inputs = {cloudWatchLogGroupName = "
-            "aws_cloudwatch_log_group.access_sessions_5B6A7C8D.name}})}",
-        }
-    }
-    r["aws_s3_object"] = {
-        "storage_readme_2C3D4E5F": {"bucket": _ref("aws_s3_bucket", "dicom_bucket", "id"), "key": "README"}
+    r.setdefault("aws_s3_object", {})["storage_readme_2C3D4E5F"] = {
+        "bucket": _ref("aws_s3_bucket", "dicom_bucket", "id"),
+        "key": "README",
     }
     # The second region: a replica bucket, a replica of the site key and a key of its own.
     d["provider"]["aws"].append({"alias": "replica", "region": REPLICA_REGION})

@@ -61,6 +61,8 @@ BAD_INPUTS = [
     ("ORTHANC_IMAGE", "orthancteam/orthanc:latest", "orthanc_image: 'orthancteam/orthanc:latest' is not allowed"),
     ("NGINX_IMAGE", "nginx", "nginx_image: 'nginx' is not allowed; allowed: empty, or name:tag"),
     ("CONTAINER_LOGS", "on", "container_logs: 'on' is not allowed; allowed: true or false"),
+    ("DICOM_CLIENT_AUTH", "password", "dicom_client_auth: 'password' is not allowed; allowed: none, certificate"),
+    ("ALLOW_DATA_DESTROY", "sure", "allow_data_destroy: 'sure' is not allowed; allowed: true or false"),
     (
         "EMULATOR_ENDPOINT",
         "http://127.0.0.1:5000",
@@ -96,6 +98,16 @@ def test_bad_input_is_refused_with_a_clear_line(monkeypatch, tmp_path, capsys, f
         ),
         ({"TARGET": "emulator", "EMULATOR_ENDPOINT": "https://sts.amazonaws.com"}, "(loopback only)"),
         ({"TARGET": "emulator", "EMULATOR_ENDPOINT": "http://127.0.0.1"}, "(loopback only)"),
+        # The whole Internet on the DICOM port in prod only with client certificates: both fields named.
+        (
+            {"ENVIRONMENT": "prod"},
+            "dicom_client_cidrs: '0.0.0.0/0' is not allowed; allowed: in prod, your modalities' networks;"
+            ' or the whole Internet with dicom_client_auth = "certificate"',
+        ),
+        (
+            {"DICOM_MODALITIES": '[{"aet": "PACS", "host": "pacs.example.org", "rights": ["find", "move"]}]'},
+            "dicom_modalities.host: 'pacs.example.org' is not allowed; allowed: an IPv4 address when rights include move",
+        ),
         (
             {"DB_ALLOCATED_STORAGE_GB": "200", "DB_MAX_ALLOCATED_STORAGE_GB": "100"},
             "db_max_allocated_storage_gb: 100 is not allowed; allowed: at least db_allocated_storage_gb (200)",
@@ -106,6 +118,16 @@ def test_cross_field_rules(monkeypatch, tmp_path, capsys, env, message):
     code, err = run_main(monkeypatch, tmp_path, capsys, env)
     assert code == EXIT_CONFIG_ERROR
     assert message in err
+
+
+def test_prod_with_the_whole_internet_on_dicom_needs_client_certificates(monkeypatch, tmp_path, capsys):
+    code, err = run_main(monkeypatch, tmp_path, capsys, {"ENVIRONMENT": "prod", "DICOM_CLIENT_CIDRS": "0.0.0.0/0"})
+    assert code == EXIT_CONFIG_ERROR and "dicom_client_cidrs" in err and "dicom_client_auth" in err
+    assert not (tmp_path / "out").exists()
+    env = {"ENVIRONMENT": "prod", "DICOM_CLIENT_AUTH": "certificate"}
+    assert load_config(tmp_path, {f"ORTHWEB_{k}": v for k, v in env.items()}).dicom_client_auth == "certificate"
+    narrowed = {"ORTHWEB_ENVIRONMENT": "prod", "ORTHWEB_DICOM_CLIENT_CIDRS": "10.20.0.0/16"}
+    assert load_config(tmp_path, narrowed).dicom_client_auth == "none"
 
 
 def test_every_problem_is_reported_at_once(monkeypatch, tmp_path, capsys):

@@ -125,10 +125,11 @@ def test_host_reaches_database_and_dicom_bucket_through_the_gateway(default_stac
 
 def test_the_site_key_encrypts_data_at_rest(default_stack):
     g = graph_of(default_stack.data)
-    key = one(g, "aws_kms_key")
+    key = one(g, "aws_kms_key", "site")
     encrypted = {e.dst for e in g.edges if e.src == key and e.kind == "encrypts"}
     expected = {
         one(g, "aws_s3_bucket", "dicom"),
+        one(g, "aws_s3_bucket", "config"),
         one(g, "aws_db_instance"),
         f"{one(g, 'aws_db_instance')}.master_user_secret",
         *g.ids_of("aws_secretsmanager_secret"),

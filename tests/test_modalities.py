@@ -276,13 +276,28 @@ def test_bad_site_and_days_exit_2(argv: list[str], message: str, capsys: pytest.
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_no_region_exits_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    for variable in ("AWS_REGION", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+def test_site_and_region_default_to_the_projects_config(monkeypatch: pytest.MonkeyPatch, capsys):
+    """Without --site/--region the command works on the site this checkout deploys (orthweb.toml,
+    ORTHWEB_* variables), as `make modality-cert` runs it; a bad config is refused with exit 2."""
+    seen: dict[str, str] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_client(service: str, region_name: str | None = None, endpoint_url: str | None = None):
+        seen.update(service=service, region=str(region_name))
+        raise Stop
+
+    monkeypatch.setattr("boto3.client", fake_client)
+    monkeypatch.setenv("ORTHWEB_NAME", "radiology")
+    monkeypatch.setenv("ORTHWEB_REGION", "eu-west-1")
+    with pytest.raises(Stop):
+        modalities.main(["list"])
+    assert seen == {"service": "secretsmanager", "region": "eu-west-1"}
+    monkeypatch.setenv("ORTHWEB_REGION", "mars-1")
     with pytest.raises(SystemExit) as exit_:
-        modalities.main(["--site", "orthweb", "list"])
-    assert exit_.value.code == 2 and "--region: no region given" in capsys.readouterr().err
+        modalities.main(["list"])
+    assert exit_.value.code == 2 and "region: 'mars-1' is not allowed" in capsys.readouterr().err
 
 
 def test_unknown_site_existing_key_file_and_a_stranded_list(site: Site, tmp_path: Path):

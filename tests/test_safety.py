@@ -84,10 +84,10 @@ def test_escape_literal_makes_text_inert():
 
 
 STATEFUL = {
-    "aws_kms_key": {"site_key"},
-    "aws_s3_bucket": {"dicom_bucket", "log_bucket"},
+    "aws_kms_key": {"site_key", "session_key"},
+    "aws_s3_bucket": {"dicom_bucket", "log_bucket", "config_bucket"},
     "aws_db_instance": {"database"},
-    "aws_secretsmanager_secret": {"admin_secret", "tls_secret"},
+    "aws_secretsmanager_secret": {"admin_secret", "tls_secret", "ca_secret", "client_ca_secret", "clients_secret"},
     "aws_eip": {"site_eip"},
 }
 

@@ -20,7 +20,7 @@ def statements(stack, rtype_id_fragment: str) -> list[dict]:
 
 
 def test_key_rotation_and_logs_statement(default_stack):
-    key = default_stack.one("aws_kms_key")
+    key = default_stack.resources("aws_kms_key")["site_key"]
     assert key["enable_key_rotation"] is True
     assert key["deletion_window_in_days"] == 30
     policy = json.loads(key["policy"])
@@ -94,20 +94,34 @@ def test_buckets_are_private_versioned_tls_only(default_stack, prod_stack):
             pab[k] is True
             for k in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets")
         )
-    assert len(default_stack.resources("aws_s3_bucket_public_access_block")) == 2
+    assert len(default_stack.resources("aws_s3_bucket_public_access_block")) == 3
     for versioning in default_stack.resources("aws_s3_bucket_versioning").values():
         assert versioning["versioning_configuration"]["status"] == "Enabled"
-    for name in ("dicom", "log"):
+    for name in ("dicom", "log", "config"):
         bucket_policy = next(p for k, p in default_stack.resources("aws_s3_bucket_policy").items() if name in k)
         deny = [s for s in json.loads(bucket_policy["policy"])["Statement"] if s["Effect"] == "Deny"]
         assert deny and deny[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
         assert deny[0]["Principal"] == {"AWS": "*"} and deny[0]["Action"] == "s3:*"
-    logging = default_stack.one("aws_s3_bucket_logging")
-    assert logging["target_bucket"] == "${aws_s3_bucket.log_bucket.id}"
-    # S3 refuses to switch logging on before the log bucket's policy admits the logging service.
-    assert any(dep.startswith("aws_s3_bucket_policy.storage_log-policy") for dep in logging["depends_on"])
-    assert default_stack.resources("aws_s3_bucket")["dicom_bucket"]["force_destroy"] is True
-    assert prod_stack.resources("aws_s3_bucket")["dicom_bucket"]["force_destroy"] is False
+    for name in ("dicom", "config"):
+        # Writes under another key, SSE-S3 or a key the client brings (SSE-C) are refused.
+        bucket_policy = next(p for k, p in default_stack.resources("aws_s3_bucket_policy").items() if name in k)
+        denied = {s["Sid"]: s for s in json.loads(bucket_policy["policy"])["Statement"] if s["Effect"] == "Deny"}
+        assert denied["DenyOtherKeys"]["Condition"] == {
+            "StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption-aws-kms-key-id": "${aws_kms_key.site_key.arn}"}
+        }
+        assert denied["DenyOtherEncryption"]["Condition"] == {
+            "StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption": "aws:kms"}
+        }
+        assert denied["DenyCustomerKeys"]["Condition"] == {
+            "Null": {"s3:x-amz-server-side-encryption-customer-algorithm": "false"}
+        }
+    for logging in default_stack.resources("aws_s3_bucket_logging").values():
+        assert logging["target_bucket"] == "${aws_s3_bucket.log_bucket.id}"
+        # S3 refuses to switch logging on before the log bucket's policy admits the logging service.
+        assert any(dep.startswith("aws_s3_bucket_policy.storage_log-policy") for dep in logging["depends_on"])
+    # A routine destroy keeps the images, in every environment, unless allow_data_destroy says otherwise.
+    for stack in (default_stack, prod_stack):
+        assert {b["force_destroy"] for b in stack.resources("aws_s3_bucket").values()} == {False}
     assert default_stack.resources("aws_s3_bucket")["dicom_bucket"]["bucket_prefix"] == "orthweb-dicom-"
 
 
@@ -143,7 +157,8 @@ def test_database_defaults_and_prod(default_stack, prod_stack):
     assert db["storage_encrypted"] is True and db["publicly_accessible"] is False
     assert db["backup_retention_period"] >= 7 and db["copy_tags_to_snapshot"] is True
     assert db["deletion_protection"] is True, "on by default in every environment"
-    assert db["skip_final_snapshot"] is True and db["multi_az"] is False
+    assert db["skip_final_snapshot"] is False and db["final_snapshot_identifier"] == "orthweb-db-final"
+    assert db["multi_az"] is False and db["delete_automated_backups"] is True
     assert db["performance_insights_kms_key_id"] == "${aws_kms_key.site_key.arn}"
     assert db["monitoring_interval"] == 60 and db["monitoring_role_arn"].startswith(
         "${aws_iam_role.database_monitoring"
@@ -175,7 +190,9 @@ def test_database_ingress_only_from_host_security_group(default_stack):
 def test_host_hardening(default_stack):
     lt = default_stack.one("aws_launch_template")
     assert lt["metadata_options"]["http_tokens"] == "required"
-    assert lt["metadata_options"]["http_put_response_hop_limit"] == 2
+    # One hop: the host role's credentials never reach a container (Orthanc has its own role).
+    assert lt["metadata_options"]["http_put_response_hop_limit"] == 1
+    assert default_stack.one("aws_instance")["metadata_options"]["http_put_response_hop_limit"] == 1
     assert lt["monitoring"] == {"enabled": True}
     assert lt["network_interfaces"][0]["associate_public_ip_address"] == "false", "the Elastic IP is the only address"
     assert "key_name" not in lt, "no SSH key pair unless the user supplies a public key"
@@ -223,31 +240,67 @@ def test_pinned_ami_and_ssh_key_and_client_cidrs(tmp_path):
     ]
 
 
+def role_of(stack, policy_fragment: str) -> str:
+    """The role an inline policy is attached to, as its resource address."""
+    policy = next(p for k, p in stack.resources("aws_iam_role_policy").items() if policy_fragment in k)
+    return policy["role"].split(".")[1]
+
+
 def test_host_role_least_privilege(default_stack):
-    host = {s["sid"]: s for s in statements(default_stack, "access_host-write")}
-    assert set(host["DicomObjects"]["actions"]) == {
+    orthanc = {s["sid"]: s for s in statements(default_stack, "storage_orthanc-dicom")}
+    assert set(orthanc["DicomObjects"]["actions"]) == {
         "s3:GetObject",
         "s3:PutObject",
         "s3:DeleteObject",
         "s3:AbortMultipartUpload",
         "s3:ListMultipartUploadParts",
     }
-    assert host["DicomObjects"]["resources"] == ["${aws_s3_bucket.dicom_bucket.arn}/*"]
-    assert host["ReadSecrets"]["resources"][0] == "${aws_db_instance.database.master_user_secret[0].secret_arn}"
-    assert host["WriteAppSecrets"]["actions"] == ["secretsmanager:PutSecretValue"]
-    assert host["UseSiteKey"]["resources"] == ["${aws_kms_key.site_key.arn}"]
+    assert orthanc["DicomObjects"]["resources"] == ["${aws_s3_bucket.dicom_bucket.arn}/*"]
+    # The DICOM objects are Orthanc's role's, not the host's.
+    assert role_of(default_stack, "storage_orthanc-dicom").startswith("access_orthanc-role")
+    host = {s["sid"]: s for s in statements(default_stack, "access_host-write")}
+    assert not any("s3:" in a for s in host.values() for a in s["actions"])
+    master = statements(default_stack, "database_host-master-secret")[0]
+    assert master["resources"] == ["${aws_db_instance.database.master_user_secret[0].secret_arn}"]
+    assert host["WriteGeneratedSecrets"]["actions"] == ["secretsmanager:PutSecretValue"]
+    # The key only through Secrets Manager and S3 (kms:ViaService); no kms:Encrypt, no direct use.
+    for fragment, services in (("key_host", {"secretsmanager", "s3"}), ("key_orthanc", {"s3"})):
+        (use,) = statements(default_stack, fragment)
+        assert set(use["actions"]) == {"kms:Decrypt", "kms:GenerateDataKey"}
+        (condition,) = use["condition"]
+        assert condition["variable"] == "kms:ViaService"
+        assert {v.split(".")[0] for v in condition["values"]} == services
     attachments = {
         a["policy_arn"].rsplit("/", 1)[1] for a in default_stack.resources("aws_iam_role_policy_attachment").values()
     }
-    assert attachments == {"AmazonSSMManagedInstanceCore", "AmazonRDSEnhancedMonitoringRole"}
+    assert attachments == {"AmazonRDSEnhancedMonitoringRole"}, "no AmazonSSMManagedInstanceCore"
 
 
-def test_app_secrets_created_without_value(default_stack, prod_stack):
+def test_service_roles_trust_only_this_account(default_stack):
+    for doc_id, doc in default_stack.data_sources("aws_iam_policy_document").items():
+        for statement in doc["statement"]:
+            services = [i for p in statement.get("principals", []) if p["type"] == "Service" for i in p["identifiers"]]
+            if "sts:AssumeRole" in statement.get("actions", []) and services and services != ["ec2.amazonaws.com"]:
+                variables = {c["variable"] for c in statement.get("condition", [])}
+                assert variables & {"aws:SourceAccount", "aws:SourceArn"}, doc_id
+
+
+def test_app_secrets_created_without_value(default_stack, prod_stack, tmp_path):
+    from config.inputs import OrthwebConfig
+    from tests.conftest import synth_json
+
     secrets = default_stack.resources("aws_secretsmanager_secret")
-    assert set(secrets) == {"admin_secret", "tls_secret"}
+    assert set(secrets) == {"admin_secret", "tls_secret", "ca_secret", "client_ca_secret", "clients_secret"}
     assert not default_stack.resources("aws_secretsmanager_secret_version")
-    assert all(s["recovery_window_in_days"] == 0 for s in secrets.values())
-    assert all(s["recovery_window_in_days"] == 30 for s in prod_stack.resources("aws_secretsmanager_secret").values())
+    for stack in (default_stack, prod_stack):
+        assert all(s["recovery_window_in_days"] == 30 for s in stack.resources("aws_secretsmanager_secret").values())
+    # Only an explicit allow_data_destroy deletes secrets (and buckets, and the database) for good.
+    destroyable = synth_json(OrthwebConfig(allow_data_destroy=True), tmp_path)["resource"]
+    assert all(s["recovery_window_in_days"] == 0 for s in destroyable["aws_secretsmanager_secret"].values())
+    assert all(b["force_destroy"] is True for b in destroyable["aws_s3_bucket"].values())
+    database = destroyable["aws_db_instance"]["database"]
+    assert database["skip_final_snapshot"] is True and "final_snapshot_identifier" not in database
+    assert database["deletion_protection"] is True, "deletion protection stays its own setting"
 
 
 def test_log_groups_have_finite_retention(default_stack):
@@ -257,6 +310,7 @@ def test_log_groups_have_finite_retention(default_stack):
         "/orthweb/containers",
         "/aws/rds/instance/orthweb-db/postgresql",
         "/aws/rds/instance/orthweb-db/upgrade",
+        "/orthweb/sessions",
     }
     assert all(g["retention_in_days"] == 365 for g in groups)
 
@@ -306,6 +360,11 @@ def test_emulator_target_points_every_service_at_loopback(tmp_path):
     provider = data["provider"]["aws"][0]
     assert set(provider["endpoints"][0].values()) == {"http://127.0.0.1:4566"}
     assert provider["skip_credentials_validation"] is True and provider["s3_use_path_style"] is True
+    # What else the emulator target changes, and nothing more (stacks/emulator.py).
+    for key, policy in data["resource"]["aws_s3_bucket_policy"].items():
+        sids = [s["Sid"] for s in json.loads(policy["policy"])["Statement"]]
+        assert sids[0] == "DenyInsecureTransport" and "DenyCustomerKeys" not in sids, key
+    assert "monitoring" not in next(iter(data["resource"]["aws_instance"].values()))
 
 
 def test_real_aws_target_has_no_endpoints_or_keys(default_stack):
@@ -318,7 +377,7 @@ def test_optional_extras(synth_profile):
     trail = extras.one("aws_cloudtrail")
     assert trail["enable_log_file_validation"] is True and trail["kms_key_id"] == "${aws_kms_key.site_key.arn}"
     assert trail["event_selector"][0]["data_resource"][0]["values"] == ["${aws_s3_bucket.dicom_bucket.arn}/"]
-    key_sids = {s.get("Sid") for s in json.loads(extras.one("aws_kms_key")["policy"])["Statement"]}
+    key_sids = {s.get("Sid") for s in json.loads(extras.resources("aws_kms_key")["site_key"]["policy"])["Statement"]}
     assert "CloudTrailEncryptsLogs" in key_sids
     log_policy = next(p for k, p in extras.resources("aws_s3_bucket_policy").items() if "log-policy" in k)
     assert {"CloudTrailAclCheck", "CloudTrailWrite"} <= {
@@ -346,7 +405,7 @@ def test_your_own_certificate_secret_is_readable_by_the_host(tmp_path):
     doc = next(d for k, d in data["data"]["aws_iam_policy_document"].items() if "access_host-write" in k)
     read = next(s for s in doc["statement"] if s["sid"] == "ReadSecrets")
     assert any(r.endswith(":secret:hospital/pacs-cert-??????") for r in read["resources"])
-    write = next(s for s in doc["statement"] if s["sid"] == "WriteAppSecrets")
+    write = next(s for s in doc["statement"] if s["sid"] == "WriteGeneratedSecrets")
     assert not any("pacs-cert" in r for r in write["resources"]), "the host never writes your certificate"
 
 
@@ -355,10 +414,17 @@ def test_environment_decides_retention_once():
     from stacks.orthweb_stack import Retention
 
     dev = Retention.for_environment(OrthwebConfig(), "orthweb")
-    prod = Retention.for_environment(OrthwebConfig(environment="prod"), "orthweb")
-    assert (dev.force_destroy, dev.recovery_window_days, dev.skip_final_snapshot) == (True, 0, True)
-    assert (prod.force_destroy, prod.recovery_window_days, prod.skip_final_snapshot) == (False, 30, False)
-    assert prod.final_snapshot_identifier == "orthweb-db-final" and dev.final_snapshot_identifier is None
+    prod = Retention.for_environment(OrthwebConfig(environment="prod", dicom_client_auth="certificate"), "orthweb")
+    doomed = Retention.for_environment(OrthwebConfig(allow_data_destroy=True), "orthweb")
+    # What a destroy keeps depends on allow_data_destroy alone, not on the environment.
+    for kept in (dev, prod):
+        assert (kept.force_destroy, kept.recovery_window_days, kept.skip_final_snapshot) == (False, 30, False)
+        assert kept.final_snapshot_identifier == "orthweb-db-final"
+    assert (doomed.force_destroy, doomed.recovery_window_days, doomed.skip_final_snapshot) == (True, 0, True)
+    assert doomed.final_snapshot_identifier is None
+    # The environment decides how changes and automated backups are handled.
+    assert (dev.apply_immediately, dev.delete_automated_backups) == (True, True)
+    assert (prod.apply_immediately, prod.delete_automated_backups) == (False, False)
 
 
 def test_provider_and_stack_with_cdktf_testing(default_stack):

@@ -1,17 +1,22 @@
-"""The host's user data and application layer, checked by the real programs: Terraform renders the
-exact text, cloud-init validates the cloud-config, shellcheck the scripts, docker-compose the
-compose file, nginx its config; Orthanc's JSON carries the hardening keys."""
+"""What the host boots from, checked by the real programs: Terraform renders the exact user data,
+cloud-init validates it, the boot bundle is deterministic and unpacks as the host expects,
+shellcheck checks the scripts, docker-compose the compose file, nginx its configuration, and the
+fetch script refuses a bundle whose SHA-256 is not the one the user data names."""
 
 from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
+import io
 import json
 import re
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
+import boto3
 import pytest
 import yaml
 
@@ -28,17 +33,29 @@ from config.facts import (
     POSTGRES_PORT,
 )
 from config.inputs import DicomModality, OrthwebConfig
+from tools.harness.localsite import local_nginx
 from tools.harness.pki import make_ca, make_server_cert
 from tools.harness.terraform import Terraform
 from tools.proc import free_ports
-from userdata import USER_DATA_LIMIT, HostValues, host_files, render_user_data
-from userdata.site import NginxValues, render_nginx
+from userdata import (
+    USER_DATA_BUDGET,
+    USER_DATA_LIMIT,
+    AppValues,
+    HostValues,
+    build_bundle,
+    bundle_files,
+    render_user_data,
+)
+from userdata.site import client_files, render_nginx
 
+ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:orthweb"
 REAL = HostValues(
     region="us-east-1",
     bucket="orthweb-dicom-20261128",
-    admin_secret_arn="arn:aws:secretsmanager:us-east-1:123456789012:secret:orthweb/orthanc-admin-AbCdEf",
-    tls_secret_arn="arn:aws:secretsmanager:us-east-1:123456789012:secret:orthweb/site-tls-AbCdEf",
+    admin_secret_arn=f"{ARN}/orthanc-admin-AbCdEf",
+    tls_secret_arn=f"{ARN}/site-tls-AbCdEf",
+    ca_secret_arn=f"{ARN}/site-ca-AbCdEf",
+    clients_secret_arn=f"{ARN}/dicom-clients-AbCdEf",
     db_secret_arn="arn:aws:secretsmanager:us-east-1:123456789012:secret:rds!db-1234-AbCdEf",
     db_host="orthweb-db.abcdefghij.us-east-1.rds.amazonaws.com",
     db_port=str(POSTGRES_PORT),
@@ -46,17 +63,19 @@ REAL = HostValues(
     site_dns="ec2-203-0-113-10.compute-1.amazonaws.com",
     site_ip="203.0.113.10",
     log_group="/orthweb/containers",
-    modalities=(DicomModality("HOSPITAL_PACS", "10.20.1.5", 104, ("echo", "find", "move", "store")),),
+    orthanc_role_arn="arn:aws:iam::123456789012:role/orthweb-orthanc",
+    config_bucket="orthweb-config-20261128",
 )
-
-
-def files_for(region: str) -> dict[str, str]:
-    return host_files(HostValues(**{**REAL.__dict__, "region_name": region}))
+APP = AppValues(
+    modalities=(DicomModality("HOSPITAL_PACS", "10.20.1.5", 104, ("echo", "find", "move", "store")),),
+    dicom_client_auth="certificate",
+)
+BUNDLE = build_bundle(APP)
 
 
 @pytest.fixture(scope="module")
 def files() -> dict[str, str]:
-    return host_files(REAL)
+    return {path.rsplit("/", 1)[1]: text for path, (_, text) in bundle_files(APP).items()}
 
 
 @pytest.mark.terraform
@@ -69,50 +88,53 @@ def test_terraform_renders_the_user_data_byte_for_byte(tmp_path):
 
     app = App(outdir=str(tmp_path / "out"))
     stack = TerraformStack(app, "userdata")
-    fields = (
-        "region",
-        "bucket",
-        "admin_secret_arn",
-        "tls_secret_arn",
-        "db_secret_arn",
-        "db_host",
-        "site_dns",
-        "site_ip",
-        "log_group",
-    )
-    tokens = {f: TerraformVariable(stack, f, type="string", default=getattr(REAL, f)).string_value for f in fields}
+    token_fields = ("region", "bucket", "admin_secret_arn", "db_host", "site_dns", "site_ip", "config_bucket")
+    tokens = {
+        f: TerraformVariable(stack, f, type="string", default=getattr(REAL, f)).string_value for f in token_fields
+    }
     with_tokens = HostValues(**{**REAL.__dict__, **tokens})
     output = TerraformOutput(stack, "user_data", value="placeholder")
-    output.add_override("value", base64gzip_expression(render_user_data(with_tokens)))
+    output.add_override("value", base64gzip_expression(render_user_data(with_tokens, BUNDLE)))
     app.synth()
     tf = Terraform.offline(tmp_path / "out" / "stacks" / "userdata", tmp_path / "tf")
     tf.init()
     tf.run("apply", "-auto-approve", "-no-color", f"-state={tmp_path / 'state.tfstate'}")
     encoded = tf.run("output", "-raw", f"-state={tmp_path / 'state.tfstate'}", "user_data").stdout
     compressed = base64.b64decode(encoded)
-    assert gzip.decompress(compressed).decode() == render_user_data(REAL)
-    assert len(compressed) < USER_DATA_LIMIT, f"user data is {len(compressed)} bytes gzipped"
+    assert gzip.decompress(compressed).decode() == render_user_data(REAL, BUNDLE)
+    assert len(compressed) < USER_DATA_LIMIT
+
+
+def test_user_data_stays_small_so_the_host_can_grow():
+    """The old user data carried everything and stood at ~14.8 KB of EC2's 16 KB; now it names the
+    bundle and stays under a 4 KB budget, whatever the bundle holds."""
+    text = render_user_data(REAL, BUNDLE)
+    size = len(gzip.compress(text.encode(), mtime=0))
+    assert size < USER_DATA_BUDGET, f"user data is {size} bytes gzipped"
+    assert f"BUNDLE_SHA256='{BUNDLE.sha256}'" in text and f"BUNDLE_OBJECT='bundles/{BUNDLE.sha256}.tar.gz'" in text
+    assert "orthweb-bootstrap" not in text.split("orthweb-fetch", 1)[0], "the bootstrap itself is in the bundle"
+    assert len(BUNDLE.data) + size > USER_DATA_LIMIT, "bundle and stub together would not fit in user data"
 
 
 @pytest.mark.programs
 def test_user_data_is_a_valid_cloud_config(tmp_path):
     path = tmp_path / "user-data.yaml"
-    path.write_text(render_user_data(REAL))
+    path.write_text(render_user_data(REAL, BUNDLE))
     proc = subprocess.run(["cloud-init", "schema", "-c", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = yaml.safe_load(path.read_text())
     paths = {f["path"]: f for f in doc["write_files"]}
-    assert paths["/usr/local/sbin/orthweb-bootstrap"]["permissions"] == "0755"
-    assert doc["runcmd"] == [["/usr/local/sbin/orthweb-bootstrap", "boot"]]
-    assert set(paths) >= {
+    assert set(paths) == {
         "/etc/orthweb/site.env",
-        "/etc/orthweb/docker-compose.yml",
-        "/etc/orthweb/nginx.conf",
-        "/etc/orthweb/orthanc.json",
-        "/etc/orthweb/rds-ca.pem",
-        "/etc/systemd/system/orthweb.service",
-        "/etc/systemd/system/orthweb-refresh.timer",
+        "/usr/local/sbin/orthweb-fetch",
+        "/etc/systemd/system/orthweb-boot.service",
     }
+    assert paths["/usr/local/sbin/orthweb-fetch"]["permissions"] == "0755"
+    # Not a one-shot runcmd: a unit that systemd retries until the boot succeeds.
+    assert doc["runcmd"] == [
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "--now", "--no-block", "orthweb-boot.service"],
+    ]
 
 
 @pytest.mark.programs
@@ -123,8 +145,69 @@ def test_cloud_init_schema_rejects_a_broken_document(tmp_path):
     assert subprocess.run(["cloud-init", "schema", "-c", str(path)], capture_output=True).returncode != 0
 
 
+def test_bundle_is_deterministic_and_unpacks_where_the_host_expects():
+    again = build_bundle(APP)
+    assert again.data == BUNDLE.data and again.sha256 == BUNDLE.sha256
+    assert build_bundle(AppValues()).sha256 != BUNDLE.sha256, "a setting change gives a new bundle (and host)"
+    with tarfile.open(fileobj=io.BytesIO(BUNDLE.data), mode="r:gz") as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert set(members) == {
+        "usr/local/sbin/orthweb-bootstrap",
+        "etc/orthweb/docker-compose.yml",
+        "etc/orthweb/nginx.conf",
+        "etc/orthweb/orthanc.template.json",
+        "etc/orthweb/rds-ca.pem",
+        "etc/systemd/system/orthweb.service",
+        "etc/systemd/system/orthweb-refresh.service",
+        "etc/systemd/system/orthweb-refresh.timer",
+    }
+    assert members["usr/local/sbin/orthweb-bootstrap"].mode == 0o755
+    assert all(m.uid == 0 and m.mtime == 0 and m.isfile() for m in members.values())
+
+
+@pytest.mark.programs
+def test_fetch_checks_the_sha256_and_unpacks(tmp_path):
+    from tools.harness.emulator import Emulator
+
+    with Emulator(tmp_path / "emulator") as emulator:
+        s3 = boto3.client("s3", **emulator.boto_kwargs())
+        s3.create_bucket(Bucket=REAL.config_bucket)
+        s3.put_object(Bucket=REAL.config_bucket, Key=BUNDLE.key, Body=BUNDLE.data)
+        etc, root = tmp_path / "etc", tmp_path / "root"
+        etc.mkdir()
+        root.mkdir()
+        site_env = yaml.safe_load(render_user_data(REAL, BUNDLE))["write_files"][0]["content"]
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "ORTHWEB_ETC": str(etc),
+            "ORTHWEB_ROOT": str(root),
+            "ORTHWEB_BUNDLES": str(tmp_path / "bundles"),
+            "ORTHWEB_AWS_ENDPOINT": emulator.endpoint,
+            **{k: v for k, v in emulator.client_env().items() if k != "AWS_ENDPOINT_URL"},
+        }
+
+        def fetch() -> subprocess.CompletedProcess:
+            return subprocess.run(
+                ["bash", str(ROOT / "userdata" / "orthweb-fetch.sh")], env=env, capture_output=True, text=True
+            )
+
+        (etc / "site.env").write_text(site_env)
+        proc = fetch()
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "fetched and verified" in proc.stdout
+        assert (root / "usr/local/sbin/orthweb-bootstrap").read_text() == (ROOT / "userdata/bootstrap.sh").read_text()
+        assert (root / "usr/local/sbin/orthweb-bootstrap").stat().st_mode & 0o111
+        assert "present" in fetch().stdout, "a retry or reboot uses the verified copy"
+        # Someone replaces the object in the bucket: the host refuses it.
+        shutil.rmtree(tmp_path / "bundles")
+        s3.put_object(Bucket=REAL.config_bucket, Key=BUNDLE.key, Body=BUNDLE.data + b"x")
+        refused = fetch()
+        assert refused.returncode == 1 and "does not have the SHA-256" in refused.stdout
+        assert not list((tmp_path / "bundles").iterdir()), "nothing unverified is kept"
+
+
 def shell_scripts() -> list[Path]:
-    return [ROOT / "userdata" / "bootstrap.sh", ROOT / ".ci" / "run"]
+    return [ROOT / "userdata" / "bootstrap.sh", ROOT / "userdata" / "orthweb-fetch.sh", ROOT / ".ci" / "run"]
 
 
 @pytest.mark.parametrize("script", shell_scripts(), ids=lambda p: p.name)
@@ -138,15 +221,23 @@ def test_shellcheck(script):
 def test_compose_file_passes_docker_compose_config(tmp_path, files):
     compose = tmp_path / "docker-compose.yml"
     compose.write_text(files["docker-compose.yml"])
+    env_file = tmp_path / "site.env"
+    env_file.write_text("REGION=us-east-1\nLOG_GROUP=/orthweb/containers\n")
     proc = subprocess.run(
-        ["docker-compose", "-f", str(compose), "config"], capture_output=True, text=True, cwd=tmp_path
+        ["docker-compose", "--env-file", str(env_file), "-f", str(compose), "config"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     config = yaml.safe_load(proc.stdout)
     orthanc, nginx = config["services"]["orthanc"], config["services"]["nginx"]
     assert orthanc["image"] == ORTHANC_IMAGE and nginx["image"] == NGINX_IMAGE
-    assert orthanc["environment"]["TCP_NODELAY"] == "1"
-    assert all(orthanc["environment"][k] == "false" for k in ("VERBOSE_STARTUP", "VERBOSE_ENABLED", "TRACE_ENABLED"))
+    environment = orthanc["environment"]
+    assert environment["TCP_NODELAY"] == "1"
+    assert all(environment[k] == "false" for k in ("VERBOSE_STARTUP", "VERBOSE_ENABLED", "TRACE_ENABLED"))
+    assert environment["AWS_SHARED_CREDENTIALS_FILE"].startswith("/run/orthweb-aws/")
+    assert environment["AWS_EC2_METADATA_DISABLED"] == "true"
     assert orthanc["healthcheck"]["test"] == ["CMD", "/probes/test-aliveness.py"]
     assert "ports" not in orthanc, "Orthanc is reachable only through nginx"
     published = sorted(
@@ -155,16 +246,11 @@ def test_compose_file_passes_docker_compose_config(tmp_path, files):
     assert published == [HTTPS_PORT, DICOM_TLS_PORT]
     assert orthanc["restart"] == nginx["restart"] == "unless-stopped"
     assert all(str(v).endswith(":ro") for v in orthanc["volumes"] + nginx["volumes"])
-    assert (
-        orthanc["logging"]["driver"] == "awslogs" and orthanc["logging"]["options"]["awslogs-group"] == REAL.log_group
-    )
-    assert set(config["secrets"]) == {
-        "ORTHANC__POSTGRESQL__CONNECTION_URI",
-        "ORTHANC__REGISTERED_USERS",
-        "site-cert",
-        "site-key",
-    }
-    assert "environment" not in nginx and not any("PASSWORD" in k for k in orthanc["environment"])
+    # The image writes the merged configuration, secrets included, to /tmp: in memory only.
+    assert any(str(t).startswith("/tmp") for t in orthanc["tmpfs"])
+    assert orthanc["logging"]["options"]["awslogs-group"] == "/orthweb/containers"
+    assert set(config["secrets"]) == {"ORTHANC__POSTGRESQL__CONNECTION_URI", "ORTHANC__REGISTERED_USERS"}
+    assert "environment" not in nginx and not any("PASSWORD" in k for k in environment)
 
 
 @pytest.mark.programs
@@ -185,24 +271,47 @@ def nginx_test(tmp_path: Path, conf_text: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.programs
-def test_nginx_config_passes_nginx_t(tmp_path):
+@pytest.mark.parametrize("client_auth", ["none", "certificate"])
+def test_nginx_config_passes_nginx_t(tmp_path, client_auth):
     ca = make_ca(tmp_path / "pki")
     cert = make_server_cert(tmp_path / "pki", ca, "site")
     (tmp_path / "temp").mkdir()
     https_port, dicom_port = free_ports(2)
-    values = NginxValues(
+    if client_auth == "certificate":
+        shutil.copy(ca.cert, tmp_path / "client-ca.pem")
+        crl = tmp_path / "client-crl.pem"
+        (tmp_path / "index.txt").write_text("")
+        (tmp_path / "ca.cnf").write_text(f"[ca]\ndefault_ca=x\n[x]\ndatabase={tmp_path}/index.txt\ndefault_md=sha256\n")
+        subprocess.run(
+            [
+                "openssl",
+                "ca",
+                "-gencrl",
+                "-config",
+                str(tmp_path / "ca.cnf"),
+                "-keyfile",
+                str(ca.key),
+                "-cert",
+                str(ca.cert),
+                "-crldays",
+                "30",
+                "-out",
+                str(crl),
+            ],
+            check=True,
+            capture_output=True,
+        )
+    client_ca, client_crl = client_files(str(tmp_path), client_auth == "certificate")
+    values = local_nginx(
+        tmp_path,
         http_upstream=f"127.0.0.1:{ORTHANC_HTTP_PORT}",
         dicom_upstream=f"127.0.0.1:{ORTHANC_DICOM_PORT}",
         https_listen=f"127.0.0.1:{https_port}",
         dicom_listen=f"127.0.0.1:{dicom_port}",
         cert_path=str(cert.cert),
         key_path=str(cert.key),
-        pid_path=str(tmp_path / "nginx.pid"),
-        error_log=str(tmp_path / "error.log"),
-        access_log=str(tmp_path / "access.log"),
-        temp_dir=str(tmp_path / "temp"),
-        user="",
-        load_modules=("/usr/lib/nginx/modules/ngx_stream_module.so",),
+        client_ca_path=client_ca,
+        client_crl_path=client_crl,
     )
     text = render_nginx(values)
     proc = nginx_test(tmp_path, text)
@@ -210,22 +319,29 @@ def test_nginx_config_passes_nginx_t(tmp_path):
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in text and "TLSv1.1" not in text and "SSLv3" not in text
     assert "server_tokens off;" in text and "Strict-Transport-Security" in text
     assert re.search(r"client_max_body_size \d+[mg];", text)
-    assert "location = /nginx-health" in text
+    assert ("ssl_verify_client on;" in text) is (client_auth == "certificate")
     # The check can fail: a directive misspelled is refused by the same nginx.
     assert nginx_test(tmp_path, text.replace("ssl_protocols", "ssl_protocolz", 1)).returncode != 0
 
 
-def test_production_nginx_paths(files):
+def test_production_nginx(files):
     text = files["nginx.conf"]
-    assert (
-        f"proxy_pass http://orthanc:{ORTHANC_HTTP_PORT};" in text
-        and f"proxy_pass orthanc:{ORTHANC_DICOM_PORT};" in text
-    )
-    assert "ssl_certificate /run/secrets/site-cert;" in text and f"listen {DICOM_TLS_PORT} ssl;" in text
+    # http2 the nginx >= 1.25.1 way ("listen ... ssl http2" is deprecated there).
+    assert f"listen {HTTPS_PORT} ssl;" in text and "http2 on;" in text and "ssl http2" not in text
+    # Tickets would let a stolen ticket key decrypt recorded sessions: off on both ports.
+    assert text.count("ssl_session_tickets off;") == 2
+    # Names are resolved again (Docker's DNS, 10 s), so a recreated Orthanc container is found.
+    assert text.count("resolver 127.0.0.11 valid=10s ipv6=off;") == 2
+    assert f"set $orthanc_http orthanc:{ORTHANC_HTTP_PORT};" in text and "proxy_pass http://$orthanc_http;" in text
+    assert f"default orthanc:{ORTHANC_DICOM_PORT};" in text and "proxy_pass $orthanc_dicom;" in text
+    assert "ssl_certificate /etc/nginx/orthweb/site-cert.pem;" in text and f"listen {DICOM_TLS_PORT} ssl;" in text
+    assert "ssl_client_certificate /etc/nginx/orthweb/client-ca.pem;" in text
+    assert "ssl_crl /etc/nginx/orthweb/client-crl.pem;" in text
+    assert "location = /orthanc-health" in text and "error_page 401 = @orthanc_alive;" in text
 
 
 def test_orthanc_configuration_is_hardened(files):
-    config = json.loads(files["orthanc.json"])
+    config = json.loads(files["orthanc.template.json"])
     expected = {
         "AuthenticationEnabled": True,
         "RemoteAccessAllowed": True,
@@ -248,8 +364,10 @@ def test_orthanc_configuration_is_hardened(files):
     assert config["PostgreSQL"]["Lock"] is False
     assert "Password" not in config["PostgreSQL"] and "ConnectionUri" not in config["PostgreSQL"]
     s3 = config["AwsS3Storage"]
-    assert s3["BucketName"] == REAL.bucket and s3["Region"] == "us-east-1"
-    assert "AccessKey" not in s3 and "SecretKey" not in s3, "the instance role supplies credentials"
+    # The pinned plugin reads ConnectTimeout; ConnectionTimeout is ignored by it.
+    assert s3["ConnectTimeout"] == 30 and "ConnectionTimeout" not in s3
+    assert s3["BucketName"] == "" and s3["Region"] == "", "filled in on the host from site.env"
+    assert "AccessKey" not in s3 and "SecretKey" not in s3, "credentials come from Orthanc's role"
     assert config["DicomModalities"] == {
         "HOSPITAL_PACS": {
             "AET": "HOSPITAL_PACS",
@@ -271,35 +389,43 @@ def test_images_are_pinned_to_exact_release_tags(files):
         name, _, tag = image.partition(":")
         assert re.fullmatch(r"\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?", tag), image
     digest = "nginx:1.28.0@sha256:" + "a" * 64
-    pinned = host_files(HostValues(**{**REAL.__dict__, "nginx_image": digest}))
-    assert f"image: {digest}" in pinned["docker-compose.yml"]
+    pinned = bundle_files(AppValues(nginx_image=digest))["etc/orthweb/docker-compose.yml"][1]
+    assert f"image: {digest}" in pinned
     OrthwebConfig(nginx_image=digest).validate()
 
 
 def test_downloads_are_checksummed_and_nothing_unsafe():
+    for script in ("bootstrap.sh", "orthweb-fetch.sh"):
+        text = (ROOT / "userdata" / script).read_text()
+        downloads = [
+            line
+            for line in text.splitlines()
+            if re.search(r"\b(curl|wget)\b", line)
+            and not line.lstrip().startswith("#")
+            and "169.254.169.254" not in line
+        ]
+        assert len(downloads) == (1 if script == "bootstrap.sh" else 0), downloads
+        for bad in (
+            r"chmod 666",
+            r"\|\s*(ba)?sh\b",
+            r":latest\b|releases/latest",
+            r"set -x",
+            r"ORTHANC__POSTGRESQL__PASSWORD",
+        ):
+            assert not re.search(bad, text), bad
     text = (ROOT / "userdata" / "bootstrap.sh").read_text()
-    downloads = [
-        line
-        for line in text.splitlines()
-        if re.search(r"\b(curl|wget)\b", line) and not line.lstrip().startswith("#") and "169.254.169.254" not in line
-    ]
-    assert len(downloads) == 1 and "$COMPOSE_URL" in downloads[0]
     body = text[text.index("step_compose() {") : text.index("\n}\n", text.index("step_compose() {"))]
     assert body.index("sha256sum -c") < body.index("install -D")
     assert re.search(r"^COMPOSE_SHA256=[0-9a-f]{64}$", text, re.M)
-    for bad in (
-        r"chmod 666",
-        r"\|\s*(ba)?sh\b",
-        r":latest\b|releases/latest",
-        r"set -x",
-        r"ORTHANC__POSTGRESQL__PASSWORD",
-    ):
-        assert not re.search(bad, text), bad
+    fetch = (ROOT / "userdata" / "orthweb-fetch.sh").read_text()
+    assert fetch.index("sha256sum -c") < fetch.index("tar ")
 
 
-def test_user_data_carries_no_secret(files):
-    text = render_user_data(REAL)
-    assert "PRIVATE KEY" not in text and "password" not in files["site.env"].lower()
+def test_user_data_and_bundle_carry_no_secret(files):
+    text = render_user_data(REAL, BUNDLE) + "".join(files.values())
+    assert "PRIVATE KEY" not in text
+    site_env = yaml.safe_load(render_user_data(REAL, BUNDLE))["write_files"][0]["content"]
+    assert "password" not in site_env.lower()
     assert not re.search(r"(?i)(password|secret_key)\s*[:=]\s*['\"]?[A-Za-z0-9+/]{12,}", text)
 
 
@@ -309,7 +435,8 @@ def test_rds_ca_for_the_region_only():
     with pytest.raises(ValueError, match="region: no RDS CA certificates for 'xx-nowhere-1'"):
         rds_ca.pem_for("xx-nowhere-1")
     assert {"us-east-1", "eu-west-1", "ap-southeast-2"} <= rds_ca.regions()
-    assert files_for("us-east-1")["rds-ca.pem"] == rds_ca.pem_for("us-east-1")
+    bundled = bundle_files(AppValues(region_name="eu-west-1"))["etc/orthweb/rds-ca.pem"][1]
+    assert bundled == rds_ca.pem_for("eu-west-1")
 
 
 @pytest.mark.npm
@@ -318,7 +445,14 @@ def test_rds_ca_bundle_matches_the_pinned_npm_package():
     assert rds_ca.BUNDLE.read_text() == rds_ca.bundle_from_package()
 
 
-def test_synthesized_stack_carries_the_bootstrap(default_stack):
+def test_synthesized_stack_carries_the_bundle(default_stack):
     user_data = default_stack.one("aws_launch_template")["user_data"]
-    assert "orthweb-bootstrap" in user_data and "${aws_db_instance.database.address}" in user_data
-    assert "${aws_eip.site_eip.public_dns}" in user_data and "$${" in user_data
+    assert "orthweb-fetch" in user_data and "${aws_db_instance.database.address}" in user_data
+    assert "${aws_eip.site_eip.public_dns}" in user_data
+    bundle = default_stack.one("aws_s3_object")
+    assert bundle["bucket"] == "${aws_s3_bucket.config_bucket.id}" and bundle["key"].startswith("bundles/")
+    assert bundle["server_side_encryption"] == "aws:kms" and bundle["kms_key_id"] == "${aws_kms_key.site_key.arn}"
+    data = base64.b64decode(bundle["content_base64"])
+    digest = hashlib.sha256(data).hexdigest()
+    assert bundle["key"] == f"bundles/{digest}.tar.gz" and f"BUNDLE_SHA256='{digest}'" in user_data
+    assert any(d.startswith("aws_s3_object.host_bundle") for d in default_stack.one("aws_instance")["depends_on"])

@@ -38,6 +38,25 @@ def fill(template: str, values: dict[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
+# Mozilla "intermediate" (AEAD suites only): what dcmtk 3.6.7+, dcm4che and browsers negotiate.
+CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-CHACHA20-POLY1305",
+    )
+)
+# Docker's embedded DNS on the compose network; short validity so a recreated container is found.
+DOCKER_RESOLVER = "127.0.0.11 valid=10s ipv6=off"
+NGINX_FILES = "/etc/nginx/orthweb"
+
+
 @dataclass(frozen=True)
 class NginxValues:
     """Where nginx listens, where it forwards, and where its files live."""
@@ -46,14 +65,38 @@ class NginxValues:
     dicom_upstream: str = f"orthanc:{ORTHANC_DICOM_PORT}"
     https_listen: str = str(HTTPS_PORT)
     dicom_listen: str = str(DICOM_TLS_PORT)
-    cert_path: str = "/run/secrets/site-cert"
-    key_path: str = "/run/secrets/site-key"
+    cert_path: str = f"{NGINX_FILES}/site-cert.pem"
+    key_path: str = f"{NGINX_FILES}/site-key.pem"
+    # DICOM client certificates: the CA and revocation list to check them against; empty: not asked for.
+    client_ca_path: str = ""
+    client_crl_path: str = ""
+    resolver: str = DOCKER_RESOLVER  # empty when the upstreams are IP addresses
+    # nginx >= 1.25.1 (the image) takes "http2 on;"; older builds (Debian 12's 1.22, used by the
+    # local site) only the deprecated "listen ... ssl http2".
+    http2_directive: bool = True
     pid_path: str = "/var/run/nginx.pid"
     error_log: str = "/dev/stderr"
     access_log: str = "/dev/stdout"
     temp_dir: str = "/var/cache/nginx"
     user: str = "nginx"
     load_modules: Sequence[str] = ()
+
+
+def client_files(directory: str, required: bool = True) -> tuple[str, str]:
+    """(client CA, CRL) paths for NginxValues when DICOM client certificates are ``required``."""
+    return (f"{directory}/client-ca.pem", f"{directory}/client-crl.pem") if required else ("", "")
+
+
+def _client_verification(v: NginxValues) -> str:
+    if not v.client_ca_path:
+        return ""
+    return (
+        "        # Mutual TLS: only modalities holding a certificate from the site's client CA, not revoked.\n"
+        "        ssl_verify_client on;\n"
+        "        ssl_verify_depth 1;\n"
+        f"        ssl_client_certificate {v.client_ca_path};\n"
+        f"        ssl_crl {v.client_crl_path};"
+    )
 
 
 def render_nginx(v: NginxValues) -> str:
@@ -73,6 +116,11 @@ def render_nginx(v: NginxValues) -> str:
             "key_path": v.key_path,
             "http_upstream": v.http_upstream,
             "dicom_upstream": v.dicom_upstream,
+            "resolver": f"resolver {v.resolver};" if v.resolver else "",
+            "http2_directive": "http2 on;" if v.http2_directive else "",
+            "http2_listen": "" if v.http2_directive else " http2",
+            "ciphers": CIPHERS,
+            "client_verification": _client_verification(v),
         },
     )
 
@@ -118,16 +166,17 @@ def render_orthanc(v: OrthancValues) -> str:
 class ComposeValues:
     orthanc_image: str = ORTHANC_IMAGE
     nginx_image: str = NGINX_IMAGE
-    log_group: str = ""  # empty: Docker's default json-file logging on the host
-    region: str = ""
+    # Ship container logs to the CloudWatch group named by ${LOG_GROUP} in site.env (else Docker's
+    # default json-file logging on the host).
+    container_logs: bool = True
 
 
 def _logging(v: ComposeValues, service: str) -> str:
-    if not v.log_group:
+    if not v.container_logs:
         return ""
     return (
         "    logging:\n      driver: awslogs\n      options:\n"
-        f'        awslogs-group: "{v.log_group}"\n        awslogs-region: "{v.region}"\n'
+        '        awslogs-group: "${LOG_GROUP}"\n        awslogs-region: "${REGION}"\n'
         f'        tag: "{service}/{{{{.ID}}}}"'
     )
 

@@ -256,7 +256,152 @@ class CustomerKeyEverywhere(BaseResourceCheck):
         return CheckResult.PASSED if allowed else CheckResult.FAILED
 
 
+class NoBroadManagedPolicy(BaseResourceCheck):
+    def __init__(self) -> None:
+        super().__init__(
+            name="No AWS managed policy that grants every SSM parameter (AmazonSSMManagedInstanceCore)",
+            id="CKV_ORTHWEB_10",
+            categories=[CheckCategories.IAM],
+            supported_resources=["aws_iam_role_policy_attachment", "aws_iam_policy_attachment"],
+        )
+
+    def scan_resource_conf(self, conf: dict[str, Any]) -> CheckResult:
+        arn = str(first(conf, "policy_arn", ""))
+        return CheckResult.FAILED if arn.endswith(BROAD_MANAGED_POLICIES) else CheckResult.PASSED
+
+
+# Managed policies broader than their purpose: ssm:GetParameter(s) on every parameter, Run Command.
+BROAD_MANAGED_POLICIES = ("/AmazonSSMManagedInstanceCore", "/AmazonEC2RoleforSSM", "/AmazonSSMFullAccess")
+SITE_KEY_REFERENCE = "aws_kms_key.site_key"
+
+
+def _values(block: dict[str, Any], key: str) -> list[Any]:
+    """A block attribute as a flat list: checkov wraps each value in a list, sometimes twice."""
+    value = block.get(key)
+    while isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
+        value = value[0]
+    return _as_list(value)
+
+
+def _conditions(statement: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in _values(statement, "condition") if isinstance(c, dict)]
+
+
+def _variables(statement: dict[str, Any]) -> set[str]:
+    return {str(first(c, "variable")) for c in _conditions(statement)}
+
+
+class SiteKeyOnlyThroughServices(BaseDataCheck):
+    def __init__(self) -> None:
+        super().__init__(
+            name="Identity policies use the site key only through AWS services (kms:ViaService), never kms:Encrypt",
+            id="CKV_ORTHWEB_11",
+            categories=[CheckCategories.IAM],
+            supported_data=["aws_iam_policy_document"],
+        )
+
+    def scan_data_conf(self, conf: dict[str, Any]) -> CheckResult:
+        for s in _as_list(conf.get("statement")):
+            if not isinstance(s, dict) or first(s, "effect", "Allow") != "Allow":
+                continue
+            actions = [str(a) for a in _values(s, "actions")]
+            kms = [a for a in actions if a.startswith("kms:")]
+            if "kms:Encrypt" in kms:
+                return CheckResult.FAILED
+            on_site_key = any(SITE_KEY_REFERENCE in str(r) for r in _values(s, "resources"))
+            if kms and on_site_key and "kms:ViaService" not in _variables(s):
+                return CheckResult.FAILED
+        return CheckResult.PASSED
+
+
+# Services that assume a role handed to them (iam:PassRole) and send no source account: EC2 (the
+# instance profile) and AWS Backup. Every other service trust names the account or the source.
+TRUSTS_WITHOUT_SOURCE = ("ec2.amazonaws.com", "backup.amazonaws.com")
+
+
+class ServiceTrustNamesTheSource(BaseDataCheck):
+    def __init__(self) -> None:
+        super().__init__(
+            name="A role an AWS service assumes is limited to this account or source (confused deputy)",
+            id="CKV_ORTHWEB_12",
+            categories=[CheckCategories.IAM],
+            supported_data=["aws_iam_policy_document"],
+        )
+
+    def scan_data_conf(self, conf: dict[str, Any]) -> CheckResult:
+        for s in _as_list(conf.get("statement")):
+            if not isinstance(s, dict) or "sts:AssumeRole" not in [str(a) for a in _values(s, "actions")]:
+                continue
+            services = [
+                str(i)
+                for p in _values(s, "principals")
+                if isinstance(p, dict) and first(p, "type") == "Service"
+                for i in _values(p, "identifiers")
+            ]
+            if any(svc not in TRUSTS_WITHOUT_SOURCE for svc in services):
+                if not _variables(s) & {"aws:SourceAccount", "aws:SourceArn"}:
+                    return CheckResult.FAILED
+        return CheckResult.PASSED
+
+
+class BucketRefusesForeignEncryption(BaseResourceCheck):
+    def __init__(self) -> None:
+        super().__init__(
+            name="KMS-encrypted buckets refuse writes under another key, SSE-S3 or a client key (SSE-C)",
+            id="CKV_ORTHWEB_13",
+            categories=[CheckCategories.ENCRYPTION],
+            supported_resources=["aws_s3_bucket_policy"],
+        )
+
+    def scan_resource_conf(self, conf: dict[str, Any]) -> CheckResult:
+        policy = first(conf, "policy")
+        if not isinstance(policy, str) or not policy.lstrip().startswith("{"):
+            return CheckResult.UNKNOWN
+        if any(b in str(first(conf, "bucket", "")) for b in SSE_S3_ALLOWED_BUCKETS):
+            return CheckResult.PASSED  # the access-log bucket is SSE-S3 by AWS constraint
+        denies = [st for st in _statements(policy) if st.get("Effect") == "Deny"]
+        conditions = [st.get("Condition", {}) for st in denies]
+        sse_c = any(
+            c.get("Null", {}).get("s3:x-amz-server-side-encryption-customer-algorithm") == "false" for c in conditions
+        )
+        other_keys = any(
+            "s3:x-amz-server-side-encryption-aws-kms-key-id" in c.get("StringNotEqualsIfExists", {}) for c in conditions
+        )
+        other_sse = any(
+            c.get("StringNotEqualsIfExists", {}).get("s3:x-amz-server-side-encryption") == "aws:kms" for c in conditions
+        )
+        return CheckResult.PASSED if sse_c and other_keys and other_sse else CheckResult.FAILED
+
+
+class SessionsLoggedEncrypted(BaseResourceCheck):
+    def __init__(self) -> None:
+        super().__init__(
+            name="Session Manager sessions are logged to an encrypted CloudWatch log group",
+            id="CKV_ORTHWEB_14",
+            categories=[CheckCategories.LOGGING],
+            supported_resources=["aws_ssm_document"],
+        )
+
+    def scan_resource_conf(self, conf: dict[str, Any]) -> CheckResult:
+        if first(conf, "document_type") != "Session":
+            return CheckResult.UNKNOWN
+        content = first(conf, "content")
+        if not isinstance(content, str) or not content.lstrip().startswith("{"):
+            return CheckResult.UNKNOWN  # known only after apply (a plan of a new document)
+        try:
+            inputs = json.loads(content).get("inputs", {})
+        except ValueError:
+            return CheckResult.FAILED
+        ok = bool(inputs.get("cloudWatchLogGroupName")) and inputs.get("cloudWatchEncryptionEnabled") is True
+        return CheckResult.PASSED if ok else CheckResult.FAILED
+
+
 for check in (
+    NoBroadManagedPolicy,
+    SiteKeyOnlyThroughServices,
+    ServiceTrustNamesTheSource,
+    BucketRefusesForeignEncryption,
+    SessionsLoggedEncrypted,
     S3PolicyDeniesInsecureTransport,
     PostgresIngressOnlyFromSecurityGroups,
     NoSshIngress,

@@ -25,6 +25,9 @@ def props(**overrides) -> HostProps:
         dicom_client_cidrs=("10.2.0.0/24",),
         user_data="#cloud-config\n",
         eip_allocation_id="eipalloc-1",
+        bundle_data_base64="YnVuZGxl",
+        bundle_key="bundles/abc.tar.gz",
+        config_bucket="site-config",
     )
     return HostProps(**{**values, **overrides})
 
@@ -55,3 +58,16 @@ def test_user_data_is_a_gzip_expression_of_the_text(build):
     template = next(iter(built.resources(LaunchTemplate.TF_RESOURCE_TYPE).values()))
     assert template["user_data"] == '${base64gzip("#cloud-config\\nruncmd: []\\n")}'
     assert template["metadata_options"]["http_tokens"] == "required"
+    # One hop: instance metadata answers the host, never a container behind the Docker bridge.
+    assert template["metadata_options"]["http_put_response_hop_limit"] == 1
+
+
+def test_egress_to_modalities_that_receive_c_move(build):
+    from cdktf_cdktf_provider_aws.vpc_security_group_egress_rule import VpcSecurityGroupEgressRule
+
+    plain = build(lambda stack, account: Host(stack, "host", props=props()))
+    assert len(plain.resources(VpcSecurityGroupEgressRule.TF_RESOURCE_TYPE)) == 1  # HTTPS only
+    moving = build(lambda stack, account: Host(stack, "host", props=props(move_destinations=[("10.20.1.5", 104)])))
+    assert moving.has(
+        VpcSecurityGroupEgressRule.TF_RESOURCE_TYPE, {"cidr_ipv4": "10.20.1.5/32", "from_port": 104, "to_port": 104}
+    )

@@ -53,7 +53,15 @@ def test_force_destroy_is_what_the_stack_decides(build):
 
 def test_trail_delivery_is_granted_only_when_asked(build):
     plain = build(lambda stack, account: Storage(stack, "storage", props=props(account)))
-    assert [s["Sid"] for s in log_policy(plain)["Statement"]] == ["DenyInsecureTransport", "S3ServerAccessLogs"]
+    # One access-log statement per source bucket, each limited to its own prefix.
+    statements = log_policy(plain)["Statement"]
+    assert [s["Sid"] for s in statements] == [
+        "DenyInsecureTransport",
+        "S3ServerAccessLogsDicom",
+        "S3ServerAccessLogsConfig",
+    ]
+    assert statements[1]["Resource"].endswith("/s3-access/site-dicom/*")
+    assert statements[2]["Resource"].endswith("/s3-access/site-config/*")
 
     def with_trail(stack, account):
         Storage(stack, "storage", props=props(account)).allow_trail_delivery("trails")

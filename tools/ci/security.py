@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from config import ROOT
+from tools.profiles import PROD
 
 CONFIG = ROOT / "security" / "checkov.yaml"
 REQUIREMENTS = ROOT / "security" / "requirements.txt"
@@ -114,7 +115,7 @@ def plan_json(outdir: Path) -> Path:
 def main() -> int:
     scans = [
         run_checkov(synth({}, WORK / "default"), "default stack (terraform_json)"),
-        run_checkov(synth({"environment": "prod"}, WORK / "prod"), "prod stack (terraform_json)"),
+        run_checkov(synth(PROD, WORK / "prod"), "prod stack (terraform_json)"),
         run_checkov(plan_json(WORK / "plan"), "default plan (terraform_plan)", framework="terraform_plan"),
     ]
     for scan in scans:

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
 import re
 from typing import Any
 
 import boto3
+import yaml
 
 from config.facts import DICOM_TLS_PORT, HTTPS_PORT, POSTGRES_PORT, SSH_PORT
-from modules.access import DICOM_BUCKET_ACTIONS, DICOM_OBJECT_ACTIONS
+from modules.storage import DICOM_BUCKET_ACTIONS, DICOM_OBJECT_ACTIONS
 from tools.harness.emulator import FAKE_CREDENTIALS
 
 
@@ -33,6 +35,8 @@ class Deployment:
 
     def __init__(self, state: dict[str, Any], outputs: dict[str, Any], region: str, endpoint: str | None = None):
         self.state, self.outputs = state, outputs
+        # Deployed to the AWS API emulator (whose target changes a few things: stacks/emulator.py).
+        self.emulated = endpoint is not None
         kwargs: dict[str, Any] = {"region_name": region}
         if endpoint:
             kwargs.update(
@@ -81,6 +85,12 @@ def check_bucket(d: Deployment) -> str:
         if s["Effect"] == "Deny" and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
     ]
     expect(bool(deny), "no statement denies non-TLS access")
+    sids = {s.get("Sid") for s in policy["Statement"] if s["Effect"] == "Deny"}
+    if d.emulated:
+        # The emulator target leaves these out (stacks/emulator.py): the emulator cannot evaluate them.
+        expect(not sids & {"DenyOtherKeys", "DenyCustomerKeys"}, f"emulator bucket policy denies {sids}")
+    else:
+        expect({"DenyOtherKeys", "DenyOtherEncryption", "DenyCustomerKeys"} <= sids, f"bucket policy denies {sids}")
     logging = s3.get_bucket_logging(Bucket=bucket).get("LoggingEnabled", {})
     expect(logging.get("TargetBucket", "").startswith("orthweb-logs-"), f"access logging is {logging}")
     return (
@@ -119,7 +129,7 @@ def check_host(d: Deployment) -> str:
         "LaunchTemplateVersions"
     ][0]["LaunchTemplateData"]
     meta = version["MetadataOptions"]
-    expect(meta["HttpTokens"] == "required" and meta["HttpPutResponseHopLimit"] == 2, f"metadata options {meta}")
+    expect(meta["HttpTokens"] == "required" and meta["HttpPutResponseHopLimit"] == 1, f"metadata options {meta}")
     ebs = version["BlockDeviceMappings"][0]["Ebs"]
     expect(ebs["Encrypted"] is True and ebs["VolumeType"] == "gp3", f"root volume {ebs}")
     instance_id = d.attrs("aws_instance")["id"]
@@ -132,7 +142,35 @@ def check_host(d: Deployment) -> str:
         "user data does not carry the deployed bucket name",
     )
     expect("${" not in user_data.replace("$${", "") or "TfToken" not in user_data, "unresolved token in user data")
-    return f"host {instance_id}: IMDSv2 (hop limit 2), encrypted gp3 root, user data {len(version['UserData'])} B"
+    return f"host {instance_id}: IMDSv2 (hop limit 1), encrypted gp3 root, user data {len(version['UserData'])} B"
+
+
+def check_boot_bundle(d: Deployment) -> str:
+    """The boot bundle is in the config bucket, encrypted with the site key, with the SHA-256 the user data names."""
+    s3, ec2 = d.client("s3"), d.client("ec2")
+    bucket = d.attrs("aws_s3_bucket", "config_bucket")["bucket"]
+    key_arn = d.attrs("aws_kms_key", "site_key")["arn"]
+    lt_id = d.attrs("aws_launch_template")["id"]
+    user_data = gzip.decompress(
+        base64.b64decode(
+            ec2.describe_launch_template_versions(LaunchTemplateId=lt_id, Versions=["$Latest"])[
+                "LaunchTemplateVersions"
+            ][0]["LaunchTemplateData"]["UserData"]
+        )
+    ).decode()
+    site_env = next(f["content"] for f in yaml.safe_load(user_data)["write_files"] if f["path"].endswith("site.env"))
+    named = re.search(r"^BUNDLE_OBJECT='([^']+)'$", site_env, re.M)
+    digest = re.search(r"^BUNDLE_SHA256='([0-9a-f]{64})'$", site_env, re.M)
+    expect(bool(named and digest), "the user data names no boot bundle")
+    assert named and digest
+    head = s3.head_object(Bucket=bucket, Key=named.group(1))
+    expect(
+        head.get("ServerSideEncryption") == "aws:kms" and head.get("SSEKMSKeyId") == key_arn,
+        f"bundle encryption {head.get('ServerSideEncryption')} {head.get('SSEKMSKeyId')}",
+    )
+    body = s3.get_object(Bucket=bucket, Key=named.group(1))["Body"].read()
+    expect(hashlib.sha256(body).hexdigest() == digest.group(1), "the bundle's SHA-256 differs from the user data's")
+    return f"boot bundle s3://{bucket}/{named.group(1)}: {len(body)} B, SSE-KMS with the site key, SHA-256 matches"
 
 
 def _ingress(ec2, group_id: str) -> list[dict[str, Any]]:
@@ -168,16 +206,34 @@ def check_security_groups(d: Deployment) -> str:
     )
 
 
+def _role_actions(iam: Any, role: str) -> set[str]:
+    actions: set[str] = set()
+    for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+        doc = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+        doc = json.loads(doc) if isinstance(doc, str) else doc
+        for statement in doc["Statement"]:
+            action = statement["Action"]
+            actions |= {action} if isinstance(action, str) else set(action)
+    return actions
+
+
 def check_iam(d: Deployment) -> str:
     iam = d.client("iam")
-    doc = iam.get_role_policy(RoleName="orthweb-host", PolicyName="orthweb-host")["PolicyDocument"]
-    doc = json.loads(doc) if isinstance(doc, str) else doc
-    actions = {a for s in doc["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
-    expect(set(DICOM_OBJECT_ACTIONS) | set(DICOM_BUCKET_ACTIONS) <= actions, f"missing S3 actions in {actions}")
-    expect(not any(a == "*" or a.endswith(":*") for a in actions), f"wildcard action in {actions}")
-    attached = [p["PolicyName"] for p in iam.list_attached_role_policies(RoleName="orthweb-host")["AttachedPolicies"]]
-    expect(attached == ["AmazonSSMManagedInstanceCore"], f"attached policies {attached}")
-    return f"host role: {len(actions)} actions, none wildcard; SSM managed policy attached"
+    host, orthanc = _role_actions(iam, "orthweb-host"), _role_actions(iam, "orthweb-orthanc")
+    for actions in (host, orthanc):
+        expect(not any(a == "*" or a.endswith(":*") for a in actions), f"wildcard action in {actions}")
+    expect(
+        set(DICOM_OBJECT_ACTIONS) | set(DICOM_BUCKET_ACTIONS) <= orthanc, f"Orthanc's role lacks S3 actions: {orthanc}"
+    )
+    expect(not any(a.startswith("s3:Put") or a.startswith("s3:Delete") for a in host), "the host role writes objects")
+    expect("sts:AssumeRole" in host and not any(a.startswith("secretsmanager") for a in orthanc), "role split")
+    for role in ("orthweb-host", "orthweb-orthanc"):
+        attached = iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]
+        expect(attached == [], f"managed policies on {role}: {attached}")
+    return (
+        f"host role: {len(host)} actions, Orthanc's role: {len(orthanc)} (the DICOM objects); none wildcard;"
+        " no managed policy"
+    )
 
 
 def check_outputs(d: Deployment) -> str:
@@ -217,7 +273,7 @@ def check_state_hygiene(d: Deployment, state_text: str) -> str:
     return f"state: none of the {len(values)} secret values held in Secrets Manager appears in it"
 
 
-CHECKS = (check_outputs, check_bucket, check_database, check_host, check_security_groups, check_iam)
+CHECKS = (check_outputs, check_bucket, check_database, check_host, check_boot_bundle, check_security_groups, check_iam)
 
 
 def _deployment(rehearsal) -> Deployment:

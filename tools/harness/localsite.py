@@ -19,12 +19,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -35,14 +37,25 @@ from typing import Any
 import boto3
 
 from config import ROOT
-from config.facts import ADMIN_SECRET, DB_MASTER_USER, DB_NAME, DEFAULT_AE_TITLE, ORTHANC_ADMIN_USER, TLS_SECRET
+from config.facts import (
+    ADMIN_SECRET,
+    CA_SECRET,
+    CLIENT_CA_SECRET,
+    CLIENTS_SECRET,
+    DB_MASTER_USER,
+    DB_NAME,
+    DEFAULT_AE_TITLE,
+    ORTHANC_ADMIN_USER,
+    TLS_SECRET,
+)
+from config.inputs import DicomModality
 from tools.harness.emulator import Emulator
 from tools.harness.hostsim import bootstrap_env, run_bootstrap
 from tools.harness.localpg import LocalPostgres
 from tools.harness.pki import make_ca, make_server_cert
 from tools.proc import free_ports, stop_pid, stop_process, wait_for_port
 from userdata import HostValues, site_env
-from userdata.site import NginxValues, OrthancValues, render_nginx, render_orthanc
+from userdata.site import NginxValues, OrthancValues, client_files, render_nginx, render_orthanc
 
 BOOTSTRAP = ROOT / "userdata" / "bootstrap.sh"
 PLUGIN = Path(__file__).resolve().parent / "s3_storage_plugin.py"
@@ -50,6 +63,30 @@ ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 STATE_FILE = Path(os.environ.get("ORTHWEB_LOCALSITE_DIR", ROOT / "build" / "localsite")) / "site.json"
 PORT_NAMES = ("orthanc_http", "orthanc_dicom", "https", "dicom_tls")
+
+
+def local_nginx(prefix: Path, **values: Any) -> NginxValues:
+    """NginxValues for Debian's nginx running as this user under ``prefix`` (stream module loaded,
+    no user switch, IP upstreams so no resolver, the http2 form that nginx version understands)."""
+    version = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr
+    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", version)
+    modern = bool(found) and tuple(int(x) for x in found.groups()) >= (1, 25, 1)  # type: ignore[union-attr]
+    defaults: dict[str, Any] = {
+        "pid_path": str(prefix / "nginx.pid"),
+        "error_log": str(prefix / "error.log"),
+        "access_log": str(prefix / "access.log"),
+        "temp_dir": str(prefix / "temp"),
+        "user": "",
+        "resolver": "",
+        "http2_directive": modern,
+        "load_modules": (str(NGINX_STREAM_MODULE),),
+    }
+    return NginxValues(**{**defaults, **values})
+
+
+def _children(pid: int) -> set[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(p) for p in path.read_text().split()} if path.exists() else set()
 
 
 class SiteNotUp(RuntimeError):
@@ -62,6 +99,10 @@ class LocalSite:
     ae_title: str = DEFAULT_AE_TITLE
     bucket: str = "orthweb-dicom-local"
     region: str = "us-east-1"
+    name: str = "orthweb"
+    # "certificate": nginx asks DICOM clients for a certificate from the site's client CA.
+    dicom_client_auth: str = "none"
+    modalities: tuple[DicomModality, ...] = ()
     # Ports by name (PORT_NAMES); any not given are handed out by tools.proc.free_ports.
     ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -93,13 +134,25 @@ class LocalSite:
         self.s3 = boto3.client("s3", **self.emulator.boto_kwargs())
         self.s3.create_bucket(Bucket=self.bucket)
         master_pw = os.urandom(16).hex()
+        # What Terraform creates on AWS: the empty secrets, Orthanc's role.
         self.arns = {
-            "admin": self.sm.create_secret(Name=f"orthweb/{ADMIN_SECRET}")["ARN"],
-            "tls": self.sm.create_secret(Name=f"orthweb/{TLS_SECRET}")["ARN"],
-            "db": self.sm.create_secret(
-                Name="rds!db-local", SecretString=json.dumps({"username": DB_MASTER_USER, "password": master_pw})
-            )["ARN"],
+            label: self.sm.create_secret(Name=f"{self.name}/{suffix}")["ARN"]
+            for label, suffix in (
+                ("admin", ADMIN_SECRET),
+                ("tls", TLS_SECRET),
+                ("ca", CA_SECRET),
+                ("client_ca", CLIENT_CA_SECRET),
+                ("clients", CLIENTS_SECRET),
+            )
         }
+        self.arns["db"] = self.sm.create_secret(
+            Name="rds!db-local", SecretString=json.dumps({"username": DB_MASTER_USER, "password": master_pw})
+        )["ARN"]
+        iam = boto3.client("iam", **self.emulator.boto_kwargs())
+        self.orthanc_role_arn = iam.create_role(
+            RoleName=f"{self.name}-orthanc",
+            AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
+        )["Role"]["Arn"]
         rds_ca = make_ca(self.workdir / "rds-pki", "Local RDS CA")
         self.pg = LocalPostgres(
             make_server_cert(self.workdir / "rds-pki", rds_ca, "db"), DB_MASTER_USER, master_pw, DB_NAME
@@ -118,6 +171,8 @@ class LocalSite:
             bucket=self.bucket,
             admin_secret_arn=self.arns["admin"],
             tls_secret_arn=self.arns["tls"],
+            ca_secret_arn=self.arns["ca"],
+            clients_secret_arn=self.arns["clients"],
             db_secret_arn=self.arns["db"],
             db_host="localhost",
             db_port=str(self.pg.port),
@@ -125,7 +180,9 @@ class LocalSite:
             site_dns="localhost",
             site_ip="127.0.0.1",
             log_group="",
-            ae_title=self.ae_title,
+            orthanc_role_arn=self.orthanc_role_arn,
+            config_bucket="",
+            dicom_client_auth=self.dicom_client_auth,
         )
 
     def bootstrap(self) -> str:
@@ -141,16 +198,44 @@ class LocalSite:
             raise RuntimeError(f"bootstrap failed:\n{proc.stdout}{proc.stderr}")
         return proc.stdout
 
+    def refresh(self) -> str:
+        """What ``orthweb-bootstrap refresh`` does on the host, with native processes instead of
+        compose: re-read the secrets, restart Orthanc if its credentials changed, reload nginx if
+        its files changed (or Orthanc was restarted)."""
+        log = self.bootstrap()
+        changed = (self.run / "last-changed").read_text()
+        if "db-connection-uri" in changed or "registered-users" in changed:
+            self.restart_orthanc()
+            changed += " nginx-upstream"
+        if any(name in changed for name in ("site-cert", "site-key", "client-ca", "client-crl", "nginx-upstream")):
+            self.reload_nginx()
+        return log
+
+    def reload_nginx(self, timeout: float = 20) -> None:
+        """``nginx -s reload``, then wait until the old workers have gone: the signal returns at once,
+        and a connection made before the new workers run would still meet the old configuration."""
+        prefix = self.workdir / "nginx"
+        master = self.processes["nginx"].pid
+        before = _children(master)
+        subprocess.run(["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-s", "reload"], check=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = _children(master)
+            if now and not now & before:
+                return
+            time.sleep(0.05)
+        raise SiteNotUp(f"nginx did not finish reloading within {timeout}s")
+
     def orthanc_config(self) -> dict[str, Any]:
         """The rendered orthanc.json, with the runtime secret files merged in (as the orthancteam
         image does with Docker secrets) and local paths and ports."""
-        v = self.host_values()
         config = json.loads(
             render_orthanc(
                 OrthancValues(
-                    ae_title=v.ae_title,
-                    bucket=v.bucket,
-                    region=v.region,
+                    ae_title=self.ae_title,
+                    bucket=self.bucket,
+                    region=self.region,
+                    modalities=self.modalities,
                     dicom_port=self.ports["orthanc_dicom"],
                     http_port=self.ports["orthanc_http"],
                     storage_directory=str(self.workdir / "orthanc-db"),
@@ -175,8 +260,13 @@ class LocalSite:
         path = self.run / "orthanc.json"
         path.write_text(json.dumps(self.orthanc_config(), indent=1))
         os.chmod(path, 0o600)
-        env = {**os.environ, "TCP_NODELAY": "1", **self.emulator.client_env()}
-        env.pop("AWS_ENDPOINT_URL", None)
+        # As in the container: no credentials in the environment, only the file the bootstrap renews.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(
+            TCP_NODELAY="1",
+            AWS_SHARED_CREDENTIALS_FILE=str(self.run / "aws" / "credentials"),
+            AWS_EC2_METADATA_DISABLED="true",
+        )
         log = open(self.workdir / "logs" / "orthanc.log", "ab")
         self.processes["orthanc"] = subprocess.Popen(
             ["Orthanc", str(path)], stdout=log, stderr=subprocess.STDOUT, env=env
@@ -186,21 +276,19 @@ class LocalSite:
     def start_nginx(self) -> None:
         prefix = self.workdir / "nginx"
         (prefix / "temp").mkdir(parents=True, exist_ok=True)
-        secrets = self.run / "secrets"
+        files = self.run / "nginx"
+        client_ca, client_crl = client_files(str(files), self.dicom_client_auth == "certificate")
         conf = render_nginx(
-            NginxValues(
+            local_nginx(
+                prefix,
                 http_upstream=f"127.0.0.1:{self.ports['orthanc_http']}",
                 dicom_upstream=f"127.0.0.1:{self.ports['orthanc_dicom']}",
                 https_listen=f"127.0.0.1:{self.ports['https']}",
                 dicom_listen=f"127.0.0.1:{self.ports['dicom_tls']}",
-                cert_path=str(secrets / "site-cert.pem"),
-                key_path=str(secrets / "site-key.pem"),
-                pid_path=str(prefix / "nginx.pid"),
-                error_log=str(prefix / "error.log"),
-                access_log=str(prefix / "access.log"),
-                temp_dir=str(prefix / "temp"),
-                user="",
-                load_modules=(str(NGINX_STREAM_MODULE),),
+                cert_path=str(files / "site-cert.pem"),
+                key_path=str(files / "site-key.pem"),
+                client_ca_path=client_ca,
+                client_crl_path=client_crl,
             )
         )
         (prefix / "nginx.conf").write_text(conf)
@@ -283,6 +371,8 @@ class LocalSite:
         from pynetdicom import AE
         from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+        if self.dicom_client_auth == "certificate":
+            return self._check_asks_for_client_certificate()
         version = self._handshake(self.ports["dicom_tls"])
         ae = AE(ae_title="ORTHWEBUP")
         ae.add_requested_context(Verification)
@@ -299,6 +389,21 @@ class LocalSite:
         if not status or status.Status != 0:
             raise RuntimeError(f"C-ECHO status {getattr(status, 'Status', None)}")
         return f"{version}, C-ECHO to {self.ae_title}"
+
+    def _check_asks_for_client_certificate(self) -> str:
+        """With client certificates required, a client without one is turned away after the
+        server has shown the site certificate."""
+        with socket.create_connection(("127.0.0.1", self.ports["dicom_tls"]), timeout=10) as raw:
+            with self.tls_context().wrap_socket(raw, server_hostname="localhost") as tls:
+                version = tls.version()
+                try:
+                    tls.sendall(b"\x01")
+                    answered = tls.recv(1)
+                except (ssl.SSLError, ConnectionError):
+                    answered = b""
+        if answered:
+            raise RuntimeError("answered a client without a certificate")
+        return f"{version}, refuses a client without a certificate"
 
     # -- faults and lifecycle ------------------------------------------------------------------
     def kill_orthanc(self) -> None:
@@ -353,7 +458,7 @@ class LocalSite:
             "ae_title": self.ae_title,
             "ca": str(self.ca_path),
             "user": ORTHANC_ADMIN_USER,
-            "password_secret": "orthweb/orthanc-admin (in the emulator)",
+            "password_secret": f"{self.name}/{ADMIN_SECRET} (in the emulator)",
             "workdir": str(self.workdir),
         }
 

@@ -29,6 +29,10 @@ class PhaseError(RuntimeError):
     pass
 
 
+# The resource types whose settings decide what a destroy deletes (allow_data_destroy, deletion protection).
+UNPROTECT_TYPES = ("aws_db_instance", "aws_s3_bucket", "aws_secretsmanager_secret")
+
+
 # What the AWS API emulator (moto) does not store or returns in another form, so the provider sees
 # a difference where AWS would show none. Everything else in a second plan is a real perpetual diff.
 EMULATOR_GAPS: dict[str, set[str]] = {
@@ -154,11 +158,16 @@ class Rehearsal:
         return gaps
 
     def bootstrap_meets_deployment(self) -> list[str]:
-        """Run the host bootstrap with the user data Terraform deployed, against the deployed secrets.
+        """Boot a host from what Terraform deployed: the user data from the launch template, the
+        real ``orthweb-fetch`` getting the boot bundle from the config bucket (checked against the
+        SHA-256 the user data names), then the bundle's bootstrap against the deployed secrets.
 
         The emulator's RDS has no PostgreSQL behind it: a local TLS-only PostgreSQL 15 stands in for
-        it, started with the master credentials RDS generated (read from the RDS-managed secret).
+        it, started with the master credentials RDS generated (read from the RDS-managed secret), and
+        its CA replaces the bundle's real RDS CAs.
         """
+        import subprocess
+
         import boto3
         import yaml
 
@@ -178,45 +187,95 @@ class Rehearsal:
         files = {f["path"]: f["content"] for f in cloud_config["write_files"]}
         master = json.loads(sm.get_secret_value(SecretId=self.outputs["db_secret_arn"])["SecretString"])
         host = self.workdir / "host"
-        etc, run = host / "etc", host / "run"
+        root, run = host / "root", host / "run"
+        etc = root / "etc" / "orthweb"
         etc.mkdir(parents=True, exist_ok=True)
+        (host / "orthweb-fetch").write_text(files["/usr/local/sbin/orthweb-fetch"])
         ca = make_ca(host / "pki", "Stand-in RDS CA")
         with LocalPostgres(
             make_server_cert(host / "pki", ca, "db"), master["username"], master["password"], "orthanc"
         ) as pg:
-            (etc / "rds-ca.pem").write_text(ca.cert.read_text())
             (etc / "site.env").write_text(
                 files["/etc/orthweb/site.env"] + f"DB_HOST='localhost'\nDB_PORT='{pg.port}'\n"
             )
-            (host / "bootstrap.sh").write_text(files["/usr/local/sbin/orthweb-bootstrap"])
-            env = bootstrap_env(etc, run, self.emulator)
+            env = {
+                **bootstrap_env(etc, run, self.emulator),
+                "ORTHWEB_ROOT": str(root),
+                "ORTHWEB_BUNDLES": str(host / "bundles"),
+            }
+            fetch = subprocess.run(["bash", str(host / "orthweb-fetch")], env=env, capture_output=True, text=True)
+            (self.workdir / "logs" / "fetch.log").write_text(fetch.stdout + fetch.stderr)
+            if fetch.returncode != 0 or "fetched and verified" not in fetch.stdout:
+                raise PhaseError(f"orthweb-fetch failed:\n{fetch.stdout[-2000:]}{fetch.stderr[-2000:]}")
+            (etc / "rds-ca.pem").write_text(ca.cert.read_text())
+            bootstrap = root / "usr" / "local" / "sbin" / "orthweb-bootstrap"
             logs = []
             for attempt in (1, 2):
                 log_file = self.workdir / "logs" / f"bootstrap-{attempt}.log"
-                proc = run_bootstrap(host / "bootstrap.sh", "secrets", env, log_file=log_file)
+                proc = run_bootstrap(bootstrap, "secrets", env, log_file=log_file)
                 if proc.returncode != 0:
                     raise PhaseError(f"bootstrap run {attempt} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
                 logs.append(proc.stdout)
-        if "runtime secret files: unchanged" not in logs[1] or "created" in logs[1]:
+        if "runtime files: unchanged" not in logs[1] or "created" in logs[1]:
             raise PhaseError("the second bootstrap run changed something")
-        return ["bootstrap: app secrets created in the deployed secrets, database role created, second run unchanged"]
+        orthanc = json.loads((etc / "orthanc.json").read_text())["AwsS3Storage"]
+        if orthanc["BucketName"] != self.outputs["s3bucket"].split(".")[0]:
+            raise PhaseError(f"orthanc.json names bucket {orthanc['BucketName']}")
+        return [
+            "boot bundle: fetched from the config bucket, SHA-256 as the user data names, unpacked",
+            "bootstrap: secrets and site CA created in the deployed secrets, database role created, Orthanc's"
+            " role assumed, orthanc.json written for the deployed bucket, second run unchanged",
+        ]
 
     def unprotect(self) -> None:
-        """What a user does before destroying: switch deletion protection off and apply."""
-        self.synth(db_deletion_protection=False)
+        """What a user does before destroying a site for good: allow it, then apply."""
+        self.synth(db_deletion_protection=False, allow_data_destroy=True)
         self.tf.init()
-        # Only the database carries the flag. A full apply here would also replace the host, because
-        # of the emulator gaps (EMULATOR_GAPS), and add two minutes that rehearse nothing.
+        # Only these carry the settings (deletion protection, final snapshot, force_destroy, recovery
+        # windows). A full apply here would also replace the host, because of the emulator gaps
+        # (EMULATOR_GAPS), and add minutes that rehearse nothing.
+        targets = [r for r in self.state_addresses() if r.split(".")[0] in UNPROTECT_TYPES]
         self.tf.run(
-            "apply", "-auto-approve", "-no-color", "-lock=false", "-target=aws_db_instance.database", timeout=1200
+            "apply", "-auto-approve", "-no-color", "-lock=false", *[f"-target={t}" for t in targets], timeout=1200
         )
 
+    def state_addresses(self) -> list[str]:
+        return [f"{r['type']}.{r['name']}" for r in self.state["resources"] if r.get("mode") == "managed"]
+
     def destroy(self) -> None:
-        self.tf.run("destroy", "-auto-approve", "-no-color", "-lock=false", timeout=1200)
+        # The state was refreshed by the apply just before: a refresh here only repeats reads.
+        self.tf.run("destroy", "-auto-approve", "-no-color", "-lock=false", "-refresh=false", timeout=1200)
         left = json.loads(self.state_file.read_text()).get("resources", [])
         managed = [r for r in left if r.get("mode") == "managed"]
         if managed:
             raise PhaseError(f"{len(managed)} resources left after destroy")
+        leftovers = self.left_in_the_account()
+        if leftovers:
+            raise PhaseError(f"left in the emulated account after destroy: {leftovers}")
+
+    def left_in_the_account(self) -> list[str]:
+        """What the AWS APIs still show of the site (not what the state file says)."""
+        import boto3
+
+        def client(service: str) -> Any:
+            return boto3.client(service, **self.emulator.boto_kwargs())
+
+        left = [f"database {d['DBInstanceIdentifier']}" for d in client("rds").describe_db_instances()["DBInstances"]]
+        ec2 = client("ec2")
+        left += [f"vpc {v['VpcId']}" for v in ec2.describe_vpcs()["Vpcs"] if not v.get("IsDefault")]
+        left += [
+            f"instance {i['InstanceId']}"
+            for r in ec2.describe_instances()["Reservations"]
+            for i in r["Instances"]
+            if i["State"]["Name"] != "terminated"
+        ]
+        left += [f"bucket {b['Name']}" for b in client("s3").list_buckets()["Buckets"]]
+        left += [
+            f"secret {s['Name']}"
+            for s in client("secretsmanager").list_secrets()["SecretList"]
+            if not s.get("DeletedDate")
+        ]
+        return left
 
     def stop_emulator(self) -> None:
         if getattr(self, "emulator", None):

@@ -599,20 +599,26 @@ def _iam_reach(b: _Builder, host: Address) -> list[tuple[Address, str]]:
     """(resource, attribute) named by the host's instance profile policies: buckets, secrets, logs, ..."""
     profiles = b.stack.targets(b.host_setting(host, "iam_instance_profile"), "aws_iam_instance_profile")
     roles = {r for p in profiles for r in b.stack.targets(b.stack.body(p), "aws_iam_role")}
-    policies = [
-        a
-        for a, body in b.stack.resources.items()
-        if a.type in IAM_LINK_TYPES and roles & set(b.stack.targets(body, "aws_iam_role"))
-    ]
-    # Inline policies name policy documents (data sources), attachments name managed policies.
-    seen, todo = set(policies), list(policies)
-    while todo:
-        for target in b.stack.targets(b.stack.body(todo.pop())):
-            if target not in seen and target.type in ("aws_iam_policy_document", "aws_iam_policy"):
-                seen.add(target)
-                todo.append(target)
-    refs = {(r.target, r.attribute) for d in seen for r in b.stack.references(b.stack.body(d))}
-    return sorted((t, attr) for t, attr in refs if not t.data and not t.type.startswith("aws_iam"))
+    while True:
+        policies = [
+            a
+            for a, body in b.stack.resources.items()
+            if a.type in IAM_LINK_TYPES and roles & set(b.stack.targets(body, "aws_iam_role"))
+        ]
+        # Inline policies name policy documents (data sources), attachments name managed policies.
+        seen, todo = set(policies), list(policies)
+        while todo:
+            for target in b.stack.targets(b.stack.body(todo.pop())):
+                if target not in seen and target.type in ("aws_iam_policy_document", "aws_iam_policy"):
+                    seen.add(target)
+                    todo.append(target)
+        refs = {(r.target, r.attribute) for d in seen for r in b.stack.references(b.stack.body(d))}
+        # A role the host may assume (Orthanc's, whose credentials the host hands to Orthanc) reaches
+        # what that role reaches.
+        assumed = {t for t, _ in refs if t.type == "aws_iam_role" and not t.data} - roles
+        if not assumed:
+            return sorted((t, attr) for t, attr in refs if not t.data and not t.type.startswith("aws_iam"))
+        roles |= assumed
 
 
 _HOST_ACCESS = {

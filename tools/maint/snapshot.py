@@ -12,42 +12,9 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from config.inputs import DicomModality, OrthwebConfig
-
-_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHb5nC2m1wV0Y2bKq3n8dFJkT7H2cX0f5e9r3QmT0aBc admin@site"
-PROFILES: dict[str, dict[str, Any]] = {
-    "default": {},
-    "prod": {"environment": "prod"},
-    "emulator": {"target": "emulator", "emulator_endpoint": "http://127.0.0.1:4566"},
-    # Every option away from its default.
-    "all": dict(
-        environment="prod",
-        cloudtrail=True,
-        object_lock_days=30,
-        backup_retention_days=35,
-        intelligent_tiering=True,
-        az_count=3,
-        interface_endpoints=("ssm", "secretsmanager", "kms"),
-        ami_id="ami-0123456789abcdef0",
-        ssh_public_key=_KEY,
-        web_client_cidrs=("10.1.0.0/16",),
-        dicom_client_cidrs=("10.2.0.0/24", "10.3.0.0/24"),
-        site_name="pacs.example.org",
-        ae_title="PACSX",
-        tls_certificate_secret="my/cert",  # noqa: S106 - a secret name, not a value
-        tags=(("CostCenter", "imaging"),),
-        unique_suffix=True,
-        dicom_modalities=(DicomModality("PACS", "10.2.0.5", 104, ("echo", "find", "store")),),
-        container_logs=False,
-        db_multi_az=False,
-        log_retention_days=90,
-        region="eu-west-1",
-        name="radiology",
-        nginx_image="nginx:1.28.0",
-    ),
-}
+from config.inputs import OrthwebConfig
+from tools.profiles import SNAPSHOT_PROFILES as PROFILES
 
 
 def synthesize(profile: str) -> bytes:

@@ -39,12 +39,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from config.facts import CLIENT_CA_SECRET as CA_SECRET
+from config.facts import CLIENTS_SECRET
 from config.inputs import OrthwebConfig, allowed
-
-# Secret names (not values) under the site's name prefix. They sit beside ADMIN_SECRET and
-# TLS_SECRET in config/facts.py once the Terraform side that creates them lands there.
-CA_SECRET = "dicom-client-ca"  # noqa: S105
-CLIENTS_SECRET = "dicom-clients"  # noqa: S105
 
 MODALITY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MODALITY_RULE = "1-64 characters: letters A-Z a-z, digits, '_', '.', '-'"
@@ -465,8 +462,8 @@ def _site_problems(site: str) -> list[str]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.ops.modalities", description=__doc__.split("\n")[0])
-    p.add_argument("--site", required=True, help="the site's name (the `name` input): prefix of its secrets")
-    p.add_argument("--region", default=None, help="AWS region of the site (default: the AWS configuration's)")
+    p.add_argument("--site", help="the site's name (the `name` input; default: the project's config)")
+    p.add_argument("--region", default=None, help="AWS region of the site (default: the project's config)")
     p.add_argument("--endpoint-url", default=None, help=argparse.SUPPRESS)  # the AWS API emulator in tests
     commands = p.add_subparsers(dest="command", required=True, metavar="{issue,list,revoke}")
     issue = commands.add_parser("issue", help="issue a client certificate (creates the client CA on first use)")
@@ -483,6 +480,17 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if a.site is None or (a.region is None and a.endpoint_url is None):
+        # The site this checkout deploys: orthweb.toml and ORTHWEB_* variables, as `make synth` reads them.
+        from config import ROOT
+        from config.inputs import ConfigError, load_config
+
+        try:
+            config = load_config(ROOT, os.environ)
+        except ConfigError as exc:
+            p.error("; ".join(exc.problems))
+        a.site = a.site or config.name
+        a.region = a.region or config.region
     problems = _site_problems(a.site)
     if a.command in ("issue", "revoke") and not MODALITY_NAME.fullmatch(a.modality):
         problems.append(allowed("MODALITY", a.modality, MODALITY_RULE))
