@@ -134,6 +134,11 @@ class OrthancValues:
     dicom_port: int = ORTHANC_DICOM_PORT
     http_port: int = ORTHANC_HTTP_PORT
     storage_directory: str = "/var/lib/orthanc/db"
+    # Several Orthanc servers on one PostgreSQL index (Orthanc >= 1.9.2, PostgreSQL plugin >= 4.0):
+    # no index lock (always off here), jobs not saved in the shared database (each server keeps its
+    # own), and each server named (DatabaseServerIdentifier; the host sets it to its instance id).
+    several_servers: bool = False
+    server_identifier: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -158,6 +163,10 @@ def render_orthanc(v: OrthancValues) -> str:
         for m in v.modalities
     }
     config["AwsS3Storage"].update({"BucketName": v.bucket, "Region": v.region})
+    if v.several_servers:
+        config["SaveJobs"] = False
+    if v.server_identifier:
+        config["DatabaseServerIdentifier"] = v.server_identifier
     config.update(v.extra)
     return json.dumps(config, indent=2) + "\n"
 
