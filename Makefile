@@ -89,17 +89,18 @@ security: setup-dev
 modality-cert: setup-dev
 	$(PY) -m tools.ops.modalities $(ARGS)
 
-## rehearsal: deploy to the AWS API emulator with real Terraform, check, plan again, destroy
+## rehearsal: deploy to the AWS API emulator with real Terraform, check, plan again, destroy (PROFILE=scaled: 3 hosts behind a load balancer)
+PROFILE ?= single
 rehearsal: setup-dev system-deps
-	$(PY) -m tools.harness.rehearsal
+	$(PY) -m tools.harness.rehearsal --profile $(PROFILE)
 
-## diagram: docs/diagrams/{default,prod}.dot and .svg from the synthesized stacks (graphviz renders the SVG)
+## diagram: docs/diagrams/{default,prod,scaled}.dot and .svg from the synthesized stacks (graphviz renders the SVG)
 diagram: setup-dev
 	$(PY) -m tools.maint.diagram --docs
 
-## cost: the monthly estimate of the reference profiles into docs/operations-tools.md (dated price table)
+## cost: the monthly estimate of the reference profiles into docs/operations-tools.md and README (dated price table)
 cost: setup-dev
-	$(PY) -m tools.maint.cost --markdown --write docs/operations-tools.md
+	$(PY) -m tools.maint.cost --markdown --write docs/operations-tools.md --write README.md
 
 ## recover: restore DICOM objects deleted after a time and re-ingest them (see docs/recovery.md), RECOVER_ARGS="..."
 recover: setup-dev

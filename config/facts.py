@@ -50,6 +50,10 @@ ORTHANC_IMAGE = "orthancteam/orthanc:26.8.1"
 # stream-SSL modules; >= 1.25.1 takes "http2 on;".
 NGINX_IMAGE = "nginx:1.30.4"
 
+# -- monitoring ---------------------------------------------------------------------------------
+# The CloudWatch agent on each host reports its root volume's use in this namespace.
+HOST_METRICS_NAMESPACE = "Orthweb/Host"
+
 # -- the host -----------------------------------------------------------------------------------
 HOST_ETC = "/etc/orthweb"  # deploy-time configuration written by cloud-init (no secrets)
 HOST_RUN = "/run/orthweb"  # tmpfs: runtime secret files

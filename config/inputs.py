@@ -72,6 +72,7 @@ _SSH_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-
 _TAG_KEY = re.compile(r"^[\w .:/=+@-]{1,128}$")
 _AE_TITLE = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
 _HOST = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
+_EMAIL = re.compile(r"^[^@\s'\\]{1,64}@[a-z0-9.-]+\.[a-z]{2,63}$", re.I)
 _SITE_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$|^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:\S+$")
 # An image reference pinned by an exact release tag, optionally also by digest. Never "latest".
@@ -229,9 +230,23 @@ class OrthwebConfig:
         "Interface VPC endpoints to create (ssm, secretsmanager, ...).",
         each(one_of(INTERFACE_ENDPOINT_SERVICES)),
     )
+    hosts: int = setting(
+        1,
+        "Orthanc hosts: 1 = one host behind its Elastic IP (EC2 recovers it); 2-10 = an Auto Scaling group"
+        " behind a Network Load Balancer.",
+        whole_number(1, 10),
+    )
+    hosts_max: int = setting(
+        0, "Most hosts the Auto Scaling group may run (0 = hosts); it never runs fewer than hosts.", whole_number(0, 20)
+    )
+    alarm_email: str = setting(
+        "",
+        "Email subscribed to the alarm topic (SNS, encrypted; it must confirm); empty: subscribe anything later.",
+        matching(_EMAIL, "empty, or an email address", optional=True),
+    )
     instance_type: str = setting(
         "t3.medium",
-        "EC2 instance type of the Orthanc host (x86_64).",
+        "EC2 instance type of the Orthanc host(s) (x86_64).",
         matching(_INSTANCE_TYPE, "an EC2 instance type such as t3.medium"),
     )
     ami_id: str = setting(
@@ -278,7 +293,9 @@ class OrthwebConfig:
         one_of((None, True, False), "true, false, or empty (on in prod)"),
     )
     db_backup_retention_days: int = setting(7, "RDS automated backup retention, 7-35 days.", whole_number(7, 35))
-    db_deletion_protection: bool = setting(True, "Refuse to delete the database (turn off before destroying a site).")
+    db_deletion_protection: bool = setting(
+        True, "Refuse to delete the database and the scaled profile's load balancer (off before destroying a site)."
+    )
     allow_data_destroy: bool = setting(
         False,
         "Let destroy delete the buckets with every object version, the secrets at once, the DB without final snapshot.",
@@ -347,6 +364,11 @@ class OrthwebConfig:
         return self.environment == "prod"
 
     @property
+    def scaled(self) -> bool:
+        """Several hosts behind a load balancer (the scaled profile)."""
+        return self.hosts > 1
+
+    @property
     def multi_az(self) -> bool:
         return self.is_prod if self.db_multi_az is None else self.db_multi_az
 
@@ -393,6 +415,8 @@ def cross_field_problems(c: OrthwebConfig) -> list[str]:
                 'in prod, your modalities\' networks; or the whole Internet with dicom_client_auth = "certificate"',
             )
         )
+    if isinstance(c.hosts, int) and isinstance(c.hosts_max, int) and 0 < c.hosts_max < c.hosts:
+        problems.append(allowed("hosts_max", c.hosts_max, f"0 (as many as hosts), or at least hosts ({c.hosts})"))
     sizes = (c.db_allocated_storage_gb, c.db_max_allocated_storage_gb)
     if all(isinstance(s, int) for s in sizes) and c.db_max_allocated_storage_gb < c.db_allocated_storage_gb:
         problems.append(

@@ -207,6 +207,24 @@ class HostAccess(Construct):
             "assume-orthanc-role",
         )
 
+    def allow_host_metrics(self, namespace: str) -> None:
+        """Let the host's CloudWatch agent publish metrics, in ``namespace`` only."""
+        grant(
+            self,
+            "host-metrics",
+            self.role,
+            [
+                Statement(
+                    sid="PublishHostMetrics",
+                    actions=["cloudwatch:PutMetricData"],
+                    # PutMetricData has no resource-level permissions; the namespace condition scopes it.
+                    resources=["*"],
+                    conditions=[("StringEquals", "cloudwatch:namespace", [namespace])],
+                )
+            ],
+            "publish-host-metrics",
+        )
+
     def _session_document(self) -> None:
         props = self.props
         self.session_document = SsmDocument(

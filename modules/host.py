@@ -6,6 +6,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cdktf import Fn
+from cdktf_cdktf_provider_aws.autoscaling_group import (
+    AutoscalingGroup,
+    AutoscalingGroupInstanceRefresh,
+    AutoscalingGroupInstanceRefreshPreferences,
+    AutoscalingGroupLaunchTemplate,
+    AutoscalingGroupTag,
+)
+from cdktf_cdktf_provider_aws.autoscaling_policy import (
+    AutoscalingPolicy,
+    AutoscalingPolicyTargetTrackingConfiguration,
+    AutoscalingPolicyTargetTrackingConfigurationPredefinedMetricSpecification,
+)
 from cdktf_cdktf_provider_aws.data_aws_ssm_parameter import DataAwsSsmParameter
 from cdktf_cdktf_provider_aws.eip_association import EipAssociation
 from cdktf_cdktf_provider_aws.instance import Instance
@@ -40,9 +52,20 @@ IMDS_V2_ONLY = {
 
 
 @dataclass(frozen=True)
+class Fleet:
+    """The scaled profile: an Auto Scaling group over these subnets, registered with these target groups."""
+
+    subnet_ids: Sequence[str]
+    target_group_arns: Sequence[str]
+    desired: int
+    maximum: int
+
+
+@dataclass(frozen=True)
 class HostProps:
     name: str
     vpc_id: str
+    # The single host's subnet (ignored with a fleet).
     subnet_id: str
     instance_type: str
     instance_profile_arn: str
@@ -52,6 +75,7 @@ class HostProps:
     web_client_cidrs: Sequence[str]
     dicom_client_cidrs: Sequence[str]
     user_data: str
+    # The single host's Elastic IP (ignored with a fleet: the load balancer holds the addresses).
     eip_allocation_id: str
     # The boot bundle (its key names its SHA-256) and where it goes; the user data names both.
     bundle_data_base64: str
@@ -61,6 +85,18 @@ class HostProps:
     move_destinations: Sequence[tuple[str, int]] = ()
     ami_id: str = ""
     ssh_public_key: str = ""
+    fleet: Fleet | None = None
+
+
+# Long enough for a new host to install Docker, pull the images and pass the load balancer's check.
+HEALTH_CHECK_GRACE_SECONDS = 900
+# An instance refresh (a new launch template version) keeps full capacity: new hosts first, then
+# the old ones leave, each after the warm-up.
+REFRESH_MIN_HEALTHY_PERCENT = 100
+REFRESH_MAX_HEALTHY_PERCENT = 200
+# With room to grow (hosts_max > hosts), hosts are added while their average CPU stays above this
+# (Orthanc's ingest is CPU-bound: docs/benchmarks.md) and removed when it falls well below.
+SCALE_CPU_PERCENT = 60
 
 
 class Host(Construct):
@@ -81,7 +117,10 @@ class Host(Construct):
         self._security_group()
         self._bundle()
         self._launch_template()
-        self._instance()
+        if props.fleet:
+            self._group(props.fleet)
+        else:
+            self._instance()
 
     def _security_group(self) -> None:
         props = self.props
@@ -172,12 +211,13 @@ class Host(Construct):
                     ),
                 )
             ],
-            # No public address of its own: the site's Elastic IP is the only one (the bootstrap waits
-            # for it before downloading anything).
+            # No public address of its own: the single host's is the site's Elastic IP (the bootstrap
+            # waits for it before downloading anything); a fleet's hosts sit in private subnets and
+            # go out through the NAT gateways.
             network_interfaces=[
                 LaunchTemplateNetworkInterfaces(
                     device_index=0,
-                    subnet_id=props.subnet_id,
+                    subnet_id=None if props.fleet else props.subnet_id,
                     associate_public_ip_address="false",
                     delete_on_termination="true",
                     security_groups=[self.security_group.id],
@@ -219,3 +259,52 @@ class Host(Construct):
         self.eip_association = EipAssociation(
             self, "eip-association", allocation_id=props.eip_allocation_id, instance_id=self.instance.id
         )
+
+    def _group(self, fleet: Fleet) -> None:
+        props = self.props
+        self.group = AutoscalingGroup(
+            self,
+            "group",
+            name=f"{props.name}-hosts",
+            min_size=fleet.desired,
+            # With a scaling policy AWS moves the desired count: Terraform states it only when fixed
+            # (otherwise every apply would pull the site back to its minimum).
+            desired_capacity=None if fleet.maximum > fleet.desired else fleet.desired,
+            max_size=fleet.maximum,
+            vpc_zone_identifier=list(fleet.subnet_ids),
+            launch_template=AutoscalingGroupLaunchTemplate(
+                id=self.launch_template.id, version=Fn.tostring(self.launch_template.latest_version)
+            ),
+            target_group_arns=list(fleet.target_group_arns),
+            # Replaced when the load balancer finds Orthanc not answering, not only when EC2 fails.
+            health_check_type="ELB",
+            health_check_grace_period=HEALTH_CHECK_GRACE_SECONDS,
+            instance_refresh=AutoscalingGroupInstanceRefresh(
+                strategy="Rolling",
+                preferences=AutoscalingGroupInstanceRefreshPreferences(
+                    min_healthy_percentage=REFRESH_MIN_HEALTHY_PERCENT,
+                    max_healthy_percentage=REFRESH_MAX_HEALTHY_PERCENT,
+                    instance_warmup=str(HEALTH_CHECK_GRACE_SECONDS),
+                ),
+            ),
+            enabled_metrics=["GroupInServiceInstances", "GroupDesiredCapacity"],
+            tag=[AutoscalingGroupTag(key="Name", value=f"{props.name}-host", propagate_at_launch=True)],
+            # The boot bundle must be in place before a host fetches it.
+            depends_on=[self.bundle],
+        )
+        if fleet.maximum > fleet.desired:
+            AutoscalingPolicy(
+                self,
+                "cpu-scaling",
+                name=f"{props.name}-cpu",
+                autoscaling_group_name=self.group.name,
+                policy_type="TargetTrackingScaling",
+                # A new host needs its warm-up before its CPU counts.
+                estimated_instance_warmup=HEALTH_CHECK_GRACE_SECONDS,
+                target_tracking_configuration=AutoscalingPolicyTargetTrackingConfiguration(
+                    predefined_metric_specification=AutoscalingPolicyTargetTrackingConfigurationPredefinedMetricSpecification(
+                        predefined_metric_type="ASGAverageCPUUtilization"
+                    ),
+                    target_value=SCALE_CPU_PERCENT,
+                ),
+            )

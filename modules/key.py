@@ -119,6 +119,18 @@ class SiteKey(Construct):
         self.statements.extend(statements)
         self.key.policy = resource_policy_json(self.statements)
 
+    def allow_alarm_notifications(self) -> None:
+        """Let CloudWatch (this account's alarms) publish to SNS topics encrypted with the key."""
+        acct = self.account
+        self._allow(
+            Statement(
+                sid="CloudWatchAlarmsPublishToEncryptedTopic",
+                actions=["kms:GenerateDataKey*", "kms:Decrypt"],
+                principals={"Service": ["cloudwatch.amazonaws.com"]},
+                conditions=[("StringEquals", "aws:SourceAccount", [acct.account_id])],
+            )
+        )
+
     def allow_cloudtrail(self) -> None:
         """Let CloudTrail encrypt this account's trail logs with the key and publish to encrypted topics."""
         acct = self.account

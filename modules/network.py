@@ -14,6 +14,7 @@ from cdktf_cdktf_provider_aws.default_security_group import DefaultSecurityGroup
 from cdktf_cdktf_provider_aws.eip import Eip
 from cdktf_cdktf_provider_aws.flow_log import FlowLog
 from cdktf_cdktf_provider_aws.internet_gateway import InternetGateway
+from cdktf_cdktf_provider_aws.nat_gateway import NatGateway
 from cdktf_cdktf_provider_aws.route import Route
 from cdktf_cdktf_provider_aws.route_table import RouteTable
 from cdktf_cdktf_provider_aws.route_table_association import RouteTableAssociation
@@ -53,16 +54,22 @@ class NetworkProps:
     key_arn: str
     log_retention_days: int
     interface_endpoints: tuple[str, ...] = ()
+    # The scaled profile's hosts sit in the private subnets and reach the Internet (images,
+    # packages, AWS APIs) through one NAT gateway per availability zone: no host has a public address.
+    nat_gateways: bool = False
 
 
 class Network(Construct):
-    """A VPC with public subnets (host) and private subnets (database), no NAT gateway.
+    """A VPC with public subnets (host or load balancer) and private subnets (database, and a
+    scaled site's hosts).
 
     Secure defaults: the default security group has no rules; flow logs record ALL traffic to an
     encrypted log group; S3 traffic stays on the AWS network through a gateway endpoint; the
-    private subnets have no route to the Internet. The site's Elastic IP lives here, apart from the
-    host, so a replaced host keeps the address. With ``az_count`` 1 the host side uses one AZ
-    while the database subnet group still spans two, because RDS requires it.
+    private subnets have no route to the Internet unless ``nat_gateways`` gives each zone's hosts
+    one through that zone's NAT gateway (a zone's failure does not cut the others off). The site's
+    Elastic IP lives here, apart from the host, so a replaced host keeps the address. With
+    ``az_count`` 1 the host side uses one AZ while the database subnet group still spans two,
+    because RDS requires it.
     """
 
     def __init__(self, scope: Construct, id_: str, *, props: NetworkProps):
@@ -137,21 +144,51 @@ class Network(Construct):
             destination_cidr_block="0.0.0.0/0",
             gateway_id=self.internet_gateway.id,
         )
-        for tier, subnets, table in (
-            ("public", self.public_subnets, self.public_route_table),
-            ("private", self.private_subnets, self.private_route_table),
-        ):
-            for i, subnet in enumerate(subnets):
-                RouteTableAssociation(self, f"{tier}-rta-{i}", subnet_id=subnet.id, route_table_id=table.id)
+        host_tables = self._nat_routes(props) if props.nat_gateways else []
+        for i, subnet in enumerate(self.public_subnets):
+            RouteTableAssociation(
+                self, f"public-rta-{i}", subnet_id=subnet.id, route_table_id=self.public_route_table.id
+            )
+        for i, subnet in enumerate(self.private_subnets):
+            table = host_tables[i] if i < len(host_tables) else self.private_route_table
+            RouteTableAssociation(self, f"private-rta-{i}", subnet_id=subnet.id, route_table_id=table.id)
+        # Where the hosts run: beside their Elastic IP, or (scaled) behind the NAT gateways.
+        self.host_subnets = self.private_subnets[: props.az_count] if props.nat_gateways else self.public_subnets
         self.s3_endpoint = VpcEndpoint(
             self,
             "s3-endpoint",
             vpc_id=self.vpc.id,
             service_name=f"com.amazonaws.{props.account.region}.s3",
             vpc_endpoint_type="Gateway",
-            route_table_ids=[self.public_route_table.id, self.private_route_table.id],
+            route_table_ids=[self.public_route_table.id, self.private_route_table.id, *(t.id for t in host_tables)],
             tags={"Name": f"{props.name}-s3"},
         )
+
+    def _nat_routes(self, props: NetworkProps) -> list[RouteTable]:
+        """One NAT gateway per zone in that zone's public subnet, and a route table sending the
+        zone's private subnet to it."""
+        tables = []
+        for i, public in enumerate(self.public_subnets):
+            name = {"Name": f"{props.name}-nat-{i}"}
+            address = Eip(self, f"nat-eip-{i}", domain="vpc", tags=name, depends_on=[self.internet_gateway])
+            nat = NatGateway(
+                self,
+                f"nat-{i}",
+                allocation_id=address.allocation_id,
+                subnet_id=public.id,
+                tags=name,
+                depends_on=[self.internet_gateway],
+            )
+            table = RouteTable(self, f"host-rt-{i}", vpc_id=self.vpc.id, tags={"Name": f"{props.name}-hosts-{i}"})
+            Route(
+                self,
+                f"host-default-route-{i}",
+                route_table_id=table.id,
+                destination_cidr_block="0.0.0.0/0",
+                nat_gateway_id=nat.id,
+            )
+            tables.append(table)
+        return tables
 
     def _interface_endpoints(self, props: NetworkProps) -> None:
         sg = self.endpoint_security_group = SecurityGroup(

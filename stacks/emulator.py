@@ -7,20 +7,28 @@ monitoring of the instance to the launch template, because the emulator has no M
 API; and keeps only the TLS rule, on the bucket itself, in the DICOM and config bucket policies:
 the emulator applies a Deny whose conditions it cannot evaluate (``...IfExists``, ``Null``) to
 every request, and it speaks plain HTTP on loopback, so the TLS rule on objects would refuse the
-boot bundle's upload and download. Nothing else differs from the ``aws`` target.
+boot bundle's upload and download; and lets the load balancer's subnet mappings be, because the
+emulator drops their Elastic IP allocations (the provider would then try to change them with a
+call the emulator refuses). Nothing else differs from the ``aws`` target.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from cdktf import TerraformResourceLifecycle
+
 from config.facts import EMULATOR_PLACEHOLDER_KEY
+from modules.balancer import LoadBalancer
 from modules.host import Host
 from modules.policy import resource_policy_json
 from modules.storage import Storage, deny_insecure_transport
 
 # Services the stack calls; the emulator target points each at the loopback emulator.
-EMULATED_SERVICES = ("ec2", "s3", "rds", "iam", "kms", "secretsmanager", "sts", "cloudwatchlogs", "ssm", "cloudwatch")
+EMULATED_SERVICES = (
+    *("ec2", "s3", "rds", "iam", "kms", "secretsmanager", "sts", "cloudwatchlogs", "ssm", "cloudwatch"),
+    *("elbv2", "autoscaling", "sns"),
+)
 
 
 def provider_settings(endpoint: str) -> dict[str, Any]:
@@ -39,7 +47,8 @@ def provider_settings(endpoint: str) -> dict[str, Any]:
 
 def adapt_host(host: Host) -> None:
     """The emulator does not implement MonitorInstances; the launch template still asks for it."""
-    host.instance.reset_monitoring()
+    if host.props.fleet is None:  # a fleet's hosts come from the template alone
+        host.instance.reset_monitoring()
 
 
 def adapt_storage(storage: Storage) -> None:
@@ -47,3 +56,8 @@ def adapt_storage(storage: Storage) -> None:
     buckets = {"dicom": storage.bucket, "config": storage.config_bucket}
     for label, policy in storage.bucket_policies.items():
         policy.policy = resource_policy_json([deny_insecure_transport(buckets[label], objects=False)])
+
+
+def adapt_balancer(balancer: LoadBalancer) -> None:
+    """The emulator does not keep a subnet mapping's Elastic IP (see the module docstring)."""
+    balancer.load_balancer.lifecycle = TerraformResourceLifecycle(ignore_changes=["subnet_mapping"])

@@ -11,18 +11,20 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from cdktf import TerraformOutput, TerraformStack
+from cdktf import Fn, TerraformOutput, TerraformStack
 from cdktf_cdktf_provider_aws.provider import AwsProvider, AwsProviderDefaultTags, AwsProviderEndpoints
 from constructs import Construct
 
-from config.facts import DB_NAME, DICOM_TLS_PORT, POSTGRES_PORT
+from config.facts import DB_NAME, DICOM_TLS_PORT, HOST_METRICS_NAMESPACE, POSTGRES_PORT
 from config.inputs import OrthwebConfig
 from modules.access import HostAccess, HostAccessProps
 from modules.account import Account
 from modules.audit import BackupProps, DatabaseBackup, DataEventTrail, TrailProps
+from modules.balancer import BalancerProps, LoadBalancer
 from modules.database import Database, DatabaseProps
-from modules.host import Host, HostProps
+from modules.host import Fleet, Host, HostProps
 from modules.key import SiteKey, SiteKeyProps
+from modules.monitoring import Monitoring, MonitoringProps
 from modules.network import Network, NetworkProps
 from modules.storage import Storage, StorageProps
 from stacks import emulator
@@ -72,7 +74,7 @@ class OrthwebStack(TerraformStack):
         super().__init__(scope, id_)
         self.config = config
         _provider(self, config)
-        name = self._name(config)
+        self.name = name = self._name(config)
         retention = Retention.for_environment(config, name)
         self.account = account = Account(self, "account")
         self.key = SiteKey(self, "key", props=SiteKeyProps(name=name, account=account))
@@ -87,6 +89,7 @@ class OrthwebStack(TerraformStack):
                 key_arn=self.key.arn,
                 log_retention_days=config.log_retention_days,
                 interface_endpoints=config.interface_endpoints,
+                nat_gateways=config.scaled,
             ),
         )
         self.storage = Storage(
@@ -138,6 +141,20 @@ class OrthwebStack(TerraformStack):
             ),
         )
         self._grants()
+        if config.scaled:
+            self.balancer = LoadBalancer(
+                self,
+                "balancer",
+                props=BalancerProps(
+                    name=name,
+                    vpc_id=self.network.vpc.id,
+                    subnet_ids=[s.id for s in self.network.public_subnets],
+                    first_eip_allocation_id=self.network.site_eip.allocation_id,
+                    web_client_cidrs=config.web_client_cidrs,
+                    dicom_client_cidrs=config.dicom_client_cidrs,
+                    deletion_protection=config.db_deletion_protection,
+                ),
+            )
         bundle = build_bundle(self._app_values(config))
         self.host = Host(
             self,
@@ -151,8 +168,9 @@ class OrthwebStack(TerraformStack):
                 instance_profile_name=self.access.instance_profile.name,
                 key_arn=self.key.arn,
                 root_volume_gb=config.root_volume_gb,
-                web_client_cidrs=config.web_client_cidrs,
-                dicom_client_cidrs=config.dicom_client_cidrs,
+                # With a load balancer, the client lists are on its security group instead.
+                web_client_cidrs=() if config.scaled else config.web_client_cidrs,
+                dicom_client_cidrs=() if config.scaled else config.dicom_client_cidrs,
                 user_data=render_user_data(self._host_values(config), bundle),
                 eip_allocation_id=self.network.site_eip.allocation_id,
                 bundle_data_base64=base64.b64encode(bundle.data).decode(),
@@ -161,9 +179,13 @@ class OrthwebStack(TerraformStack):
                 move_destinations=[(m.host, m.port) for m in config.dicom_modalities if "move" in m.rights],
                 ami_id=config.ami_id,
                 ssh_public_key=config.ssh_public_key,
+                fleet=self._fleet(config),
             ),
         )
         self.database.allow_client("host", self.host.security_group.id)
+        if config.scaled:
+            self.balancer.allow_targets("hosts", self.host.security_group.id)
+        self._monitoring(config, name)
         if config.cloudtrail:
             self._trail(config, name)
         if config.backup_retention_days:
@@ -171,7 +193,43 @@ class OrthwebStack(TerraformStack):
         if config.target == "emulator":
             emulator.adapt_host(self.host)
             emulator.adapt_storage(self.storage)
+            if config.scaled:
+                emulator.adapt_balancer(self.balancer)
         self._outputs()
+
+    def _fleet(self, config: OrthwebConfig) -> Fleet | None:
+        if not config.scaled:
+            return None
+        return Fleet(
+            subnet_ids=[s.id for s in self.network.host_subnets],
+            target_group_arns=[g.arn for g in self.balancer.target_groups.values()],
+            desired=config.hosts,
+            maximum=config.hosts_max or config.hosts,
+        )
+
+    def _monitoring(self, config: OrthwebConfig, name: str) -> None:
+        self.monitoring = Monitoring(
+            self,
+            "monitoring",
+            props=MonitoringProps(
+                name=name, account=self.account, key_arn=self.key.arn, alarm_email=config.alarm_email
+            ),
+        )
+        # CloudWatch publishes to the encrypted alarm topic; the host's agent reports disk use.
+        self.key.allow_alarm_notifications()
+        self.access.allow_host_metrics(HOST_METRICS_NAMESPACE)
+        if config.scaled:
+            self.monitoring.fleet(
+                self.host.group.name,
+                self.balancer.load_balancer.arn_suffix,
+                {label: group.arn_suffix for label, group in self.balancer.target_groups.items()},
+            )
+        else:
+            self.monitoring.single_host(self.host.instance.id)
+        self.monitoring.database(self.database.instance.identifier, config.db_allocated_storage_gb, config.hosts)
+        if config.container_logs:
+            self.monitoring.front_door(self.access.log_group.name)
+        self.monitoring.dashboard()
 
     def _grants(self) -> None:
         """Each owner grants the host (and Orthanc's role) what they need on its resource."""
@@ -229,6 +287,14 @@ class OrthwebStack(TerraformStack):
 
     def _host_values(self, config: OrthwebConfig) -> HostValues:
         eip = self.network.site_eip
+        if config.scaled:
+            # The certificate names what clients connect to: the load balancer's name and addresses.
+            site_dns, extra = (
+                self.balancer.load_balancer.dns_name,
+                [f"IP:{e.public_ip}" for e in self.balancer.extra_eips],
+            )
+        else:
+            site_dns, extra = eip.public_dns, []
         return HostValues(
             region=self.account.region,
             bucket=self.storage.bucket.bucket,
@@ -240,8 +306,11 @@ class OrthwebStack(TerraformStack):
             db_host=self.database.instance.address,
             db_port=str(POSTGRES_PORT),
             db_name=DB_NAME,
-            site_dns=eip.public_dns,
+            site_dns=site_dns,
             site_ip=eip.public_ip,
+            site_extra_names=" ".join(extra),
+            site_mode="scaled" if config.scaled else "single",
+            name=self.name,
             log_group=self.access.log_group.name,
             orthanc_role_arn=self.access.orthanc_role.arn,
             config_bucket=self.storage.config_bucket.bucket,
@@ -260,23 +329,52 @@ class OrthwebStack(TerraformStack):
             container_logs=config.container_logs,
             region_name=config.region,
             dicom_client_auth=config.dicom_client_auth,
+            several_servers=config.scaled,
         )
 
     def _outputs(self) -> None:
-        dns = self.network.site_eip.public_dns
-        db = self.database.instance
+        db, region = self.database.instance, self.account.region
+        document = self.access.session_document.name
+        if self.config.scaled:
+            group = self.host.group.name
+            dns = self.balancer.load_balancer.dns_name
+            first_host = (
+                f"$(aws autoscaling describe-auto-scaling-groups --auto-scaling-group-names {group} --region {region}"
+                " --query 'AutoScalingGroups[0].Instances[0].InstanceId' --output text)"
+            )
+            hostinfo = f"hosts of Auto Scaling group {group}; a shell on one: see ssm_session_command"
+        else:
+            dns = self.network.site_eip.public_dns
+            first_host = self.host.instance.id
+            hostinfo = (
+                f"instance {self.host.instance.id} (no SSH: a shell through Session Manager, see ssm_session_command)"
+            )
         outputs = {
-            "hostinfo": (f"ec2-user@{dns}", "SSH-style login of the host (use SSM Session Manager)"),
+            "hostinfo": (hostinfo, "The host(s) and how to open a shell on one"),
             "dbinfo": (f"{db.address}:{db.port}", "PostgreSQL endpoint:port of the study index"),
             "s3bucket": (self.storage.bucket.bucket_domain_name, "Domain name of the DICOM bucket"),
+            "bucket_name": (self.storage.bucket.bucket, "Name of the DICOM bucket (for aws s3 and the validator)"),
             "site_url": (f"https://{dns}", "Orthanc web UI and REST API"),
             "dicom_endpoint": (f"{dns}:{DICOM_TLS_PORT}", "DICOM TLS endpoint (host:port)"),
             "db_secret_arn": (self.database.secret_arn, "RDS-managed master secret in Secrets Manager"),
             "ssm_session_command": (
-                f"aws ssm start-session --target {self.host.instance.id} --region {self.account.region}"
-                f" --document-name {self.access.session_document.name}",
-                "Shell on the host without SSH (logged, encrypted)",
+                f"aws ssm start-session --target {first_host} --region {region} --document-name {document}",
+                "Shell on a host without SSH (logged, encrypted; needs the session-manager plugin)",
+            ),
+            "dashboard": (
+                f"https://console.aws.amazon.com/cloudwatch/home?region={region}#dashboards:name="
+                f"{self.monitoring.board.dashboard_name}",
+                "The site's CloudWatch dashboard",
             ),
         }
+        if self.config.scaled:
+            outputs |= {
+                "load_balancer_dns": (dns, "DNS name of the Network Load Balancer"),
+                "load_balancer_addresses": (
+                    Fn.join(",", [self.network.site_eip.public_ip, *(e.public_ip for e in self.balancer.extra_eips)]),
+                    "The load balancer's fixed addresses, one per availability zone (for PACS configurations)",
+                ),
+                "host_group": (self.host.group.name, "Name of the hosts' Auto Scaling group"),
+            }
         for output_name, (value, description) in outputs.items():
             TerraformOutput(self, output_name, value=value, description=description)

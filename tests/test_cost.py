@@ -14,7 +14,7 @@ import pytest
 from config import ROOT
 from tests.future_stack import DESIRED_HOSTS, REPLICA_REGION, with_planned_resources
 from tools.maint import cost, snapshot
-from tools.maint.cost import DOC, CostError, PriceTable, estimate, markdown, replace_block
+from tools.maint.cost import DOC, CostError, PriceTable, estimate, markdown, replace_block, summary, write_blocks
 from tools.maint.tfjson import Stack
 
 TABLE = PriceTable.load()
@@ -243,17 +243,20 @@ def test_a_provider_region_that_is_not_plain_needs_the_option(default_stack):
 # -- the documented tables ----------------------------------------------------------------------------------
 
 
-def test_documented_cost_tables_are_current(default_stack, prod_stack):
-    generated = markdown(
-        {
-            "default profile": estimate(stack(default_stack.data), TABLE),
-            "prod profile": estimate(stack(prod_stack.data), TABLE),
-        }
-    )
+def test_documented_cost_tables_are_current(synth_profile):
+    estimates = {
+        f"{profile} profile": estimate(stack(synth_profile(profile).data), TABLE)
+        for profile in ("default", "prod", "scaled")
+    }
+    generated = markdown(estimates)
     text = DOC.read_text()
-    assert replace_block(text, generated) == text, (
-        "docs/operations-tools.md is stale: run python -m tools.maint.cost --markdown --write docs/operations-tools.md"
-    )
+    assert replace_block(text, generated) == text, "docs/operations-tools.md is stale: run make cost"
+    readme = (ROOT / "README.md").read_text()
+    assert write_blocks(readme, estimates) == readme, "README's cost summary is stale: run make cost"
+    # The summary's columns add up to each total (nothing priced falls outside them).
+    for row in summary(estimates).splitlines()[4:]:
+        cells = [c.strip(" *") for c in row.strip("|").split("|")[1:]]
+        assert abs(sum(float(c) for c in cells[:-1]) - float(cells[-1])) <= len(cells), row
     # Negative control: a different table would be noticed.
     assert replace_block(text, generated.replace("**total**", "**sum**")) != text
     for profile in cost.DOC_PROFILES:

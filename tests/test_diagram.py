@@ -134,6 +134,7 @@ def test_the_site_key_encrypts_data_at_rest(default_stack):
         f"{one(g, 'aws_db_instance')}.master_user_secret",
         *g.ids_of("aws_secretsmanager_secret"),
         *g.ids_of("aws_cloudwatch_log_group"),
+        *g.ids_of("aws_sns_topic"),
     }
     assert encrypted == expected | {one(g, "aws_instance")}
     assert heads(g, key, one(g, "aws_instance")) == {"encrypts EBS"}
@@ -182,7 +183,7 @@ def test_planned_resources_are_drawn(default_stack):
     assert f"{DESIRED_HOSTS} x t3.medium" in g.node(asg).label
     assert heads(g, asg, one(g, "aws_db_instance")) == {POSTGRES}
     assert heads(g, one(g, "aws_launch_template"), asg) == {"launches"}
-    alarm, topic = one(g, "aws_cloudwatch_metric_alarm"), one(g, "aws_sns_topic")
+    alarm, topic = one(g, "aws_cloudwatch_metric_alarm", "host-cpu"), one(g, "aws_sns_topic", "ops")
     assert heads(g, alarm, topic) == {"notifies"} and heads(g, alarm, asg) == {"watches"}
     assert "email" in g.node(topic).label
     replica = one(g, "aws_s3_bucket", "replica")
@@ -246,3 +247,15 @@ def test_dot_rejects_a_broken_graph():
     # Negative control: the renderer is really checking the text.
     with pytest.raises(subprocess.CalledProcessError):
         diagram.svg_text('digraph "x" { "a" -> }')
+
+
+def test_the_scaled_profile_is_drawn_from_its_own_stack(synth_profile):
+    """The real scaled stack (not the hand-made one): clients reach the load balancer's addresses,
+    the balancer the hosts' group, the group the database; alarms notify the encrypted topic."""
+    g = graph_of(synth_profile("scaled").data)
+    lb, asg = one(g, "aws_lb"), one(g, "aws_autoscaling_group")
+    assert heads(g, lb, asg) == {HTTPS, DICOM}
+    assert heads(g, asg, one(g, "aws_db_instance")) == {POSTGRES}
+    assert len(g.ids_of("aws_eip")) == 2 and not g.ids_of("aws_instance")
+    topic = one(g, "aws_sns_topic")
+    assert all(heads(g, alarm, topic) == {"notifies"} for alarm in g.ids_of("aws_cloudwatch_metric_alarm"))

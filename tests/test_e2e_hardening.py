@@ -112,6 +112,11 @@ def test_an_issued_certificate_stores_with_dcmtk_and_pynetdicom(site, certs, tmp
     assert pynetdicom_store(site, context(site, certs, "CT1")) == 0
     stored = dcmtk_store(site, tmp_path, certs, "CT1")
     assert stored.returncode == 0, stored.stdout + stored.stderr
+    # Each association is logged with the certificate it presented (the front door's audit trail;
+    # a scaled site's load balancer passes TCP through and logs nothing of its own).
+    log = (site.workdir / "nginx" / "access.log").read_text()
+    lines = [line for line in log.splitlines() if " dicom-tls 200 " in line and "CN=CT1" in line]
+    assert len(lines) >= 2, log[-2000:]
 
 
 def test_a_revoked_certificate_is_refused_after_the_refresh(site, certs, tmp_path):

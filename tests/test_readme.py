@@ -12,10 +12,12 @@ def test_inputs_table_matches_config():
     assert render(text) == text, "README inputs table is stale: run python -m tools.maint.docs"
 
 
-def test_outputs_table_matches_stack(default_stack):
+def test_outputs_table_matches_stack(default_stack, synth_profile):
     section = README.read_text().split("## Outputs", 1)[1].split("\n## ", 1)[0]
-    documented = set(re.findall(r"^\| `(\w+)` \|", section, re.M))
-    assert documented == set(default_stack.data["output"])
+    documented = dict(re.findall(r"^\| `(\w+)` \| (\w+) \|", section, re.M))
+    scaled = set(synth_profile("scaled").data["output"])
+    assert {k for k, profile in documented.items() if profile == "both"} == set(default_stack.data["output"])
+    assert set(documented) == scaled | set(default_stack.data["output"])
 
 
 def test_first_two_commands_are_synth_and_test():

@@ -4,6 +4,7 @@ security or durability, and outputs with their exact names."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -315,22 +316,90 @@ def test_log_groups_have_finite_retention(default_stack):
     assert all(g["retention_in_days"] == 365 for g in groups)
 
 
-def test_outputs_have_exact_names(default_stack):
+SINGLE_OUTPUTS = {
+    "hostinfo",
+    "dbinfo",
+    "s3bucket",
+    "bucket_name",
+    "site_url",
+    "dicom_endpoint",
+    "db_secret_arn",
+    "ssm_session_command",
+    "dashboard",
+}
+SCALED_OUTPUTS = {"load_balancer_dns", "load_balancer_addresses", "host_group"}
+
+
+def test_outputs_have_exact_names(default_stack, synth_profile):
     outputs = default_stack.data["output"]
-    assert set(outputs) == {
-        "hostinfo",
-        "dbinfo",
-        "s3bucket",
-        "site_url",
-        "dicom_endpoint",
-        "db_secret_arn",
-        "ssm_session_command",
-    }
-    assert outputs["hostinfo"]["value"] == "ec2-user@${aws_eip.site_eip.public_dns}"
+    assert set(outputs) == SINGLE_OUTPUTS
+    # hostinfo names the instance and how to get a shell (there is no SSH to log in with).
+    assert outputs["hostinfo"]["value"].startswith("instance ${aws_instance.")
+    assert "ssm_session_command" in outputs["hostinfo"]["value"] and "ec2-user" not in outputs["hostinfo"]["value"]
     assert outputs["dbinfo"]["value"] == "${aws_db_instance.database.address}:${aws_db_instance.database.port}"
     assert outputs["s3bucket"]["value"] == "${aws_s3_bucket.dicom_bucket.bucket_domain_name}"
+    assert outputs["bucket_name"]["value"] == "${aws_s3_bucket.dicom_bucket.bucket}"
     assert outputs["dicom_endpoint"]["value"].endswith(f":{DICOM_TLS_PORT}")
-    assert outputs["ssm_session_command"]["value"].startswith("aws ssm start-session --target ${aws_instance.")
+    session = outputs["ssm_session_command"]["value"]
+    assert session.startswith("aws ssm start-session --target ${aws_instance.")
+    assert "--document-name ${aws_ssm_document." in session
+    scaled = synth_profile("scaled").data["output"]
+    assert set(scaled) == SINGLE_OUTPUTS | SCALED_OUTPUTS
+    assert re.fullmatch(r"https://\$\{aws_lb\.balancer_nlb[^}]*\.dns_name\}", scaled["site_url"]["value"])
+    assert "describe-auto-scaling-groups" in scaled["ssm_session_command"]["value"]
+
+
+def _ref(value: str) -> str:
+    """``${aws_x.name.attr}`` -> ``name``."""
+    return value.split(".")[1]
+
+
+def test_scaled_profile_wiring(synth_profile, default_stack):
+    """Hosts in private subnets behind the load balancer only, out through NAT, health from the balancer."""
+    scaled = synth_profile("scaled")
+    group = scaled.one("aws_autoscaling_group")
+    # Room to grow (hosts_max 6 > hosts 3): AWS moves the count, by CPU, between the two.
+    assert (group["min_size"], group["max_size"]) == (3, 6) and "desired_capacity" not in group
+    policy = scaled.one("aws_autoscaling_policy")
+    assert policy["policy_type"] == "TargetTrackingScaling" and policy["autoscaling_group_name"].startswith(
+        "${aws_autoscaling_group."
+    )
+    fixed = synth_profile("hosts2").one("aws_autoscaling_group")
+    assert (fixed["min_size"], fixed["desired_capacity"], fixed["max_size"]) == (2, 2, 2)
+    assert not synth_profile("hosts2").resources("aws_autoscaling_policy")
+    assert group["health_check_type"] == "ELB" and len(group["target_group_arns"]) == 2
+    refresh = group["instance_refresh"]
+    assert refresh["strategy"] == "Rolling" and refresh["preferences"]["min_healthy_percentage"] == 100
+    subnets = scaled.resources("aws_subnet")
+    assert {subnets[_ref(s)]["tags"]["Tier"] for s in group["vpc_zone_identifier"]} == {"private"}
+    assert len(scaled.resources("aws_nat_gateway")) == scaled.config.az_count
+    assert not default_stack.resources("aws_nat_gateway")
+    template = scaled.one("aws_launch_template")
+    assert template["network_interfaces"][0]["associate_public_ip_address"] == "false"
+    assert not scaled.resources("aws_instance") and not scaled.resources("aws_eip_association")
+    # The hosts accept only the load balancer; the client allow-lists sit on the balancer's group.
+    host_sg = f"${{aws_security_group.{_one_key(scaled, 'aws_security_group', 'host_sg')}.id}}"
+    balancer_sg = f"${{aws_security_group.{_one_key(scaled, 'aws_security_group', 'balancer_sg')}.id}}"
+    rules = scaled.resources("aws_vpc_security_group_ingress_rule").values()
+    host_in = [r for r in rules if r["security_group_id"] == host_sg]
+    assert host_in and all(
+        r.get("referenced_security_group_id") == balancer_sg and "cidr_ipv4" not in r for r in host_in
+    )
+    assert {(r["from_port"], r["cidr_ipv4"]) for r in rules if r["security_group_id"] == balancer_sg} == {
+        (HTTPS_PORT, "10.20.0.0/16"),
+        (DICOM_TLS_PORT, "10.20.1.0/24"),
+    }
+    balancer = scaled.one("aws_lb")
+    assert balancer["enable_deletion_protection"] is True
+    # One fixed address per zone; the first is the site's own Elastic IP (a single host's PACS keep theirs).
+    allocations = [m["allocation_id"] for m in balancer["subnet_mapping"]]
+    assert allocations[0] == "${aws_eip.site_eip.allocation_id}" and len(allocations) == scaled.config.az_count
+
+
+def _one_key(stack, rtype: str, fragment: str) -> str:
+    found = [k for k in stack.resources(rtype) if k.startswith(fragment)]
+    assert len(found) == 1, found
+    return found[0]
 
 
 def test_default_tags_and_only_aws_provider(default_stack):

@@ -15,11 +15,14 @@ from tools.harness.terraform import Terraform
 
 pytestmark = pytest.mark.terraform
 # Planned against the emulator; "extras" (every optional extra) is validated only.
-PLANNED = ("az3", "default", "prod")
+PLANNED = ("az3", "default", "hosts2", "prod", "scaled")
 
 # Resource types and counts the default single-host profile must plan.
 DEFAULT_PLAN = {
+    "aws_cloudwatch_dashboard": 1,
     "aws_cloudwatch_log_group": 5,
+    "aws_cloudwatch_log_metric_filter": 1,
+    "aws_cloudwatch_metric_alarm": 7,
     "aws_db_instance": 1,
     "aws_db_parameter_group": 1,
     "aws_db_subnet_group": 1,
@@ -29,7 +32,7 @@ DEFAULT_PLAN = {
     "aws_flow_log": 1,
     "aws_iam_instance_profile": 1,
     "aws_iam_role": 4,
-    "aws_iam_role_policy": 8,
+    "aws_iam_role_policy": 9,
     "aws_iam_role_policy_attachment": 1,
     "aws_instance": 1,
     "aws_internet_gateway": 1,
@@ -51,6 +54,8 @@ DEFAULT_PLAN = {
     "aws_s3_object": 1,
     "aws_secretsmanager_secret": 5,
     "aws_security_group": 2,
+    "aws_sns_topic": 1,
+    "aws_sns_topic_policy": 1,
     "aws_ssm_document": 1,
     "aws_subnet": 4,
     "aws_vpc": 1,
@@ -58,9 +63,28 @@ DEFAULT_PLAN = {
     "aws_vpc_security_group_egress_rule": 2,
     "aws_vpc_security_group_ingress_rule": 3,
 }
+# The scaled profile: an Auto Scaling group behind a Network Load Balancer instead of one instance
+# with its Elastic IP association; the balancer's group, rules and second address; per zone a NAT
+# gateway with its address, route table and default route (the hosts have no public address).
+SCALED_PLAN = {
+    **{k: v for k, v in DEFAULT_PLAN.items() if k not in ("aws_instance", "aws_eip_association")},
+    "aws_autoscaling_group": 1,
+    "aws_lb": 1,
+    "aws_lb_listener": 2,
+    "aws_lb_target_group": 2,
+    "aws_eip": 4,
+    "aws_nat_gateway": 2,
+    "aws_route_table": 4,
+    "aws_route": 3,
+    "aws_security_group": 3,
+    "aws_vpc_security_group_ingress_rule": 5,
+    "aws_vpc_security_group_egress_rule": 4,
+}
 EXPECTED = {
     "default": DEFAULT_PLAN,
     "prod": DEFAULT_PLAN,
+    "hosts2": SCALED_PLAN,
+    "scaled": {**SCALED_PLAN, "aws_sns_topic_subscription": 1, "aws_autoscaling_policy": 1},
     # Two more subnets, route table associations; an endpoint security group with its two rules and 2 endpoints.
     "az3": {
         **DEFAULT_PLAN,

@@ -1,8 +1,8 @@
 """The reference deployments the tools and tests synthesize, in one place.
 
 ``default`` is what ``make synth`` builds; ``prod`` is a production site as docs/production.md
-asks for (client networks narrowed, DICOM client certificates); ``all`` sets every input away
-from its default.
+asks for (client networks narrowed, DICOM client certificates); ``scaled`` is ``prod`` with three
+hosts behind a load balancer; ``all`` sets every input away from its default.
 """
 
 from __future__ import annotations
@@ -53,15 +53,23 @@ ALL: dict[str, Any] = dict(
     name="radiology",
     nginx_image="nginx:1.28.0",
 )
+# The scaled profile: three hosts behind a Network Load Balancer, alarms by email.
+SCALED: dict[str, Any] = {**PROD, "hosts": 3, "hosts_max": 6, "alarm_email": "imaging-it@hospital.example"}
+# The scaled profile as the deploy rehearsal applies it: three hosts, alarms by email, the default
+# client networks (the checks expect them).
+SCALED_REHEARSAL: dict[str, Any] = {"hosts": 3, "hosts_max": 6, "alarm_email": SCALED["alarm_email"]}
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {},
     "prod": PROD,
+    "scaled": SCALED,
+    "hosts2": {"hosts": 2},
     "az3": {"az_count": 3, "interface_endpoints": ("ssm", "secretsmanager")},
     "extras": EXTRAS,
 }
 SNAPSHOT_PROFILES: dict[str, dict[str, Any]] = {
     "default": {},
     "prod": PROD,
+    "scaled": SCALED,
     "emulator": {"target": "emulator", "emulator_endpoint": "http://127.0.0.1:4566"},
     "all": ALL,
 }

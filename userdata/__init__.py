@@ -28,7 +28,14 @@ from typing import Any
 import yaml
 
 from config import rds_ca
-from config.facts import APP_DB_USER, DEFAULT_AE_TITLE, NGINX_IMAGE, ORTHANC_ADMIN_USER, ORTHANC_IMAGE
+from config.facts import (
+    APP_DB_USER,
+    DEFAULT_AE_TITLE,
+    HOST_METRICS_NAMESPACE,
+    NGINX_IMAGE,
+    ORTHANC_ADMIN_USER,
+    ORTHANC_IMAGE,
+)
 from config.inputs import DicomModality
 from userdata.site import (
     ComposeValues,
@@ -71,6 +78,12 @@ class HostValues:
     site_name: str = ""
     byo_tls_secret: str = ""
     dicom_client_auth: str = "none"
+    # "single": one host behind the site's Elastic IP; "scaled": hosts behind a load balancer, whose
+    # further addresses the certificate also names (site_extra_names, space-separated "IP:..." SANs).
+    site_mode: str = "single"
+    site_extra_names: str = ""
+    # The site's name: the host's CloudWatch agent reports its disk use under it.
+    name: str = "orthweb"
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,8 @@ class AppValues:
     # The region as plain text: selects the RDS CA certificates.
     region_name: str = "us-east-1"
     dicom_client_auth: str = "none"
+    # Several Orthanc servers on one index (the scaled profile).
+    several_servers: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,7 +129,15 @@ def bundle_files(a: AppValues) -> dict[str, tuple[int, str]]:
         # Bucket and region are deploy-time values: the bootstrap writes orthanc.json from this.
         "etc/orthweb/orthanc.template.json": (
             unit,
-            render_orthanc(OrthancValues(ae_title=a.ae_title, bucket="", region="", modalities=a.modalities)),
+            render_orthanc(
+                OrthancValues(
+                    ae_title=a.ae_title,
+                    bucket="",
+                    region="",
+                    modalities=a.modalities,
+                    several_servers=a.several_servers,
+                )
+            ),
         ),
         "etc/orthweb/rds-ca.pem": (unit, rds_ca.pem_for(a.region_name)),
         **{
@@ -163,6 +186,10 @@ def site_env(v: HostValues, bundle: Bundle | None = None) -> str:
         "ORTHANC_ROLE_ARN": v.orthanc_role_arn,
         "DICOM_CLIENT_AUTH": v.dicom_client_auth,
         "LOG_GROUP": v.log_group,
+        "SITE_MODE": v.site_mode,
+        "SITE_EXTRA_NAMES": v.site_extra_names,
+        "NAME": v.name,
+        "METRICS_NAMESPACE": HOST_METRICS_NAMESPACE,
         **(
             {"BUNDLE_BUCKET": v.config_bucket, "BUNDLE_OBJECT": bundle.key, "BUNDLE_SHA256": bundle.sha256}
             if bundle

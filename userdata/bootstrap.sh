@@ -49,6 +49,7 @@ die() { log "ERROR: $*"; exit 1; }
 SITE_NAME=${SITE_NAME:-}
 BYO_TLS_SECRET=${BYO_TLS_SECRET:-}
 DICOM_CLIENT_AUTH=${DICOM_CLIENT_AUTH:-none}
+SITE_MODE=${SITE_MODE:-single}
 CLIENTS_SECRET_ARN=${CLIENTS_SECRET_ARN:-}
 RDS_CA_FILE=${RDS_CA_FILE:-$ORTHWEB_ETC/rds-ca.pem}
 RDS_CA_CONTAINER_PATH=${RDS_CA_CONTAINER_PATH:-/etc/orthweb/rds-ca.pem}
@@ -389,11 +390,16 @@ PY
 }
 
 write_orthanc_config() {  # the bundle's orthanc.json with this deployment's bucket and region
-  python3 - "$ORTHWEB_ETC/orthanc.template.json" "$BUCKET" "$REGION" >"$WORK/orthanc.json" <<'PY'
+  local server=""
+  # Several servers share the index: each is named (its instance id) in the database's records.
+  [ "$SITE_MODE" != scaled ] || server=$(imds instance-id 2>/dev/null || hostname -s)
+  python3 - "$ORTHWEB_ETC/orthanc.template.json" "$BUCKET" "$REGION" "$server" >"$WORK/orthanc.json" <<'PY'
 import json, sys
-template, bucket, region = sys.argv[1:]
+template, bucket, region, server = sys.argv[1:]
 config = json.load(open(template))
 config["AwsS3Storage"].update({"BucketName": bucket, "Region": region})
+if server:
+    config["DatabaseServerIdentifier"] = server
 print(json.dumps(config, indent=2))
 PY
   chmod 644 "$WORK/orthanc.json"
@@ -427,6 +433,7 @@ imds() {  # imds PATH: one IMDSv2 lookup; the token goes in a header file, not a
 }
 
 step_network() {  # the host has no public address until Terraform attaches the site's Elastic IP
+  if [ "$SITE_MODE" = scaled ]; then log "scaled profile: the load balancer holds the site's addresses"; return 0; fi
   local i
   for i in $(seq 1 "${ORTHWEB_EIP_ATTEMPTS:-60}"); do
     if [ "$(imds public-ipv4 || true)" = "$SITE_IP" ]; then log "Elastic IP $SITE_IP attached"; return 0; fi
@@ -462,6 +469,24 @@ step_rds_ca() {
   openssl crl2pkcs7 -nocrl -certfile "$RDS_CA_FILE" | openssl pkcs7 -print_certs -noout >/dev/null 2>&1 \
     || die "$RDS_CA_FILE is not a PEM certificate bundle"
   log "RDS CA certificates: $(grep -c 'BEGIN CERTIFICATE' "$RDS_CA_FILE") present"
+}
+
+step_monitoring() {  # the CloudWatch agent reports the root volume's use (the alarm fires above 80 %)
+  local config=/opt/aws/amazon-cloudwatch-agent/etc/orthweb.json
+  rpm -q amazon-cloudwatch-agent >/dev/null 2>&1 || dnf install -y -q amazon-cloudwatch-agent \
+    || die "installing the CloudWatch agent failed"
+  mkdir -p "$(dirname "$config")"
+  python3 - "${METRICS_NAMESPACE:?}" "${NAME:?}" >"$config" <<'PY'
+import json, sys
+namespace, site = sys.argv[1:]
+disk = {"measurement": ["used_percent"], "resources": ["/"], "drop_device": True, "append_dimensions": {"Site": site}}
+print(json.dumps({"agent": {"metrics_collection_interval": 60},
+                  "metrics": {"namespace": namespace, "metrics_collected": {"disk": disk},
+                              "aggregation_dimensions": [["Site"]]}}, indent=1))
+PY
+  /opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s -c "file:$config" >/dev/null \
+    || die "starting the CloudWatch agent failed"
+  log "CloudWatch agent: root volume use reported to $METRICS_NAMESPACE (Site=$NAME)"
 }
 
 compose() { docker compose -p orthweb --env-file "$ORTHWEB_ETC/site.env" -f "$ORTHWEB_ETC/docker-compose.yml" "$@"; }
@@ -504,7 +529,7 @@ main() {
       boot_backoff
       # ORTHWEB_BOOT_STEPS lets tests off EC2 run the steps that can run there; the host runs all.
       local step
-      for step in ${ORTHWEB_BOOT_STEPS:-network packages compose rds_ca secrets services}; do "step_$step"; done
+      for step in ${ORTHWEB_BOOT_STEPS:-network packages compose rds_ca secrets monitoring services}; do "step_$step"; done
       rm -f "$ORTHWEB_RUN/boot-attempts" ;;
     secrets) step_secrets ;;
     refresh) step_refresh ;;

@@ -1,10 +1,13 @@
-"""The network alone: subnets per AZ count, the zone allowlist, endpoints only when asked for."""
+"""The network alone: subnets per AZ count, the zone allowlist, endpoints and NAT gateways only when asked for."""
 
 from __future__ import annotations
 
 import re
 
 from cdktf_cdktf_provider_aws.data_aws_availability_zones import DataAwsAvailabilityZones
+from cdktf_cdktf_provider_aws.nat_gateway import NatGateway
+from cdktf_cdktf_provider_aws.route import Route
+from cdktf_cdktf_provider_aws.route_table_association import RouteTableAssociation
 from cdktf_cdktf_provider_aws.security_group import SecurityGroup
 from cdktf_cdktf_provider_aws.subnet import Subnet
 from cdktf_cdktf_provider_aws.vpc_endpoint import VpcEndpoint
@@ -53,3 +56,36 @@ def test_interface_endpoints_and_their_group_only_when_asked(build):
         VpcEndpoint.TF_RESOURCE_TYPE, {"vpc_endpoint_type": "Interface", "private_dns_enabled": True}
     )
     assert len(with_endpoints.resources(VpcEndpoint.TF_RESOURCE_TYPE)) == 3
+
+
+def _subnet(reference: str) -> str:
+    found = re.search(r"aws_subnet\.([^.]+)\.id", reference)
+    assert found, reference
+    return found.group(1)
+
+
+def test_nat_gateways_one_per_zone_each_zone_routed_to_its_own(build):
+    plain = build(lambda stack, account: Network(stack, "network", props=props(account, az_count=3)))
+    assert not plain.has(NatGateway.TF_RESOURCE_TYPE)
+    assert not any(r.get("nat_gateway_id") for r in plain.resources(Route.TF_RESOURCE_TYPE).values())
+
+    built = build(lambda stack, account: Network(stack, "network", props=props(account, az_count=3, nat_gateways=True)))
+    nats = built.resources(NatGateway.TF_RESOURCE_TYPE)
+    subnets = built.resources(Subnet.TF_RESOURCE_TYPE)
+    assert len(nats) == 3
+    # Each NAT gateway sits in a public subnet of its own zone.
+    nat_subnets = {_subnet(n["subnet_id"]) for n in nats.values()}
+    assert {subnets[s]["tags"]["Tier"] for s in nat_subnets} == {"public"} and len(nat_subnets) == 3
+    # Each private subnet's table sends the Internet to the NAT gateway in the same zone.
+    routes = {
+        r["route_table_id"]: r["nat_gateway_id"]
+        for r in built.resources(Route.TF_RESOURCE_TYPE).values()
+        if r.get("nat_gateway_id")
+    }
+    nat_zone = {
+        f"${{aws_nat_gateway.{k}.id}}": subnets[_subnet(n["subnet_id"])]["availability_zone"] for k, n in nats.items()
+    }
+    for association in built.resources(RouteTableAssociation.TF_RESOURCE_TYPE).values():
+        subnet = subnets[_subnet(association["subnet_id"])]
+        if subnet["tags"]["Tier"] == "private":
+            assert nat_zone[routes[association["route_table_id"]]] == subnet["availability_zone"]

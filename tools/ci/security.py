@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from config import ROOT
-from tools.profiles import PROD
+from tools.profiles import PROD, SCALED
 
 CONFIG = ROOT / "security" / "checkov.yaml"
 REQUIREMENTS = ROOT / "security" / "requirements.txt"
@@ -116,6 +116,7 @@ def main() -> int:
     scans = [
         run_checkov(synth({}, WORK / "default"), "default stack (terraform_json)"),
         run_checkov(synth(PROD, WORK / "prod"), "prod stack (terraform_json)"),
+        run_checkov(synth(SCALED, WORK / "scaled"), "scaled stack (terraform_json)"),
         run_checkov(plan_json(WORK / "plan"), "default plan (terraform_plan)", framework="terraform_plan"),
     ]
     for scan in scans:

@@ -56,6 +56,11 @@ class Deployment:
         expect(len(found) == 1, f"expected one {rtype} {name or ''} in state, found {len(found)}")
         return found[0]
 
+    @property
+    def scaled(self) -> bool:
+        """The scaled profile: hosts in an Auto Scaling group behind a load balancer."""
+        return bool(self.all_attrs("aws_autoscaling_group"))
+
     def all_attrs(self, rtype: str) -> list[dict[str, Any]]:
         return [
             inst["attributes"]
@@ -132,9 +137,16 @@ def check_host(d: Deployment) -> str:
     expect(meta["HttpTokens"] == "required" and meta["HttpPutResponseHopLimit"] == 1, f"metadata options {meta}")
     ebs = version["BlockDeviceMappings"][0]["Ebs"]
     expect(ebs["Encrypted"] is True and ebs["VolumeType"] == "gp3", f"root volume {ebs}")
-    instance_id = d.attrs("aws_instance")["id"]
-    instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
-    expect(instance["MetadataOptions"]["HttpTokens"] == "required", "instance does not require IMDSv2")
+    if d.scaled:
+        hosts = _fleet_hosts(d, lt_id)
+    else:
+        hosts = [d.attrs("aws_instance")["id"]]
+    # The emulator launches a group's instances without the template's metadata options (AWS applies
+    # them); there the template itself, checked above, is the evidence.
+    if not (d.scaled and d.emulated):
+        for r in ec2.describe_instances(InstanceIds=hosts)["Reservations"]:
+            for instance in r["Instances"]:
+                expect(instance["MetadataOptions"]["HttpTokens"] == "required", "instance does not require IMDSv2")
     user_data = gzip.decompress(base64.b64decode(version["UserData"])).decode()
     bucket = d.attrs("aws_s3_bucket", "dicom_bucket")["bucket"]
     expect(
@@ -142,7 +154,29 @@ def check_host(d: Deployment) -> str:
         "user data does not carry the deployed bucket name",
     )
     expect("${" not in user_data.replace("$${", "") or "TfToken" not in user_data, "unresolved token in user data")
-    return f"host {instance_id}: IMDSv2 (hop limit 1), encrypted gp3 root, user data {len(version['UserData'])} B"
+    which = f"{len(hosts)} hosts of the Auto Scaling group" if d.scaled else f"host {hosts[0]}"
+    return f"{which}: IMDSv2 (hop limit 1), encrypted gp3 root, user data {len(version['UserData'])} B"
+
+
+def _fleet_hosts(d: Deployment, template_id: str) -> list[str]:
+    """The Auto Scaling group as AWS describes it: launched from the site's template, health from
+    the load balancer, in the private subnets; its instances without public addresses."""
+    ec2 = d.client("ec2")
+    name = d.attrs("aws_autoscaling_group")["name"]
+    group = d.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][0]
+    expect(group["LaunchTemplate"]["LaunchTemplateId"] == template_id, f"group template {group['LaunchTemplate']}")
+    expect(
+        group["HealthCheckType"] == "ELB" and len(group["TargetGroupARNs"]) == 2, "group health not from the balancer"
+    )
+    private = {s["id"] for s in d.all_attrs("aws_subnet") if s["tags"].get("Tier") == "private"}
+    subnets = set(group["VPCZoneIdentifier"].split(","))
+    expect(bool(subnets) and subnets <= private, f"group subnets {subnets} not private")
+    hosts = [i["InstanceId"] for i in group["Instances"]]
+    expect(len(hosts) == group["DesiredCapacity"] >= 2, f"{len(hosts)} hosts for desired {group['DesiredCapacity']}")
+    for r in ec2.describe_instances(InstanceIds=hosts)["Reservations"]:
+        for instance in r["Instances"]:
+            expect(not instance.get("PublicIpAddress"), f"{instance['InstanceId']} has a public address")
+    return hosts
 
 
 def check_boot_bundle(d: Deployment) -> str:
@@ -181,8 +215,17 @@ def check_security_groups(d: Deployment) -> str:
     ec2 = d.client("ec2")
     groups = {g["name"]: g["id"] for g in d.all_attrs("aws_security_group")}
     host, db = groups["orthweb-host"], groups["orthweb-db"]
-    host_rules = {(p["FromPort"], r["CidrIp"]) for p in _ingress(ec2, host) for r in p.get("IpRanges", [])}
-    expect(host_rules == {(HTTPS_PORT, "0.0.0.0/0"), (DICOM_TLS_PORT, "0.0.0.0/0")}, f"host ingress {host_rules}")
+    # The client allow-lists: on the host, or (scaled) on the load balancer, the host accepting only it.
+    front = groups["orthweb-nlb"] if d.scaled else host
+    front_rules = {(p["FromPort"], r["CidrIp"]) for p in _ingress(ec2, front) for r in p.get("IpRanges", [])}
+    expect(front_rules == {(HTTPS_PORT, "0.0.0.0/0"), (DICOM_TLS_PORT, "0.0.0.0/0")}, f"front ingress {front_rules}")
+    if d.scaled:
+        host_rules = {(p["FromPort"], g["GroupId"]) for p in _ingress(ec2, host) for g in p.get("UserIdGroupPairs", [])}
+        expect(
+            host_rules == {(HTTPS_PORT, front), (DICOM_TLS_PORT, front)}
+            and not any(p.get("IpRanges") for p in _ingress(ec2, host)),
+            f"host ingress {host_rules}",
+        )
     db_rules = _ingress(ec2, db)
     expect(
         len(db_rules) == 1
@@ -200,10 +243,83 @@ def check_security_groups(d: Deployment) -> str:
             )
         if group["GroupName"] == "default":
             expect(not group["IpPermissions"] and not group["IpPermissionsEgress"], "default security group not closed")
+    where = "load balancer (hosts only from it)" if d.scaled else "host"
     return (
-        f"security groups: host {HTTPS_PORT}/{DICOM_TLS_PORT} only, PostgreSQL only from the host group,"
+        f"security groups: {where} {HTTPS_PORT}/{DICOM_TLS_PORT} only, PostgreSQL only from the host group,"
         f" no {SSH_PORT}, default closed"
     )
+
+
+def check_balancer(d: Deployment) -> str:
+    """The Network Load Balancer as AWS describes it: one fixed address per zone, TCP passed through
+    on both ports, health from Orthanc, long draining, cross-zone."""
+    from modules.balancer import DEREGISTRATION_DELAY_SECONDS, HEALTH_PATH
+
+    elb = d.client("elbv2")
+    arn = d.attrs("aws_lb")["arn"]
+    lb = elb.describe_load_balancers(LoadBalancerArns=[arn])["LoadBalancers"][0]
+    expect(lb["Type"] == "network", f"load balancer type {lb['Type']}")
+    # The emulator leaves the scheme out of a network load balancer's description; AWS always has it.
+    if "Scheme" in lb or not d.emulated:
+        expect(lb.get("Scheme") == "internet-facing", f"load balancer scheme {lb.get('Scheme')}")
+    public = {s["id"] for s in d.all_attrs("aws_subnet") if s["tags"].get("Tier") == "public"}
+    zones = {z["SubnetId"] for z in lb["AvailabilityZones"]}
+    expect(zones == public, f"balancer subnets {zones}, the public subnets {public}")
+    eips = {e["allocation_id"] for e in d.all_attrs("aws_eip") if e["tags"].get("Name", "").startswith("orthweb-nlb")}
+    eips.add(d.attrs("aws_eip", "site_eip")["allocation_id"])
+    mapped = {a.get("AllocationId") for z in lb["AvailabilityZones"] for a in z.get("LoadBalancerAddresses", [])}
+    # The emulator does not keep a subnet mapping's Elastic IP (stacks/emulator.py); AWS always reports it.
+    if not d.emulated:
+        expect(mapped == eips, f"balancer addresses {mapped}, the site's Elastic IPs {eips}")
+    attributes = {
+        a["Key"]: a["Value"] for a in elb.describe_load_balancer_attributes(LoadBalancerArn=arn)["Attributes"]
+    }
+    expect(attributes.get("load_balancing.cross_zone.enabled") == "true", "cross-zone off")
+    expect(attributes.get("deletion_protection.enabled") == "true", "deletion protection off")
+    listeners = elb.describe_listeners(LoadBalancerArn=arn)["Listeners"]
+    expect(
+        sorted((li["Port"], li["Protocol"]) for li in listeners) == [(HTTPS_PORT, "TCP"), (DICOM_TLS_PORT, "TCP")],
+        f"listeners {[(li['Port'], li['Protocol']) for li in listeners]}",
+    )
+    for group in elb.describe_target_groups(LoadBalancerArn=arn)["TargetGroups"]:
+        expect(
+            (group["HealthCheckProtocol"], group["HealthCheckPath"], group["HealthCheckPort"])
+            == ("HTTPS", HEALTH_PATH, str(HTTPS_PORT)),
+            f"health check of {group['TargetGroupName']}",
+        )
+        tg_attributes = elb.describe_target_group_attributes(TargetGroupArn=group["TargetGroupArn"])["Attributes"]
+        delay = {a["Key"]: a["Value"] for a in tg_attributes}.get("deregistration_delay.timeout_seconds")
+        expect(delay == str(DEREGISTRATION_DELAY_SECONDS), f"deregistration delay {delay}")
+    return (
+        f"load balancer: network, in {len(zones)} public subnets with {len(eips)} fixed addresses, TCP {HTTPS_PORT} and"
+        f" {DICOM_TLS_PORT} passed through, health {HEALTH_PATH}, {DEREGISTRATION_DELAY_SECONDS} s draining"
+    )
+
+
+def check_alarms(d: Deployment) -> str:
+    """The alarms as CloudWatch holds them: the single host recovers and reboots itself; a fleet's
+    unhealthy hosts alarm; every alarm notifies the KMS-encrypted topic; one dashboard."""
+    cloudwatch, sns = d.client("cloudwatch"), d.client("sns")
+    topic = d.attrs("aws_sns_topic")
+    expect(bool(topic.get("kms_master_key_id")), "alarm topic not encrypted")
+    kms = sns.get_topic_attributes(TopicArn=topic["arn"])["Attributes"].get("KmsMasterKeyId")
+    expect(kms == topic["kms_master_key_id"], f"topic key {kms}")
+    alarms = {a["AlarmName"]: a for a in cloudwatch.describe_alarms(AlarmNamePrefix="orthweb-")["MetricAlarms"]}
+    expect(all(topic["arn"] in a["AlarmActions"] for a in alarms.values()), "an alarm does not notify the topic")
+    if d.scaled:
+        expect({"orthweb-https-unhealthy", "orthweb-dicom-unhealthy"} <= set(alarms), f"alarms {sorted(alarms)}")
+    else:
+        actions = {a for name in ("orthweb-host-recover", "orthweb-host-reboot") for a in alarms[name]["AlarmActions"]}
+        expect(
+            any(a.endswith(":ec2:recover") for a in actions) and any(a.endswith(":ec2:reboot") for a in actions),
+            f"host alarm actions {actions}",
+        )
+    for name in ("orthweb-db-cpu", "orthweb-root-volume"):
+        expect(name in alarms, f"no alarm {name}")
+    boards = [b["DashboardName"] for b in cloudwatch.list_dashboards()["DashboardEntries"]]
+    expect(boards == ["orthweb"], f"dashboards {boards}")
+    healing = "fleet health" if d.scaled else "EC2 recover/reboot on the status checks"
+    return f"alarms: {len(alarms)}, {healing}, all to the encrypted topic; dashboard orthweb"
 
 
 def _role_actions(iam: Any, role: str) -> set[str]:
@@ -238,7 +354,11 @@ def check_iam(d: Deployment) -> str:
 
 def check_outputs(d: Deployment) -> str:
     o = d.outputs
-    expect(re.fullmatch(r"ec2-user@\S+", o.get("hostinfo", "")) is not None, f"hostinfo {o.get('hostinfo')}")
+    expect(
+        re.match(r"(instance i-[0-9a-f]+|hosts of Auto Scaling group \S+)", o.get("hostinfo", "")) is not None,
+        f"hostinfo {o.get('hostinfo')}",
+    )
+    expect(o.get("s3bucket", "").startswith(o.get("bucket_name", "-") + "."), "bucket_name and s3bucket disagree")
     expect(re.fullmatch(rf"\S+:{POSTGRES_PORT}", o.get("dbinfo", "")) is not None, f"dbinfo {o.get('dbinfo')}")
     expect(
         re.fullmatch(r"orthweb-dicom-\S+\.s3\.amazonaws\.com", o.get("s3bucket", "")) is not None,
@@ -273,7 +393,17 @@ def check_state_hygiene(d: Deployment, state_text: str) -> str:
     return f"state: none of the {len(values)} secret values held in Secrets Manager appears in it"
 
 
-CHECKS = (check_outputs, check_bucket, check_database, check_host, check_boot_bundle, check_security_groups, check_iam)
+CHECKS = (
+    check_outputs,
+    check_bucket,
+    check_database,
+    check_host,
+    check_boot_bundle,
+    check_security_groups,
+    check_iam,
+    check_alarms,
+)
+SCALED_CHECKS = (*CHECKS, check_balancer)
 
 
 def _deployment(rehearsal) -> Deployment:
@@ -282,7 +412,7 @@ def _deployment(rehearsal) -> Deployment:
 
 def run_post_deploy_checks(rehearsal) -> list[str]:
     d = _deployment(rehearsal)
-    return [check(d) for check in CHECKS]
+    return [check(d) for check in (SCALED_CHECKS if d.scaled else CHECKS)]
 
 
 def check_state(rehearsal) -> str:

@@ -30,7 +30,7 @@ class PhaseError(RuntimeError):
 
 
 # The resource types whose settings decide what a destroy deletes (allow_data_destroy, deletion protection).
-UNPROTECT_TYPES = ("aws_db_instance", "aws_s3_bucket", "aws_secretsmanager_secret")
+UNPROTECT_TYPES = ("aws_db_instance", "aws_lb", "aws_s3_bucket", "aws_secretsmanager_secret")
 
 
 # What the AWS API emulator (moto) does not store or returns in another form, so the provider sees
@@ -41,6 +41,7 @@ EMULATOR_GAPS: dict[str, set[str]] = {
         "performance_insights_kms_key_id",
         "performance_insights_retention_period",
     },
+    "aws_autoscaling_policy": {"enabled", "predictive_scaling_configuration"},
     "aws_db_parameter_group": {"parameter"},  # DescribeDBParameters does not return user parameters by source
     "aws_s3_bucket_notification": {"eventbridge"},
     "aws_vpc_security_group_ingress_rule": {"description", "referenced_security_group_id"},
@@ -93,6 +94,8 @@ class Rehearsal:
     workdir: Path = WORKDIR
     name: str = "orthweb"
     region: str = "us-east-1"
+    # Inputs on top of the defaults: tools.profiles.SCALED rehearses the scaled profile.
+    profile: dict[str, Any] = field(default_factory=dict)
     log: Callable[[str], None] = print
     timings: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
@@ -121,7 +124,14 @@ class Rehearsal:
         from main import build_app
 
         config = OrthwebConfig(
-            name=self.name, region=self.region, target="emulator", emulator_endpoint=self.emulator.endpoint, **overrides
+            **{
+                **self.profile,
+                **overrides,
+                "name": self.name,
+                "region": self.region,
+                "target": "emulator",
+                "emulator_endpoint": self.emulator.endpoint,
+            }
         ).validate()
         out = self.workdir / "cdktf.out"
         shutil.rmtree(out, ignore_errors=True)
@@ -239,6 +249,13 @@ class Rehearsal:
             "apply", "-auto-approve", "-no-color", "-lock=false", *[f"-target={t}" for t in targets], timeout=1200
         )
 
+    def state_value(self, rtype: str, name: str, attribute: str) -> Any:
+        return next(
+            r["instances"][0]["attributes"][attribute]
+            for r in self.state["resources"]
+            if r.get("mode") == "managed" and r["type"] == rtype and r["name"] == name
+        )
+
     def state_addresses(self) -> list[str]:
         return [f"{r['type']}.{r['name']}" for r in self.state["resources"] if r.get("mode") == "managed"]
 
@@ -271,6 +288,19 @@ class Rehearsal:
         ]
         left += [f"bucket {b['Name']}" for b in client("s3").list_buckets()["Buckets"]]
         left += [
+            f"load balancer {b['LoadBalancerName']}" for b in client("elbv2").describe_load_balancers()["LoadBalancers"]
+        ]
+        left += [
+            f"auto scaling group {g['AutoScalingGroupName']}"
+            for g in client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
+        ]
+        left += [
+            f"NAT gateway {n['NatGatewayId']}"
+            for n in ec2.describe_nat_gateways()["NatGateways"]
+            if n["State"] not in ("deleted", "deleting")
+        ]
+        left += [f"address {a['PublicIp']}" for a in ec2.describe_addresses()["Addresses"]]
+        left += [
             f"secret {s['Name']}"
             for s in client("secretsmanager").list_secrets()["SecretList"]
             if not s.get("DeletedDate")
@@ -299,10 +329,24 @@ class Rehearsal:
             self.phase("stop emulator", self.stop_emulator)
 
 
-def main() -> int:
-    from tools.harness.checks import check_state, run_post_deploy_checks
+REHEARSED_PROFILES = ("single", "scaled")
 
-    rehearsal = Rehearsal()
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from tools.harness.checks import check_state, run_post_deploy_checks
+    from tools.profiles import SCALED_REHEARSAL
+
+    parser = argparse.ArgumentParser(prog="python -m tools.harness.rehearsal", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--profile",
+        choices=REHEARSED_PROFILES,
+        default="single",
+        help="single host (default) or 3 hosts behind a load balancer",
+    )
+    args = parser.parse_args(argv)
+    rehearsal = Rehearsal(profile=SCALED_REHEARSAL if args.profile == "scaled" else {})
     failed = False
     try:
         rehearsal.up()

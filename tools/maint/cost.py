@@ -32,7 +32,7 @@ from tools.maint.tfjson import Address, Stack, TfJsonError, is_plain
 
 PRICES = Path(__file__).with_name("prices.json")
 DOC = ROOT / "docs" / "operations-tools.md"
-DOC_PROFILES = ("default", "prod")
+DOC_PROFILES = ("default", "prod", "scaled")
 EXIT_ERROR = 2
 
 
@@ -550,6 +550,36 @@ def markdown(estimates: Mapping[str, Estimate]) -> str:
     return "\n\n".join(parts)
 
 
+# The summary's columns: what a reader budgets for, by resource type.
+SUMMARY_GROUPS: dict[str, tuple[str, ...]] = {
+    "hosts": ("aws_instance", "aws_autoscaling_group"),
+    "database": ("aws_db_instance",),
+    "front door and network": ("aws_eip", "aws_lb", "aws_nat_gateway", "aws_vpc_endpoint", "aws_flow_log"),
+    "S3": ("aws_s3_bucket",),
+}
+
+
+def summary(estimates: Mapping[str, Estimate]) -> str:
+    """One row per estimate: the total and what it is made of (README)."""
+    heads = [*SUMMARY_GROUPS, "the rest"]
+    first = next(iter(estimates.values()))
+    rows = [
+        f"{first.region}, {first.table.currency} per month, prices of {first.table.date},"
+        " 500 GB of DICOM in S3 Standard (assumptions and every line: docs/operations-tools.md)",
+        "",
+        "| profile | " + " | ".join(heads) + " | total |",
+        "|---|" + "---:|" * (len(heads) + 1),
+    ]
+    for title, e in estimates.items():
+        sums = dict.fromkeys(heads, 0.0)
+        for line in e.lines:
+            rtype = line.address.split(".")[0]
+            group = next((g for g, types in SUMMARY_GROUPS.items() if rtype in types), "the rest")
+            sums[group] += line.monthly
+        rows.append(f"| {title} | " + " | ".join(f"{sums[h]:.0f}" for h in heads) + f" | **{e.total:.0f}** |")
+    return "\n".join(rows)
+
+
 def reference_estimates(table: PriceTable | None = None) -> dict[str, Estimate]:
     """Synthesize the reference profiles (tools/maint/snapshot.py) and estimate each."""
     from tools.maint.snapshot import synthesize
@@ -559,14 +589,27 @@ def reference_estimates(table: PriceTable | None = None) -> dict[str, Estimate]:
 
 BEGIN = "<!-- BEGIN cost (generated: python -m tools.maint.cost --markdown --write docs/operations-tools.md) -->"
 END = "<!-- END cost -->"
+SUMMARY_BEGIN = "<!-- BEGIN cost summary (generated: make cost) -->"
+SUMMARY_END = "<!-- END cost summary -->"
 
 
-def replace_block(text: str, generated: str) -> str:
+def replace_block(text: str, generated: str, begin: str = BEGIN, end: str = END) -> str:
     """``text`` with the generated cost block between the markers replaced."""
-    found = re.search(re.escape(BEGIN) + r".*?" + re.escape(END), text, re.S)
+    found = re.search(re.escape(begin) + r".*?" + re.escape(end), text, re.S)
     if not found:
-        raise CostError(f"the document lacks the markers {BEGIN} ... {END}")
-    return text[: found.start()] + f"{BEGIN}\n{generated}\n{END}" + text[found.end() :]
+        raise CostError(f"the document lacks the markers {begin} ... {end}")
+    return text[: found.start()] + f"{begin}\n{generated}\n{end}" + text[found.end() :]
+
+
+def write_blocks(text: str, estimates: Mapping[str, Estimate]) -> str:
+    """Fill whichever generated blocks ``text`` has: the full tables, the summary, or both."""
+    if BEGIN not in text and SUMMARY_BEGIN not in text:
+        raise CostError(f"the document lacks the markers {BEGIN} ... {END} (or {SUMMARY_BEGIN} ... {SUMMARY_END})")
+    if BEGIN in text:
+        text = replace_block(text, markdown(estimates))
+    if SUMMARY_BEGIN in text:
+        text = replace_block(text, summary(estimates), SUMMARY_BEGIN, SUMMARY_END)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -575,7 +618,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--region", help="price in this region instead of the provider's")
     parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables (reference profiles if no file)")
-    parser.add_argument("--write", type=Path, help="with --markdown: replace the generated block in this file")
+    parser.add_argument(
+        "--write",
+        type=Path,
+        action="append",
+        help="with --markdown: fill the generated blocks in this file (repeatable)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.markdown:
@@ -583,12 +631,11 @@ def main(argv: list[str] | None = None) -> int:
                 estimates = {f"{s}": estimate(Stack.load(s), region=args.region) for s in args.sources}
             else:
                 estimates = reference_estimates()
-            text = markdown(estimates)
-            if args.write:
-                args.write.write_text(replace_block(args.write.read_text(), text))
-                print(f"wrote the cost tables into {args.write}")
-            else:
-                print(text)
+            for target in args.write or []:
+                target.write_text(write_blocks(target.read_text(), estimates))
+                print(f"wrote the cost tables into {target}")
+            if not args.write:
+                print(markdown(estimates))
             return 0
         if len(args.sources) != 1:
             parser.print_usage(sys.stderr)

@@ -37,7 +37,7 @@ from tools.maint.tfjson import Address, Stack, TfJsonError, is_plain
 
 DIAGRAMS = ROOT / "docs" / "diagrams"
 # The reference profiles drawn into docs/diagrams (defined once, in tools/maint/snapshot.py).
-DOC_PROFILES = ("default", "prod")
+DOC_PROFILES = ("default", "prod", "scaled")
 
 PORT_NAMES = {
     facts.HTTPS_PORT: "HTTPS",
