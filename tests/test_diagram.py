@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import html
+import json
 import re
 import subprocess
 
@@ -256,6 +257,111 @@ def test_the_scaled_profile_is_drawn_from_its_own_stack(synth_profile):
     lb, asg = one(g, "aws_lb"), one(g, "aws_autoscaling_group")
     assert heads(g, lb, asg) == {HTTPS, DICOM}
     assert heads(g, asg, one(g, "aws_db_instance")) == {POSTGRES}
-    assert len(g.ids_of("aws_eip")) == 2 and not g.ids_of("aws_instance")
+    # The balancer's two addresses and one per NAT gateway.
+    assert len(g.ids_of("aws_eip")) == 2 + len(g.ids_of("aws_nat_gateway")) and not g.ids_of("aws_instance")
     topic = one(g, "aws_sns_topic")
     assert all(heads(g, alarm, topic) == {"notifies"} for alarm in g.ids_of("aws_cloudwatch_metric_alarm"))
+
+
+# -- the scaled site's addresses and egress ------------------------------------------------------------------
+
+
+def traffic_reach(g: Graph, start: str, avoid: frozenset[str] = frozenset()) -> set[str]:
+    """The nodes reachable from ``start`` along traffic edges, not passing through ``avoid``."""
+    seen, todo = {start}, [start]
+    while todo:
+        node = todo.pop()
+        for e in g.edges:
+            if e.src == node and e.kind == "traffic" and e.dst not in seen and e.dst not in avoid:
+                seen.add(e.dst)
+                todo.append(e.dst)
+    return seen
+
+
+def test_no_elastic_ip_of_the_scaled_site_floats(synth_profile):
+    g = graph_of(synth_profile("scaled").data)
+    eips = g.ids_of("aws_eip")
+    assert len(eips) == 4, eips  # two for the balancer, one per NAT gateway
+    for eip in eips:
+        assert any(eip in (e.src, e.dst) for e in g.edges), f"{eip} is drawn unconnected"
+
+
+def test_every_balancer_address_leads_to_the_balancer(synth_profile):
+    synth = synth_profile("scaled")
+    stack, g = Stack.from_json(synth.data), graph_of(synth.data)
+    lb = one(g, "aws_lb")
+    (balancer,) = stack.of_type("aws_lb").values()
+    # The addresses as the JSON maps them (one per zone), not as they are named.
+    mapped = [e.stable for e in stack.targets(balancer["subnet_mapping"], "aws_eip")]
+    assert len(mapped) == 2
+    for eip in mapped:
+        assert heads(g, eip, lb) == {"Elastic IP"}
+        assert heads(g, CLIENTS, eip) == {HTTPS, DICOM}
+        # The client allow-lists as on the single-address picture.
+        assert {e.label.split("\n")[1] for e in g.edges_between(CLIENTS, eip)} == {
+            "from 10.20.0.0/16",
+            "from 10.20.1.0/24",
+        }
+    assert not g.edges_between(CLIENTS, lb), "clients reach the balancer through its addresses"
+
+
+def test_each_nat_gateway_is_drawn_in_its_subnets_zone(synth_profile):
+    synth = synth_profile("scaled")
+    stack, g = Stack.from_json(synth.data), graph_of(synth.data)
+    nats = stack.of_type("aws_nat_gateway")
+    assert len(nats) == 2
+    zones = set()
+    for nat, body in nats.items():
+        (subnet,) = stack.targets(body["subnet_id"], "aws_subnet")
+        (eip,) = stack.targets(body["allocation_id"], "aws_eip")
+        zone = g.node(subnet.stable).cluster
+        assert "/az-" in zone and g.node(nat.stable).cluster == zone
+        assert g.node(eip.stable).cluster == zone
+        assert heads(g, nat.stable, eip.stable) == {"outbound address"}
+        assert g.edges_between(nat.stable, subnet.stable)
+        zones.add(zone)
+    assert len(zones) == 2, "one NAT gateway per zone"
+
+
+def test_the_hosts_reach_the_internet_through_the_nat_gateways(synth_profile):
+    g = graph_of(synth_profile("scaled").data)
+    asg, nats = one(g, "aws_autoscaling_group"), frozenset(g.ids_of("aws_nat_gateway"))
+    assert len(nats) == 2
+    assert not g.edges_between(asg, diagram.INTERNET), "no shortcut past the NAT gateways"
+    assert diagram.INTERNET in traffic_reach(g, asg)
+    assert diagram.INTERNET not in traffic_reach(g, asg, avoid=nats)
+    for nat in nats:
+        assert heads(g, asg, nat) == {HTTPS} and heads(g, nat, diagram.INTERNET) == {HTTPS}
+
+
+def test_the_egress_path_follows_the_routes_not_the_names(synth_profile):
+    # Negative controls: point both host route tables at one NAT gateway, and only that one carries
+    # the hosts' traffic; rename the network resources, and the picture keeps its shape.
+    data = copy.deepcopy(synth_profile("scaled").data)
+    routes = data["resource"]["aws_route"]
+    nat_routes = [r for r in routes.values() if "nat_gateway_id" in r]
+    assert len(nat_routes) == 2
+    nat_routes[1]["nat_gateway_id"] = nat_routes[0]["nat_gateway_id"]
+    g = graph_of(data)
+    asg = one(g, "aws_autoscaling_group")
+    used = [n for n in g.ids_of("aws_nat_gateway") if g.edges_between(asg, n)]
+    assert len(used) == 1 and heads(g, used[0], diagram.INTERNET) == {HTTPS}
+    # Without the NAT routes the hosts' subnets have no way out drawn through a gateway.
+    for name in [k for k, r in routes.items() if "nat_gateway_id" in r]:
+        del routes[name]
+    g = graph_of(data)
+    assert heads(g, asg, diagram.INTERNET) == {HTTPS}
+    assert not any(e.src in g.ids_of("aws_nat_gateway") and e.kind == "traffic" for e in g.edges)
+    renamed = graph_of(
+        json.loads(
+            json.dumps(synth_profile("scaled").data)
+            .replace("network_nat", "egress_a")
+            .replace("network_host-rt", "rt_b")
+            .replace("nlb_eip", "addr_c")
+            .replace("site_eip", "addr_d")
+        )
+    )
+    original = graph_of(synth_profile("scaled").data)
+    assert len(renamed.edges) == len(original.edges)
+    assert sorted(n.cluster for n in renamed.nodes) == sorted(n.cluster for n in original.nodes)
+    assert diagram.INTERNET not in traffic_reach(renamed, asg, avoid=frozenset(renamed.ids_of("aws_nat_gateway")))

@@ -1,13 +1,15 @@
 """The architecture diagram, generated from a synthesized ``cdk.tf.json`` (Graphviz DOT, optional SVG).
 
     python -m tools.maint.diagram cdktf.out/stacks/orthweb/cdk.tf.json --dot out.dot [--svg out.svg]
-    python -m tools.maint.diagram --docs      # docs/diagrams/{default,prod}.dot and .svg
+    python -m tools.maint.diagram --docs      # docs/diagrams/{default,prod,scaled}.dot and .svg
 
 Everything in the picture comes from the JSON: the nodes are the resources that make up the
 architecture (network, host, load balancer, Elastic IP, database, buckets, key, secrets, logs,
 alarms, endpoints); the traffic edges come from the security group rules and load balancer
-listeners, the host's data paths from its IAM policies, the "encrypts" edges from every ``kms_*``
-attribute. So the diagram shows what Terraform will build, not what someone remembered to draw.
+listeners (through every Elastic IP of a balancer's subnet mappings), the hosts' way out from their
+subnets' default routes (through the NAT gateways, drawn in their subnets' zones), the host's data
+paths from its IAM policies, the "encrypts" edges from every ``kms_*`` attribute. So the diagram
+shows what Terraform will build, not what someone remembered to draw.
 Port names come from config/facts.py.
 
 The DOT text is deterministic: nodes, clusters and edges sorted, ids are ``type.name`` with
@@ -255,6 +257,9 @@ class _Builder:
         return None
 
     def cluster_of(self, address: Address) -> str:
+        zone = self.zone_anchor(address)
+        if zone is not None:
+            return self.cluster_of(zone)
         region = self.region_cluster(address)
         vpc = self.vpc_of(address) if address.type in IN_VPC else None
         if vpc is None:
@@ -270,6 +275,20 @@ class _Builder:
         az_label = f"AZ {int(index[1]) + 1}" if index else f"AZ {az}"
         self.clusters.setdefault(az_id, Cluster(az_id, az_label, vpc_id))
         return az_id
+
+    def zone_anchor(self, address: Address) -> Address | None:
+        """The one subnet whose zone a zonal resource is drawn in: a NAT gateway's subnet, also for the
+        Elastic IP the NAT gateway's traffic leaves from."""
+        s = self.stack
+        if address.type == "aws_eip":
+            nats = [
+                n for n, body in s.of_type("aws_nat_gateway").items() if address in s.targets(body.get("allocation_id"))
+            ]
+            return self.zone_anchor(nats[0]) if len(nats) == 1 else None
+        if address.type != "aws_nat_gateway":
+            return None
+        subnets = s.targets(s.body(address).get("subnet_id"), "aws_subnet")
+        return subnets[0] if len(subnets) == 1 else None
 
     def add(self, address: Address, label: str) -> None:
         self.nodes[address.stable] = Node(address.stable, label, NODE_KINDS[address.type], self.cluster_of(address))
@@ -314,6 +333,62 @@ class _Builder:
 
     def hosts(self) -> list[Address]:
         return [a for rtype in HOST_TYPES for a in self.stack.of_type(rtype)]
+
+    def address_of(self, node_id: str) -> Address | None:
+        """The resource a node stands for (None for the derived and external nodes)."""
+        return next((a for a in self.stack.resources if a.stable == node_id), None)
+
+    def subnets_of(self, node_id: str) -> list[Address]:
+        """The subnets a node's network interfaces are in (a host's from its launch template)."""
+        address = self.address_of(node_id)
+        if address is None:
+            return []
+        return self.stack.targets([self.host_setting(address, k) for k in _SUBNET_KEYS + _LB_SUBNET_KEYS], "aws_subnet")
+
+    def route_tables(self, subnet: Address) -> list[Address]:
+        """The route tables a subnet uses: its explicit associations, else its VPC's main route table."""
+        s = self.stack
+        tables = [
+            t
+            for assoc in s.of_type("aws_route_table_association").values()
+            if subnet in s.targets(assoc.get("subnet_id"))
+            for t in s.targets(assoc.get("route_table_id"), "aws_route_table")
+        ]
+        if tables:
+            return sorted(set(tables))
+        vpc = self.vpc_of(subnet)
+        return sorted(
+            {
+                t
+                for assoc in s.of_type("aws_main_route_table_association").values()
+                if vpc in s.targets(assoc.get("vpc_id"))
+                for t in s.targets(assoc.get("route_table_id"), "aws_route_table")
+            }
+        )
+
+    def routes(self, subnet: Address) -> list[Mapping[str, Any]]:
+        """The routes of a subnet's route tables (``aws_route`` resources and inline ``route`` blocks)."""
+        found: list[Mapping[str, Any]] = []
+        for table in self.route_tables(subnet):
+            found += [
+                r
+                for r in self.stack.of_type("aws_route").values()
+                if table in self.stack.targets(r.get("route_table_id"))
+            ]
+            found += list(self.stack.body(table).get("route", []) or [])
+        return found
+
+    def default_route_targets(self, subnet: Address) -> list[Address]:
+        """Where a subnet's IPv4 default route (0.0.0.0/0) sends traffic: gateways of any kind."""
+        return sorted(
+            {
+                target
+                for route in self.routes(subnet)
+                if _plain(route, "destination_cidr_block", _plain(route, "cidr_block")) == "0.0.0.0/0"
+                for key in _ROUTE_TARGET_KEYS
+                for target in self.stack.targets(route.get(key))
+            }
+        )
 
     def node_ids_for(self, address: Address) -> list[str]:
         """The nodes standing for a resource: itself, or the hosts a launch template launches."""
@@ -438,18 +513,8 @@ def _labels(b: _Builder, address: Address) -> str:
 
 def _subnet_tier(b: _Builder, subnet: Address) -> str:
     """public if its route table sends 0.0.0.0/0 to an internet gateway, else private."""
-    tables = [
-        t
-        for assoc in b.stack.of_type("aws_route_table_association").values()
-        if subnet in b.stack.targets(assoc.get("subnet_id"))
-        for t in b.stack.targets(assoc.get("route_table_id"), "aws_route_table")
-    ]
-    for table in tables:
-        routes = [r for r in b.stack.of_type("aws_route").values() if table in b.stack.targets(r.get("route_table_id"))]
-        routes += list(b.stack.body(table).get("route", []) or [])
-        if any(b.stack.targets(r.get("gateway_id"), "aws_internet_gateway") for r in routes):
-            return "public"
-    return "private"
+    routes = b.routes(subnet)
+    return "public" if any(b.stack.targets(r.get("gateway_id"), "aws_internet_gateway") for r in routes) else "private"
 
 
 # -- edges --------------------------------------------------------------------------------------------------
@@ -512,28 +577,42 @@ def _inside(b: _Builder, cidr: str) -> bool:
     return False
 
 
-def _elastic_ips(b: _Builder) -> dict[str, str]:
-    """Node -> the Elastic IP attached to it directly (association, instance, NLB subnet mapping)."""
-    attached: dict[str, str] = {}
+def _elastic_ips(b: _Builder) -> dict[str, list[str]]:
+    """Node -> the Elastic IPs clients reach it on (association, instance, each NLB subnet mapping)."""
+    attached: dict[str, set[str]] = defaultdict(set)
     for body in b.stack.of_type("aws_eip_association").values():
         for eip in b.stack.targets(body.get("allocation_id"), "aws_eip"):
             for target in b.stack.targets([body.get("instance_id"), body.get("network_interface_id")]):
-                attached[target.stable] = eip.stable
+                attached[target.stable].add(eip.stable)
     for eip, body in b.stack.of_type("aws_eip").items():
         for target in b.stack.targets(body.get("instance"), "aws_instance"):
-            attached[target.stable] = eip.stable
+            attached[target.stable].add(eip.stable)
     for balancer, body in b.stack.of_type("aws_lb").items():
-        for eip in b.stack.targets(body.get("subnet_mapping"), "aws_eip"):
-            attached[balancer.stable] = eip.stable
-    return attached
+        # One address per zone: every mapping's Elastic IP is a front of the balancer.
+        attached[balancer.stable].update(e.stable for e in b.stack.targets(body.get("subnet_mapping"), "aws_eip"))
+    return {node: sorted(eips) for node, eips in attached.items() if eips}
 
 
-def _fronts(b: _Builder) -> dict[str, str]:
-    """Node -> what clients connect to for it: its Elastic IP, or its load balancer's front."""
+def _fronts(b: _Builder) -> dict[str, list[str]]:
+    """Node -> what clients connect to for it: its Elastic IPs, or its load balancer's fronts."""
     front = _elastic_ips(b)
     for lb_id, member, _port in _lb_targets(b):
-        front[member] = front.get(lb_id, lb_id)
+        front[member] = front.get(lb_id, [lb_id])
     return front
+
+
+def _exits(b: _Builder, node_id: str) -> list[str]:
+    """Where a node's traffic to the Internet leaves the VPC through a drawn hop: the NAT gateways its
+    subnets' default routes name; ``INTERNET`` itself for a subnet routed otherwise or a node whose
+    subnets are not known."""
+    hops = set()
+    for subnet in b.subnets_of(node_id):
+        nats = [t.stable for t in b.default_route_targets(subnet) if t.type == "aws_nat_gateway"]
+        if nats:
+            hops.update(nats)
+        else:
+            hops.add(INTERNET)
+    return sorted(hops) or [INTERNET]
 
 
 def _lb_targets(b: _Builder) -> list[tuple[str, str, int | None]]:
@@ -571,28 +650,33 @@ def _traffic_edges(b: _Builder) -> None:
         sources = [h.stable for h in b.hosts()] if len(outside) < len(rule.cidrs) else []
         sources += [node for peer in rule.peer_groups for node in owners.get(peer, [])]
         for owner in owners.get(rule.group, []):
-            if outside:
-                b.edge(CLIENTS, front.get(owner, owner), "traffic", _rule_label(rule), outside)
+            for entry in front.get(owner, [owner]) if outside else []:
+                b.edge(CLIENTS, entry, "traffic", _rule_label(rule), outside)
             for source in sources:
                 b.edge(source, owner, "traffic", _rule_label(rule))
     for rule in _rules(b, "egress"):
         if any(not _inside(b, c) for c in rule.cidrs):
             for owner in owners.get(rule.group, []):
-                b.edge(owner, INTERNET, "traffic", _rule_label(rule))
+                for hop in _exits(b, owner):
+                    b.edge(owner, hop, "traffic", _rule_label(rule))
+                    b.edge(hop, INTERNET, "traffic", _rule_label(rule))
     _front_edges(b, front)
 
 
-def _front_edges(b: _Builder, front: Mapping[str, str]) -> None:
+def _front_edges(b: _Builder, front: Mapping[str, list[str]]) -> None:
     """Elastic IP -> what it is attached to; clients -> listeners; load balancer -> targets."""
-    for target, eip in _elastic_ips(b).items():
-        b.edge(eip, target, "traffic", "Elastic IP")
+    for target, eips in _elastic_ips(b).items():
+        for eip in eips:
+            b.edge(eip, target, "traffic", "Elastic IP")
     for lb, target, port in _lb_targets(b):
         b.edge(lb, target, "traffic", port_label(port) if port else "targets")
     for body in b.stack.of_type("aws_lb_listener").values():
         listener_port = body.get("port")
+        if not isinstance(listener_port, int):
+            continue
         for balancer in b.stack.targets(body.get("load_balancer_arn"), "aws_lb"):
-            if isinstance(listener_port, int):
-                b.edge(CLIENTS, front.get(balancer.stable, balancer.stable), "traffic", port_label(listener_port))
+            for entry in front.get(balancer.stable, [balancer.stable]):
+                b.edge(CLIENTS, entry, "traffic", port_label(listener_port))
 
 
 def _iam_reach(b: _Builder, host: Address) -> list[tuple[Address, str]]:
@@ -657,6 +741,17 @@ def _host_edges(b: _Builder) -> None:
 
 
 _SUBNET_KEYS = ("subnet_id", "network_interfaces", "vpc_zone_identifier")
+_LB_SUBNET_KEYS = ("subnets", "subnet_mapping")
+# The attributes of a route (resource or inline block) that name where the traffic goes.
+_ROUTE_TARGET_KEYS = (
+    "gateway_id",
+    "nat_gateway_id",
+    "transit_gateway_id",
+    "vpc_endpoint_id",
+    "network_interface_id",
+    "egress_only_gateway_id",
+    "vpc_peering_connection_id",
+)
 
 
 def _managed_secret_id(db: Address) -> str:
@@ -718,6 +813,8 @@ _LINKS: tuple[tuple[str, str, str, str, str, bool], ...] = (
     ("aws_cloudwatch_metric_alarm", "ok_actions", "aws_sns_topic", "control", "notifies", False),
     ("aws_kms_replica_key", "primary_key_arn", "aws_kms_key", "control", "replica", True),
     ("aws_vpc_endpoint", "subnet_ids", "aws_subnet", "placement", "", False),
+    ("aws_nat_gateway", "subnet_id", "aws_subnet", "placement", "", False),
+    ("aws_nat_gateway", "allocation_id", "aws_eip", "placement", "outbound address", False),
 )
 # A joining resource (first) names a source through one attribute and targets through another
 # (any drawn type when the target type is empty).
