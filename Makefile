@@ -20,7 +20,7 @@ PYTEST_WORKERS ?= 4
 APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose awscli postgresql-15 openssl \
 	orthanc orthanc-postgresql orthanc-python python3-boto3 dcmtk graphviz
 
-.PHONY: bench check cost diagram modality-cert recover local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
+.PHONY: bench check cost diagram state-bucket validate db-tunnel modality-cert recover local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
 	pytest pytest-unit cli cli-synth diff deploy destroy output snapshot clean
 
 ## synth: install runtime dependencies and synthesize cdktf.out/stacks/<name> (no AWS account needed)
@@ -93,6 +93,20 @@ modality-cert: setup-dev
 PROFILE ?= single
 rehearsal: setup-dev system-deps
 	$(PY) -m tools.harness.rehearsal --profile $(PROFILE)
+
+## validate: check the deployed site end to end, reading its outputs and secrets itself (SITE=local: the site of make local-up); ARGS=--json
+SITE ?= aws
+validate: setup-dev
+	if [ "$(SITE)" = local ]; then $(PY) -m tools.ops.validate --local $(ARGS); else $(PY) main.py >/dev/null && $(PY) -m tools.ops.validate $(ARGS); fi
+
+## db-tunnel: a Session Manager tunnel from 127.0.0.1:15432 through a host to the database, and the psql line (ARGS="--local-port N")
+db-tunnel: setup-dev
+	$(PY) main.py >/dev/null
+	$(PY) -m tools.ops.db_tunnel $(ARGS)
+
+## state-bucket: create once the encrypted, versioned S3 bucket and KMS key for team state (prints the two settings)
+state-bucket: setup-dev
+	$(PY) -m tools.ops.state_bucket $(ARGS)
 
 ## diagram: docs/diagrams/{default,prod,scaled}.dot and .svg from the synthesized stacks (graphviz renders the SVG)
 diagram: setup-dev

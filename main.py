@@ -28,20 +28,21 @@ EXIT_CONFIG_ERROR = 2
 def build_app(config: OrthwebConfig, outdir: str | None = None, state_path: str | None = None) -> App:
     """An App holding the Orthweb stack for ``config``.
 
-    ``state_path`` puts Terraform's local state there (the rehearsal keeps it in its own folder).
+    ``state_path`` puts Terraform's local state there (the rehearsal keeps it in its own folder);
+    otherwise stacks/state.py decides (local file, or the S3 bucket of ``state_bucket``).
     """
     # jsii prints a Node end-of-life banner on every run otherwise.
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
     # Imported here, not at the top: they start the jsii runtime (a Node process), so importing
     # main.py stays free of side effects.
-    from cdktf import App, LocalBackend
+    from cdktf import App
 
     from stacks.orthweb_stack import OrthwebStack
+    from stacks.state import configure_backend
 
     app = App(outdir=outdir) if outdir else App()
     stack = OrthwebStack(app, config.name, config=config)
-    if state_path:
-        LocalBackend(stack, path=state_path)
+    configure_backend(stack, config, Path(app.outdir) / "stacks" / config.name, state_path)
     return app
 
 

@@ -76,6 +76,8 @@ _EMAIL = re.compile(r"^[^@\s'\\]{1,64}@[a-z0-9.-]+\.[a-z]{2,63}$", re.I)
 _SITE_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$|^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:\S+$")
 # An image reference pinned by an exact release tag, optionally also by digest. Never "latest".
+_BUCKET = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key/[0-9a-f-]{36}|alias/[A-Za-z0-9/_-]{1,250})$")
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[0-9][A-Za-z0-9._-]*)(@sha256:[0-9a-f]{64})?$")
 
 # A check takes the field's name and value and yields one message per problem.
@@ -341,6 +343,16 @@ class OrthwebConfig:
         (), "Modalities allowed find/get/move (aet, host, port, rights).", _modalities
     )
     container_logs: bool = setting(True, "Ship container logs to the CloudWatch log group.")
+    state_bucket: str = setting(
+        "",
+        "S3 bucket for Terraform state (and its lock file); empty: a local state file. Create it: make state-bucket.",
+        matching(_BUCKET, "empty, or an S3 bucket name (3-63 lowercase letters, digits, dots, hyphens)", optional=True),
+    )
+    state_kms_key: str = setting(
+        "",
+        "ARN of the KMS key that encrypts the state (make state-bucket prints it); required with state_bucket.",
+        matching(_KMS_KEY_ARN, "empty, or a KMS key or alias ARN", optional=True),
+    )
     orthanc_image: str = setting(
         facts.ORTHANC_IMAGE,
         "Orthanc image (name:tag[@sha256:digest]); empty means this default.",
@@ -386,6 +398,12 @@ class OrthwebConfig:
         return self
 
 
+def field_problems(field: str, value: Any, shown: str | None = None) -> list[str]:
+    """One input's own rules applied to ``value``; messages name ``shown`` (a command's option) or the field."""
+    checks = next(f.metadata["checks"] for f in fields(OrthwebConfig) if f.name == field)
+    return [problem for check in checks for problem in check(shown or field, value)]
+
+
 def cross_field_problems(c: OrthwebConfig) -> list[str]:
     """Rules that involve more than one field."""
     problems = []
@@ -413,6 +431,14 @@ def cross_field_problems(c: OrthwebConfig) -> list[str]:
                 "dicom_client_cidrs",
                 WORLD,
                 'in prod, your modalities\' networks; or the whole Internet with dicom_client_auth = "certificate"',
+            )
+        )
+    if bool(c.state_bucket) != bool(c.state_kms_key):
+        problems.append(
+            allowed(
+                "state_kms_key" if c.state_bucket else "state_bucket",
+                c.state_kms_key or c.state_bucket,
+                "state_bucket and state_kms_key together (both printed by make state-bucket), or neither",
             )
         )
     if isinstance(c.hosts, int) and isinstance(c.hosts_max, int) and 0 < c.hosts_max < c.hosts:

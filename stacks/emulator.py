@@ -45,6 +45,20 @@ def provider_settings(endpoint: str) -> dict[str, Any]:
     }
 
 
+def backend_settings(endpoint: str) -> dict[str, Any]:
+    """S3 backend settings that keep the state in the emulator (backend argument names)."""
+    return {
+        "access_key": EMULATOR_PLACEHOLDER_KEY,
+        "secret_key": EMULATOR_PLACEHOLDER_KEY,
+        "skip_credentials_validation": True,
+        "skip_requesting_account_id": True,
+        "skip_metadata_api_check": True,
+        "skip_region_validation": True,
+        "use_path_style": True,
+        "endpoints": {"s3": endpoint, "sts": endpoint, "iam": endpoint},
+    }
+
+
 def adapt_host(host: Host) -> None:
     """The emulator does not implement MonitorInstances; the launch template still asks for it."""
     if host.props.fleet is None:  # a fleet's hosts come from the template alone

@@ -361,6 +361,14 @@ class OrthwebStack(TerraformStack):
                 f"aws ssm start-session --target {first_host} --region {region} --document-name {document}",
                 "Shell on a host without SSH (logged, encrypted; needs the session-manager plugin)",
             ),
+            # What `make validate` and the operator commands need; names and ARNs, never a value.
+            "region": (region, "The site's AWS region"),
+            "ae_title": (self.config.ae_title, "Called AE title of the site"),
+            "admin_secret": (self.access.admin_secret.arn, "Secret holding the Orthanc admin password"),
+            "ca_secret": (
+                "" if self.config.tls_certificate_secret else self.access.ca_secret.arn,
+                "Secret whose ca_cert clients trust (empty: your own, publicly trusted certificate)",
+            ),
             "dashboard": (
                 f"https://console.aws.amazon.com/cloudwatch/home?region={region}#dashboards:name="
                 f"{self.monitoring.board.dashboard_name}",

@@ -135,7 +135,7 @@ def test_pynetdicom_store_and_validator(site, tmp_path):
         tmp_path,
         "--bucket",
         site.bucket,
-        "--s3-endpoint",
+        "--endpoint-url",
         site.emulator.endpoint,
         "--database-uri-file",
         str(uri_file),

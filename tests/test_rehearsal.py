@@ -51,6 +51,22 @@ def test_bootstrap_meets_the_deployment(deployed):
     assert deployed.bootstrap_meets_deployment()
 
 
+def test_validator_reads_the_deployment_outputs_and_secrets(deployed, tmp_path, monkeypatch):
+    """make validate's first step on the deployed stack: Terraform reads the outputs from the state,
+    and the secrets they name (filled by the bootstrap above) give the password and the site CA."""
+    from tools.harness.emulator import FAKE_CREDENTIALS
+    from tools.ops.site import deployed_outputs
+    from tools.ops.validate import site_secrets
+
+    for key, value in FAKE_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    outputs = deployed_outputs(deployed.stack_dir)
+    assert outputs["admin_secret"].startswith("arn:aws:secretsmanager:") and outputs["region"] == "us-east-1"
+    password, ca = site_secrets(outputs, deployed.emulator.endpoint, tmp_path)
+    assert len(password) >= 20 and ca is not None
+    assert ca.read_text().startswith("-----BEGIN CERTIFICATE-----") and "PRIVATE" not in ca.read_text()
+
+
 def test_state_holds_no_secret_value(deployed, deployment):
     """Run after the bootstrap, so the host-generated secrets are compared too."""
     assert "none of the" in checks.check_state_hygiene(deployment, deployed.state_file.read_text())

@@ -326,6 +326,10 @@ SINGLE_OUTPUTS = {
     "db_secret_arn",
     "ssm_session_command",
     "dashboard",
+    "region",
+    "ae_title",
+    "admin_secret",
+    "ca_secret",
 }
 SCALED_OUTPUTS = {"load_balancer_dns", "load_balancer_addresses", "host_group"}
 
@@ -343,6 +347,10 @@ def test_outputs_have_exact_names(default_stack, synth_profile):
     session = outputs["ssm_session_command"]["value"]
     assert session.startswith("aws ssm start-session --target ${aws_instance.")
     assert "--document-name ${aws_ssm_document." in session
+    # The validator's inputs: secret ARNs (never values), the region and the AE title.
+    assert outputs["admin_secret"]["value"] == "${aws_secretsmanager_secret.admin_secret.arn}"
+    assert outputs["ca_secret"]["value"] == "${aws_secretsmanager_secret.ca_secret.arn}"
+    assert outputs["region"]["value"].startswith("${data.aws_region.") and outputs["ae_title"]["value"] == "ORTHANC"
     scaled = synth_profile("scaled").data["output"]
     assert set(scaled) == SINGLE_OUTPUTS | SCALED_OUTPUTS
     assert re.fullmatch(r"https://\$\{aws_lb\.balancer_nlb[^}]*\.dns_name\}", scaled["site_url"]["value"])

@@ -30,7 +30,7 @@ import json
 import os
 import re
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from config.facts import CLIENT_CA_SECRET as CA_SECRET
 from config.facts import CLIENTS_SECRET
-from config.inputs import OrthwebConfig, allowed
+from config.inputs import allowed, field_problems
 
 MODALITY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MODALITY_RULE = "1-64 characters: letters A-Z a-z, digits, '_', '.', '-'"
@@ -456,8 +456,7 @@ def cmd_revoke(secrets: Secrets, modality: str) -> list[str]:
 
 def _site_problems(site: str) -> list[str]:
     # The same rule as the stack's `name` input: secret names are `<name>/...`.
-    checks = next(f.metadata["checks"] for f in fields(OrthwebConfig) if f.name == "name")
-    return [problem for check in checks for problem in check("--site", site)]
+    return field_problems("name", site, "--site")
 
 
 def parser() -> argparse.ArgumentParser:

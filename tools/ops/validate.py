@@ -1,13 +1,23 @@
 """Orthweb site validator: is a deployed (or local) site working, safely, end to end?
 
-    python -m tools.ops.validate --host <site> --ca orthweb-ca.pem --password-file pw.txt [--json]
+    python -m tools.ops.validate [--json]            the site this checkout deployed (make validate)
+    python -m tools.ops.validate --local [--json]    the site make local-up started (make validate SITE=local)
+    python -m tools.ops.validate --outputs outputs.json
+    python -m tools.ops.validate --host <site> --ca orthweb-ca.pem --password-file pw.txt
+
+Without --host, the validator reads the stack's outputs itself (``terraform output -json`` in the
+synthesized stack folder, whatever backend holds the state; or the given file), and fetches the
+admin password and the CA certificate from the secrets those outputs name, with your AWS
+credentials, in the site's region. The password stays in memory and the CA certificate in a private
+temporary folder removed on exit; neither is printed. ``--ca`` and ``--password-file`` override
+what the secrets say.
 
 Checks, in order: HTTPS with the site CA (TLS 1.2+), REST refuses a request without credentials
 and one with a wrong password, REST answers with the site credentials and the AE title matches,
 C-ECHO and C-STORE over DICOM TLS with a generated test instance, the stored instance is read back
-through REST with the same content, and optionally the object in the S3 bucket; finally the test
-instance is deleted (and its object is gone). Prints a checklist; exit code 0 when every check
-passes, 1 otherwise, 2 for bad arguments.
+through REST with the same content, and the object in the S3 bucket; finally the test instance is
+deleted (and its object is gone). Prints a checklist; exit code 0 when every check passes, 1
+otherwise (a site that cannot be reached or read included), 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -26,7 +36,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from config import ROOT
 from config.facts import DEFAULT_AE_TITLE, DICOM_TLS_PORT, HTTPS_PORT, ORTHANC_ADMIN_USER
+from tools.ops.site import SiteUnreadable, deployed_outputs, output_values
 
 TEST_PATIENT = "ORTHWEB^VALIDATION"
 
@@ -44,13 +56,17 @@ class Target:
     https_port: int
     dicom_port: int
     ae_title: str
-    ca: Path
+    ca: Path | None  # None: the system's trusted CAs (your own, publicly trusted certificate)
     user: str
     password: str
     bucket: str = ""
     s3_endpoint: str = ""
     region: str = "us-east-1"
     database_uri: str = ""
+    # With DICOM client certificates required (dicom_client_auth = "certificate"): one issued for
+    # the validator (make modality-cert), presented on the DICOM port.
+    client_cert: Path | None = None
+    client_key: Path | None = None
 
 
 def make_test_instance() -> tuple[bytes, str]:
@@ -95,8 +111,10 @@ class Validator:
     def __init__(self, target: Target):
         self.t = target
         self.results: list[Result] = []
-        self.context = ssl.create_default_context(cafile=str(target.ca))
+        self.context = ssl.create_default_context(cafile=str(target.ca) if target.ca else None)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if target.client_cert and target.client_key:
+            self.context.load_cert_chain(str(target.client_cert), str(target.client_key))
         self.instance_id = ""
         self.attachment_uuid = ""
 
@@ -133,7 +151,8 @@ class Validator:
         with socket.create_connection((self.t.host, self.t.https_port), timeout=15) as raw:
             with self.context.wrap_socket(raw, server_hostname=self.t.host) as tls:
                 cipher = (tls.cipher() or ("?",))[0]
-                return f"{tls.version()} {cipher}, certificate trusted by {self.t.ca.name}"
+                trust = f"the site CA ({self.t.ca.name})" if self.t.ca else "the system's CAs"
+                return f"{tls.version()} {cipher}, certificate trusted by {trust}"
 
     def refuses_anonymous(self) -> str:
         status, _ = self.rest("/system", None)
@@ -269,45 +288,121 @@ class Validator:
         return self.results
 
 
-def parse(argv: list[str]) -> tuple[Target, bool]:
+def site_secrets(outputs: dict[str, Any], endpoint_url: str | None, folder: Path) -> tuple[str, Path | None]:
+    """(admin password, CA file) from the secrets the outputs name. The CA file is written in ``folder``."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from tools.ops.site import client
+
+    missing = [k for k in ("admin_secret", "ca_secret", "region") if k not in outputs]
+    if missing:
+        raise SiteUnreadable(f"the outputs lack {', '.join(missing)}: deploy this version of the stack first")
+    secrets = client("secretsmanager", outputs["region"], endpoint_url)
+    try:
+        admin = json.loads(secrets.get_secret_value(SecretId=outputs["admin_secret"])["SecretString"])
+        ca_path = None
+        if outputs["ca_secret"]:
+            ca = json.loads(secrets.get_secret_value(SecretId=outputs["ca_secret"])["SecretString"])
+            ca_path = folder / "site-ca.pem"
+            ca_path.write_text(ca["ca_cert"])
+    except (BotoCoreError, ClientError, KeyError, ValueError) as exc:
+        # The exception names the secret and the error code, never a value.
+        raise SiteUnreadable(f"cannot read the site's secrets: {exc.__class__.__name__}: {exc}") from exc
+    return str(admin["password"]), ca_path
+
+
+def _port(value: str, default: int) -> int:
+    _, _, port = value.rpartition(":")
+    return int(port) if port.isdigit() else default
+
+
+def arguments() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.ops.validate", description=__doc__.split("\n")[0])
-    p.add_argument("--host", help="site DNS name or address (or use --outputs)")
-    p.add_argument("--outputs", type=Path, help="JSON of `terraform output -json` / `cdktf output --outputs-file`")
-    p.add_argument("--https-port", type=int, default=HTTPS_PORT)
-    p.add_argument("--dicom-port", type=int, default=DICOM_TLS_PORT)
-    p.add_argument("--aet", default=DEFAULT_AE_TITLE, help="called AE title of the site")
-    p.add_argument("--ca", type=Path, required=True, help="PEM file of the site CA (or the public CA)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--host", help="site DNS name or address (give --ca unless publicly trusted, --password-file)")
+    where.add_argument("--outputs", type=Path, help="JSON of `terraform output -json` / `cdktf output --outputs-file`")
+    where.add_argument("--local", action="store_true", help="the site `make local-up` started")
+    p.add_argument("--https-port", type=int, help=f"HTTPS port (default: from the outputs, else {HTTPS_PORT})")
+    p.add_argument("--dicom-port", type=int, help=f"DICOM TLS port (default: from the outputs, else {DICOM_TLS_PORT})")
+    p.add_argument("--aet", help=f"called AE title of the site (default: from the outputs, else {DEFAULT_AE_TITLE})")
+    p.add_argument("--ca", type=Path, help="PEM file of the CA to trust (default: the site CA from its secret)")
     p.add_argument("--user", default=ORTHANC_ADMIN_USER)
-    p.add_argument("--password-file", type=Path, required=True, help="file holding the password (not an argument)")
-    p.add_argument("--bucket", default="", help="also check the object in this S3 bucket")
-    p.add_argument("--s3-endpoint", default="", help=argparse.SUPPRESS)
-    p.add_argument("--region", default="us-east-1")
+    p.add_argument("--password-file", type=Path, help="file holding the password (default: the site's secret)")
+    p.add_argument("--bucket", help="check the object in this S3 bucket (default: the outputs' bucket_name)")
+    p.add_argument("--region", help="AWS region (default: from the outputs, else us-east-1)")
     p.add_argument("--database-uri-file", type=Path, help="file holding a libpq URI of the index database (optional)")
+    p.add_argument("--client-cert", type=Path, help="DICOM client certificate (sites that require them)")
+    p.add_argument("--client-key", type=Path, help="its key (a file, never an argument's value)")
+    p.add_argument("--endpoint-url", help=argparse.SUPPRESS)  # the AWS API emulator (--local sets it)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    a = p.parse_args(argv)
-    host = a.host
+    return p
+
+
+def the_outputs(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[dict[str, Any], str | None]:
+    """(outputs, emulator endpoint or None): of the local site, a file, or the deployed stack; none with --host."""
+    if a.local:
+        from tools.harness.localsite import STATE_FILE
+
+        if not STATE_FILE.is_file():
+            raise SiteUnreadable("no local site is up: run make local-up first")
+        state = json.loads(STATE_FILE.read_text())
+        return output_values(json.loads(Path(state["outputs_file"]).read_text())), a.endpoint_url or state["emulator"]
     if a.outputs:
-        outputs = json.loads(a.outputs.read_text())
-        outputs = next(iter(outputs.values())) if "site_url" not in outputs and len(outputs) == 1 else outputs
-        value = outputs["site_url"]["value"] if isinstance(outputs["site_url"], dict) else outputs["site_url"]
-        host = host or value.removeprefix("https://").rstrip("/")
-    if not host:
-        p.error("--host: give the site address, or --outputs with the stack outputs")
-    for name in ("ca", "password_file"):
-        if not getattr(a, name).is_file():
-            p.error(f"--{name.replace('_', '-')}: {getattr(a, name)} is not a readable file")
-    password = a.password_file.read_text().strip()
-    database_uri = a.database_uri_file.read_text().strip() if a.database_uri_file else ""
+        return output_values(json.loads(a.outputs.read_text())), a.endpoint_url
+    if a.host:
+        return {}, a.endpoint_url
+    from config.inputs import ConfigError
+    from tools.ops.site import project_config
+
+    try:
+        name = project_config().name
+    except ConfigError as exc:
+        p.error("; ".join(exc.problems))
+    return deployed_outputs(ROOT / "cdktf.out" / "stacks" / name), a.endpoint_url
+
+
+def parse(argv: list[str], folder: Path) -> tuple[Target, bool]:
+    """The target from the arguments; secrets and CA (fetched) land in ``folder`` (private, temporary)."""
+    from urllib.parse import urlparse
+
+    p = arguments()
+    a = p.parse_args(argv)
+    for name in ("ca", "password_file", "database_uri_file", "outputs", "client_cert", "client_key"):
+        path = getattr(a, name)
+        if path is not None and not path.is_file():
+            p.error(f"--{name.replace('_', '-')}: {path} is not a readable file")
+    if bool(a.client_cert) != bool(a.client_key):
+        p.error("--client-cert: give --client-cert and --client-key together")
+    if a.host and a.password_file is None:
+        p.error("--password-file: required with --host (or validate from the outputs, without --host)")
+    outputs, endpoint_url = the_outputs(a, p)
+    password, ca = "", a.ca
+    if outputs and (a.password_file is None or a.ca is None):
+        password, fetched_ca = site_secrets(outputs, endpoint_url, folder)
+        ca = a.ca if a.ca is not None else fetched_ca
+    if a.password_file is not None:
+        password = a.password_file.read_text().strip()
+    url = urlparse(outputs.get("site_url", ""))
     target = Target(
-        host, a.https_port, a.dicom_port, a.aet, a.ca, a.user, password, a.bucket, a.s3_endpoint, a.region, database_uri
+        host=a.host or url.hostname or "",
+        https_port=a.https_port or url.port or HTTPS_PORT,
+        dicom_port=a.dicom_port or _port(outputs.get("dicom_endpoint", ""), DICOM_TLS_PORT),
+        ae_title=a.aet or outputs.get("ae_title") or DEFAULT_AE_TITLE,
+        ca=ca,
+        user=a.user,
+        password=password,
+        bucket=outputs.get("bucket_name", "") if a.bucket is None else a.bucket,
+        s3_endpoint=endpoint_url or "",
+        region=a.region or outputs.get("region") or "us-east-1",
+        database_uri=a.database_uri_file.read_text().strip() if a.database_uri_file else "",
+        client_cert=a.client_cert,
+        client_key=a.client_key,
     )
     return target, a.json
 
 
-def main(argv: list[str] | None = None) -> int:
-    target, as_json = parse(sys.argv[1:] if argv is None else argv)
-    results = Validator(target).run()
-    ok = all(r.ok for r in results)
+def report(results: list[Result], as_json: bool) -> int:
+    ok = bool(results) and all(r.ok for r in results)
     if as_json:
         print(json.dumps({"ok": ok, "checks": [asdict(r) for r in results]}, indent=1))
     else:
@@ -315,6 +410,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'PASS' if r.ok else 'FAIL'}  {r.name}: {r.detail}")
         print(f"{'site OK' if ok else 'site NOT OK'}: {sum(r.ok for r in results)}/{len(results)} checks passed")
     return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tempfile
+
+    argv = sys.argv[1:] if argv is None else argv
+    with tempfile.TemporaryDirectory(prefix="orthweb-validate-") as folder:
+        try:
+            target, as_json = parse(argv, Path(folder))
+        except SiteUnreadable as exc:
+            return report([Result("site outputs and secrets", False, str(exc))], "--json" in argv)
+        return report(Validator(target).run(), as_json)
 
 
 if __name__ == "__main__":

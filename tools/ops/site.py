@@ -1,0 +1,72 @@
+"""What the operator commands share: the site this checkout deploys, and AWS clients for it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from config import ROOT
+from config.inputs import ConfigError, OrthwebConfig, load_config
+
+
+def project_config() -> OrthwebConfig:
+    """The site as ``make synth`` reads it: defaults, orthweb.toml, ORTHWEB_* variables.
+
+    Raises ConfigError (its problems name the fields) on bad input."""
+    return load_config(ROOT, os.environ)
+
+
+def client(service: str, region: str | None, endpoint_url: str | None = None) -> Any:
+    """A boto3 client with the operator's own AWS credentials (or the emulator's, in tests)."""
+    import boto3
+
+    return boto3.client(service, region_name=region, endpoint_url=endpoint_url)
+
+
+class SiteUnreadable(RuntimeError):
+    """The outputs or the secrets could not be read (a FAIL line, exit 1)."""
+
+
+def output_values(raw: dict[str, Any]) -> dict[str, Any]:
+    """``terraform output -json`` / ``cdktf output --outputs-file`` (keyed by stack) -> name: value."""
+    if "site_url" not in raw and len(raw) == 1:
+        raw = next(iter(raw.values()))
+    return {k: v["value"] if isinstance(v, dict) and "value" in v else v for k, v in raw.items()}
+
+
+def deployed_outputs(stack_dir: Path) -> dict[str, Any]:
+    """The outputs of the deployed stack, read by Terraform from its backend (local file or S3)."""
+    from tools.harness.terraform import Terraform, TerraformError
+
+    if not (stack_dir / "cdk.tf.json").is_file():
+        raise SiteUnreadable(f"no synthesized stack in {stack_dir}: run make synth (or make validate) first")
+    try:
+        tf = Terraform.offline(stack_dir, stack_dir.parent.parent / ".terraform-cli")
+        if not (stack_dir / ".terraform").is_dir():
+            tf.init()
+        raw = json.loads(tf.run("output", "-json").stdout or "{}")
+    except TerraformError as exc:
+        raise SiteUnreadable(f"terraform could not read the outputs: {str(exc)[-600:]}") from exc
+    if not raw:
+        raise SiteUnreadable(f"the stack in {stack_dir} has no outputs: deploy it first (make deploy)")
+    return output_values(raw)
+
+
+def site_outputs(outputs_file: Path | None = None) -> dict[str, Any]:
+    """The outputs of ``outputs_file``, or of the stack this checkout deployed."""
+    if outputs_file is not None:
+        return output_values(json.loads(outputs_file.read_text()))
+    return deployed_outputs(ROOT / "cdktf.out" / "stacks" / project_config().name)
+
+
+__all__ = [
+    "ConfigError",
+    "SiteUnreadable",
+    "client",
+    "deployed_outputs",
+    "output_values",
+    "project_config",
+    "site_outputs",
+]
