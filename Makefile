@@ -8,11 +8,20 @@ export PIPENV_VENV_IN_PROJECT := 1
 export PIPENV_YES := 1
 export PIPENV_NOSPIN := 1
 export PIPENV_VERBOSITY := -1
+# pipenv keeps to the project's .venv even when make runs inside another activated virtualenv.
+export PIPENV_IGNORE_VIRTUALENVS := 1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CHECKPOINT_DISABLE := 1
 PY := .venv/bin/python
-# Extra flags for the cdktf CLI targets, e.g. CDKTF_FLAGS=--skip-provider-lock when the registry is out of reach.
+# The Python that creates build/bootstrap-venv, where pipenv itself lives (never in the system Python:
+# PEP 668 "externally-managed-environment"). On Debian/Ubuntu it needs the python3-venv package.
+PYTHON ?= python3
+BOOTSTRAP_VENV := build/bootstrap-venv
+PIPENV := $(BOOTSTRAP_VENV)/bin/python -m pipenv
+# Extra flags for the cdktf CLI targets. tools/harness/terraform.py adds --skip-provider-lock (diff, deploy,
+# destroy, output) and the offline Terraform CLI configuration when the provider comes from a filesystem mirror.
 CDKTF_FLAGS ?=
+CDKTF := $(PY) -m tools.harness.terraform cdktf
 # Parallel pytest workers for `make test` (independent slow modules side by side; see docs/benchmarks.md).
 PYTEST_WORKERS ?= 4
 # Debian packages the test suite drives for real: cloud-init schema, shellcheck, nginx -t, compose
@@ -35,15 +44,25 @@ check: setup-dev lint typecheck pytest-unit
 
 setup: .venv/.synced-runtime
 setup-dev: .venv/.synced-dev
+.PHONY: bootstrap
+bootstrap: $(BOOTSTRAP_VENV)/.pipenv-$(PIPENV_VERSION)
 
-.venv/.synced-runtime: Pipfile.lock
-	python3 -m pipenv --version >/dev/null 2>&1 || python3 -m pip install -q "pipenv==$(PIPENV_VERSION)"
-	python3 -m pipenv sync
+$(BOOTSTRAP_VENV)/.pipenv-$(PIPENV_VERSION): tools/bootstrap-constraints.txt
+	if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then
+	  echo "$(PYTHON) cannot create a virtualenv (no ensurepip). On Debian/Ubuntu: sudo apt-get install python3-venv" >&2
+	  exit 1
+	fi
+	rm -rf $(BOOTSTRAP_VENV)
+	$(PYTHON) -m venv $(BOOTSTRAP_VENV)
+	$(BOOTSTRAP_VENV)/bin/python -m pip install -q -c tools/bootstrap-constraints.txt "pipenv==$(PIPENV_VERSION)"
 	touch $@
 
-.venv/.synced-dev: Pipfile.lock
-	python3 -m pipenv --version >/dev/null 2>&1 || python3 -m pip install -q "pipenv==$(PIPENV_VERSION)"
-	python3 -m pipenv sync --dev
+.venv/.synced-runtime: Pipfile.lock | bootstrap
+	$(PIPENV) sync
+	touch $@
+
+.venv/.synced-dev: Pipfile.lock | bootstrap
+	$(PIPENV) sync --dev
 	touch .venv/.synced-runtime $@
 
 system-deps:
@@ -132,13 +151,13 @@ node_modules/.package-lock.json: package-lock.json
 cli-synth: setup cli
 	npx cdktf synth $(CDKTF_FLAGS)
 diff: setup cli
-	npx cdktf diff $(CDKTF_FLAGS)
+	$(CDKTF) diff $(CDKTF_FLAGS)
 deploy: setup cli
-	npx cdktf deploy $(CDKTF_FLAGS)
+	$(CDKTF) deploy $(CDKTF_FLAGS)
 destroy: setup cli
-	npx cdktf destroy $(CDKTF_FLAGS)
+	$(CDKTF) destroy $(CDKTF_FLAGS)
 output: setup cli
-	npx cdktf output $(CDKTF_FLAGS)
+	$(CDKTF) output $(CDKTF_FLAGS)
 
 clean:
 	rm -rf cdktf.out build .pytest_cache .ruff_cache .mypy_cache

@@ -44,6 +44,15 @@ def _tmpdir_in_project(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("cdktf-tmp"))
 
 
+@pytest.fixture
+def no_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine without a Terraform provider mirror: no ORTHWEB_TF_MIRROR, none of the known folders holds it."""
+    from tools.harness import terraform
+
+    monkeypatch.delenv("ORTHWEB_TF_MIRROR", raising=False)
+    monkeypatch.setattr(terraform, "MIRROR_CANDIDATES", (str(tmp_path / "no-provider-mirror"),))
+
+
 def synth_json(config: OrthwebConfig, outdir: Path) -> dict[str, Any]:
     from main import build_app
 

@@ -1,17 +1,24 @@
 """Real Terraform on the synthesized stacks: init from the local provider mirror and validate with
-no network; plan with fake credentials against the AWS API emulator on loopback."""
+no network; plan with fake credentials against the AWS API emulator on loopback. The CLI
+configuration we write, for a machine with a provider mirror and for one without, as Terraform reads it."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from config import ROOT
 from config.inputs import OrthwebConfig
 from tests.conftest import PROFILES, synth_json
 from tools.harness.emulator import Emulator
-from tools.harness.terraform import Terraform
+from tools.harness.terraform import PLUGIN_CACHE, Terraform, TerraformError, provider_mirror, terraform_cli_config
 
 pytestmark = pytest.mark.terraform
 # Planned against the emulator; "extras" (every optional extra) is validated only.
@@ -166,3 +173,128 @@ def test_plan_against_emulator(emulator, scratch, tmp_path, profile):
     assert after["deletion_protection"] is True and after["multi_az"] is config.multi_az
     if config.is_prod:
         assert after["final_snapshot_identifier"] == "orthweb-db-final" and after["skip_final_snapshot"] is False
+
+
+# What Terraform prints (on stderr, exit code 0) about a CLI configuration it cannot use.
+CLI_CONFIG_PROBLEMS = "problems with the CLI configuration"
+HCL_TOKEN = re.compile(r'\s*(?:#[^\n]*\n?)*\s*("(?:[^"\\]|\\.)*"|[A-Za-z_][\w-]*|[{}\[\]=,]|\S)')
+
+
+def parse_cli_config(text: str) -> dict[str, Any]:
+    """The HCL of a CLI configuration file we write, as a dict: an attribute is its value, a block
+    a list of its bodies (``provider_installation { direct {} }`` -> ``{"provider_installation": [{"direct": [{}]}]}``)."""
+    tokens = [t for t in HCL_TOKEN.findall(text) if t]
+
+    def value() -> Any:
+        token = tokens.pop(0)
+        if token == "[":
+            items = []
+            while tokens[0] != "]":
+                items.append(value())
+                if tokens[0] == ",":
+                    tokens.pop(0)
+            tokens.pop(0)
+            return items
+        if token in ("true", "false"):
+            return token == "true"
+        assert token.startswith('"'), f"unexpected {token!r}"
+        return json.loads(token)
+
+    def body(end: str | None) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        while tokens and tokens[0] != end:
+            name, mark = tokens.pop(0), tokens.pop(0)
+            assert re.fullmatch(r"[A-Za-z_][\w-]*", name), f"unexpected {name!r}"
+            if mark == "=":
+                assert name not in found, f"{name} twice"
+                found[name] = value()
+            else:
+                assert mark == "{", f"unexpected {mark!r} after {name}"
+                found.setdefault(name, []).append(body("}"))
+                tokens.pop(0)
+        return found
+
+    parsed = body(None)
+    assert not tokens
+    return parsed
+
+
+def terraform_with(config: Path, workdir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {**os.environ, "TF_CLI_CONFIG_FILE": str(config), "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1"}
+    return subprocess.run(
+        ["terraform", *args], cwd=workdir, env={**environ, **env}, capture_output=True, text=True, timeout=300
+    )
+
+
+def requiring(folder: Path, name: str, version: str) -> Path:
+    """A tiny root module that needs one hashicorp provider."""
+    folder.mkdir(parents=True)
+    required = {name: {"source": f"hashicorp/{name}", "version": version}}
+    (folder / "main.tf.json").write_text(json.dumps({"terraform": {"required_providers": required}}))
+    return folder
+
+
+def test_parse_cli_config_reads_the_hcl_we_write():
+    parsed = parse_cli_config(
+        '# c\nplugin_cache_dir = "/x"\nb = true\np {\n  m { include = ["a/*", "b"] }\n  d {}\n}\n'
+    )
+    assert parsed == {"plugin_cache_dir": "/x", "b": True, "p": [{"m": [{"include": ["a/*", "b"]}], "d": [{}]}]}
+
+
+def test_cli_config_with_a_mirror_installs_the_provider_offline(tmp_path):
+    mirror = provider_mirror()
+    if mirror is None:  # CI has one (.ci/run fails on a skip); a machine on the registry tests the other branch
+        pytest.skip("no filesystem mirror of hashicorp/aws on this machine")
+    config = terraform_cli_config(tmp_path / "cli")
+    assert config is not None
+    parsed = parse_cli_config(config.read_text())
+    assert parsed == {
+        "provider_installation": [
+            {
+                "filesystem_mirror": [{"path": str(mirror), "include": ["registry.terraform.io/hashicorp/*"]}],
+                "direct": [{"exclude": ["registry.terraform.io/hashicorp/*"]}],
+            }
+        ]
+    }
+    version = terraform_with(config, tmp_path, "version")
+    assert version.returncode == 0 and CLI_CONFIG_PROBLEMS not in version.stderr, version.stderr
+    work = requiring(tmp_path / "work", "aws", "5.100.0")
+    # Any attempt to reach the network goes to a closed port: the mirror alone must do.
+    offline = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
+    init = terraform_with(config, work, "init", "-no-color", "-input=false", **offline)
+    assert init.returncode == 0, init.stdout + init.stderr
+    assert CLI_CONFIG_PROBLEMS not in init.stderr, init.stderr
+    assert 'provider "registry.terraform.io/hashicorp/aws"' in (work / ".terraform.lock.hcl").read_text()
+    assert "5.100.0" in (work / ".terraform.lock.hcl").read_text()
+    providers = terraform_with(config, work, "providers", "-no-color", **offline)
+    assert providers.returncode == 0 and CLI_CONFIG_PROBLEMS not in providers.stderr, providers.stderr
+    assert "provider[registry.terraform.io/hashicorp/aws] 5.100.0" in providers.stdout
+
+
+def test_cli_config_without_a_mirror_installs_from_the_registry_through_the_project_cache(tmp_path, no_mirror):
+    config = terraform_cli_config(tmp_path / "cli")
+    assert config is not None
+    text = config.read_text()
+    assert "filesystem_mirror" not in text
+    parsed = parse_cli_config(text)
+    assert parsed == {
+        "plugin_cache_dir": str(PLUGIN_CACHE),
+        "plugin_cache_may_break_dependency_lock_file": True,
+        "provider_installation": [{"direct": [{}]}],
+    }
+    assert PLUGIN_CACHE.is_dir() and PLUGIN_CACHE.is_relative_to(ROOT / "build")
+    version = terraform_with(config, tmp_path, "version")
+    assert version.returncode == 0 and CLI_CONFIG_PROBLEMS not in version.stderr, version.stderr
+    work = requiring(tmp_path / "work", "null", "3.2.4")
+    providers = terraform_with(config, work, "providers", "-no-color")
+    assert providers.returncode == 0 and CLI_CONFIG_PROBLEMS not in providers.stderr, providers.stderr
+
+    # The harness on such a machine: the same configuration, inits one at a time through the cache.
+    tf = Terraform.offline(work, tmp_path / "tf-cli")
+    assert tf.plugin_cache == PLUGIN_CACHE and tf.cli_config.read_text() == text
+    try:
+        tf.init()
+    except TerraformError as error:  # no Internet (as here): Terraform went to the registry itself
+        assert "registry.terraform.io" in str(error) and CLI_CONFIG_PROBLEMS not in str(error), str(error)
+    else:
+        assert any(PLUGIN_CACHE.glob("registry.terraform.io/hashicorp/null/3.2.4/*"))
