@@ -27,7 +27,7 @@ PYTEST_WORKERS ?= 4
 # Debian packages the test suite drives for real: cloud-init schema, shellcheck, nginx -t, compose
 # config, and the bootstrap against the emulator (awscli v2, PostgreSQL 15 with TLS, openssl).
 APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose awscli postgresql-15 openssl \
-	orthanc orthanc-postgresql orthanc-python python3-boto3 dcmtk graphviz
+	orthanc orthanc-postgresql orthanc-python orthanc-dicomweb python3-boto3 dcmtk graphviz
 
 .PHONY: bench check cost diagram state-bucket validate db-tunnel modality-cert recover local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
 	pytest pytest-unit cli cli-synth diff deploy destroy output snapshot clean

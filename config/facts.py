@@ -61,3 +61,6 @@ HOST_RUN = "/run/orthweb"  # tmpfs: runtime secret files
 # -- the AWS API emulator (rehearsals and local runs only) --------------------------------------------
 # Not a credential: the emulator accepts any key; named so no scanner mistakes it for one.
 EMULATOR_PLACEHOLDER_KEY = "emulator-placeholder"
+
+# The Orthanc DICOMweb plugin's root (QIDO-RS, STOW-RS, WADO-RS), behind the same authentication as REST.
+DICOMWEB_ROOT = "/dicom-web/"

@@ -25,6 +25,7 @@ from config.facts import (
     DB_NAME,
     DEFAULT_AE_TITLE,
     DICOM_TLS_PORT,
+    DICOMWEB_ROOT,
     HTTPS_PORT,
     NGINX_IMAGE,
     ORTHANC_DICOM_PORT,
@@ -338,6 +339,8 @@ def test_production_nginx(files):
     assert "ssl_client_certificate /etc/nginx/orthweb/client-ca.pem;" in text
     assert "ssl_crl /etc/nginx/orthweb/client-crl.pem;" in text
     assert "location = /orthanc-health" in text and "error_page 401 = @orthanc_alive;" in text
+    # DICOMweb answers carry URLs: the plugin builds them from the Forwarded header (https, the client's host).
+    assert 'proxy_set_header Forwarded "host=$http_host;proto=https";' in text
 
 
 def test_orthanc_configuration_is_hardened(files):
@@ -380,6 +383,16 @@ def test_orthanc_configuration_is_hardened(files):
             "AllowStore": True,
         }
     }
+
+
+def test_dicomweb_is_on_behind_the_same_authentication(files):
+    """The image enables the DICOMweb plugin when its section has any key (orthanc-builder's
+    configurator: ../shared/reference, notes); the root is the one fact the validator uses too."""
+    config = json.loads(files["orthanc.template.json"])
+    web = config["DicomWeb"]
+    assert web["Enable"] is True and web["Root"] == DICOMWEB_ROOT and web["Ssl"] is True
+    assert config["AuthenticationEnabled"] is True
+    assert "PublicRoot" not in web and "Host" not in web, "URLs come from the Forwarded header nginx sets"
 
 
 def test_images_are_pinned_to_exact_release_tags(files):

@@ -12,6 +12,7 @@ from typing import Any
 from config import ROOT
 from config.facts import (
     DICOM_TLS_PORT,
+    DICOMWEB_ROOT,
     HTTPS_PORT,
     NGINX_IMAGE,
     ORTHANC_DICOM_PORT,
@@ -163,6 +164,7 @@ def render_orthanc(v: OrthancValues) -> str:
         for m in v.modalities
     }
     config["AwsS3Storage"].update({"BucketName": v.bucket, "Region": v.region})
+    config["DicomWeb"]["Root"] = DICOMWEB_ROOT
     if v.several_servers:
         config["SaveJobs"] = False
     if v.server_identifier:

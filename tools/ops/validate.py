@@ -15,7 +15,8 @@ what the secrets say.
 Checks, in order: HTTPS with the site CA (TLS 1.2+), REST refuses a request without credentials
 and one with a wrong password, REST answers with the site credentials and the AE title matches,
 C-ECHO and C-STORE over DICOM TLS with a generated test instance, the stored instance is read back
-through REST with the same content, and the object in the S3 bucket; finally the test instance is
+through REST with the same content and through DICOMweb (QIDO-RS finds it, WADO-RS returns it
+identical), and the object in the S3 bucket; finally the test instance is
 deleted (and its object is gone). Prints a checklist; exit code 0 when every check passes, 1
 otherwise (a site that cannot be reached or read included), 2 for bad arguments.
 """
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from config import ROOT
-from config.facts import DEFAULT_AE_TITLE, DICOM_TLS_PORT, HTTPS_PORT, ORTHANC_ADMIN_USER
+from config.facts import DEFAULT_AE_TITLE, DICOM_TLS_PORT, DICOMWEB_ROOT, HTTPS_PORT, ORTHANC_ADMIN_USER
 from tools.ops.site import SiteUnreadable, deployed_outputs, output_values
 
 TEST_PATIENT = "ORTHWEB^VALIDATION"
@@ -91,6 +92,23 @@ def make_test_instance() -> tuple[bytes, str]:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue(), str(ds.SOPInstanceUID)
+
+
+def multipart_parts(content_type: str, body: bytes) -> list[bytes]:
+    """The bodies of a multipart/related message (RFC 2046), headers stripped."""
+    import re
+
+    found = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not found:
+        return []
+    delimiter = b"--" + found.group(1).encode()
+    parts = []
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        _, _, content = chunk.partition(b"\r\n\r\n")
+        parts.append(content.removesuffix(b"\r\n"))
+    return parts
 
 
 def dataset_digest(data: bytes) -> str:
@@ -225,6 +243,37 @@ class Validator:
         self.attachment_uuid = json.loads(info).get("Uuid", "")
         return f"instance {found} downloaded over HTTPS, content identical"
 
+    def dicomweb(self) -> str:
+        """QIDO-RS finds the test instance and WADO-RS returns it, content identical, through the front door."""
+        from pydicom import dcmread
+
+        sent = dcmread(io.BytesIO(self.sent))
+        study, series = str(sent.StudyInstanceUID), str(sent.SeriesInstanceUID)
+        status, body = self.rest(f"{DICOMWEB_ROOT}studies?StudyInstanceUID={study}", self.auth)
+        found = json.loads(body) if status == 200 and body else []
+        if status != 200 or len(found) != 1:
+            raise AssertionError(f"QIDO-RS for the test study answered {status} with {len(found)} match(es)")
+        path = f"{DICOMWEB_ROOT}studies/{study}/series/{series}/instances/{self.sop_uid}"
+        status, parts = self.rest_multipart(path)
+        if status != 200 or len(parts) != 1:
+            raise AssertionError(f"WADO-RS answered {status} with {len(parts)} part(s)")
+        if dataset_digest(parts[0]) != dataset_digest(self.sent):
+            raise AssertionError("the instance WADO-RS returned differs from the one sent")
+        return f"QIDO-RS found the test study, WADO-RS returned the instance identical ({DICOMWEB_ROOT})"
+
+    def rest_multipart(self, path: str) -> tuple[int, list[bytes]]:
+        """GET a WADO-RS resource as multipart/related application/dicom; the parts' bodies."""
+        url = f"https://{self.t.host}:{self.t.https_port}{path}"
+        request = urllib.request.Request(url)  # noqa: S310 - https only
+        token = base64.b64encode(f"{self.t.user}:{self.t.password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        request.add_header("Accept", 'multipart/related; type="application/dicom"')
+        try:
+            with urllib.request.urlopen(request, context=self.context, timeout=60) as response:  # noqa: S310
+                return response.status, multipart_parts(response.headers.get("Content-Type", ""), response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, []
+
     def _lookup(self) -> tuple[int, str]:
         status, body = self.rest("/tools/lookup", self.auth, method="POST", data=self.sop_uid.encode())
         hits = [h for h in json.loads(body) if h.get("Type") == "Instance"] if status == 200 else []
@@ -280,6 +329,7 @@ class Validator:
         self.check("REST with the site credentials", self.rest_with_credentials)
         self.check("DICOM C-ECHO over TLS", self.echo)
         if self.check("DICOM C-STORE over TLS", self.store) and self.check("stored instance read back", self.read_back):
+            self.check("DICOMweb QIDO-RS and WADO-RS", self.dicomweb)
             if self.t.bucket:
                 self.check("DICOM object in the S3 bucket", self.object_in_bucket)
             if self.t.database_uri:
