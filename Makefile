@@ -139,6 +139,11 @@ cost: setup-dev
 recover: setup-dev
 	$(PY) -m tools.ops.recover $(RECOVER_ARGS)
 
+## preflight: the configured site against docs/production.md, item by item (PASS/WARN/FAIL; exit 1 on a FAIL in prod)
+.PHONY: preflight
+preflight: setup
+	$(PY) -m tools.ops.preflight $(ARGS)
+
 ## snapshot: write (or, with SNAPSHOT_COMPARE=dir, compare) the synthesized JSON of the reference profiles
 snapshot: setup
 	$(PY) -m tools.maint.snapshot $(if $(SNAPSHOT_COMPARE),compare $(SNAPSHOT_COMPARE),write build/snapshot)

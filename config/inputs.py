@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 from urllib.parse import urlparse
 
-from config import facts, rds_ca
+from config import facts, rds_ca, regions
 
 ENV_PREFIX = "ORTHWEB_"
 CONFIG_FILE_NAME = "orthweb.toml"
@@ -150,6 +150,14 @@ def _region(name: str, value: Any) -> Iterator[str]:
         yield allowed(name, value, f"an AWS region with RDS (see config/{rds_ca.BUNDLE.name}), such as us-east-1")
 
 
+REPLICA_OFF = "none"
+
+
+def _replica_region(name: str, value: Any) -> Iterator[str]:
+    if value not in ("", REPLICA_OFF) and value not in rds_ca.regions():
+        yield allowed(name, value, f"empty (on in prod), {REPLICA_OFF}, or an AWS region with RDS such as us-west-2")
+
+
 def _vpc_cidr(name: str, value: Any) -> Iterator[str]:
     problems = list(cidr(name, value))
     if problems:
@@ -217,6 +225,13 @@ class OrthwebConfig:
         one_of(ENVIRONMENTS),
     )
     region: str = setting("us-east-1", "AWS region to deploy into.", _region)
+    replica_region: str = setting(
+        "",
+        "Region of the DICOM bucket's replica (own key; deletions not replicated). Empty: off outside prod; in prod"
+        " the region's partner under the same law (config/regions.py: us-east-1 -> us-west-2, eu-west-1 ->"
+        " eu-central-1; a region without one, such as eu-west-2, must name one). none: off. Not region itself.",
+        _replica_region,
+    )
     target: str = setting(
         "aws", "aws, or emulator (an AWS API emulator on loopback; never a real account).", one_of(TARGETS)
     )
@@ -385,6 +400,15 @@ class OrthwebConfig:
         return self.is_prod if self.db_multi_az is None else self.db_multi_az
 
     @property
+    def replication(self) -> str | None:
+        """The region the DICOM objects are replicated to, or None (``replica_region``'s rule)."""
+        if self.replica_region == REPLICA_OFF:
+            return None
+        if self.replica_region:
+            return self.replica_region
+        return regions.default_replica_region(self.region) if self.is_prod else None
+
+    @property
     def tag_map(self) -> dict[str, str]:
         return {"Application": "orthweb", "Name": self.name, "Environment": self.environment, **dict(self.tags)}
 
@@ -450,6 +474,23 @@ def cross_field_problems(c: OrthwebConfig) -> list[str]:
                 "db_max_allocated_storage_gb",
                 c.db_max_allocated_storage_gb,
                 f"at least db_allocated_storage_gb ({c.db_allocated_storage_gb})",
+            )
+        )
+    if c.replica_region and c.replica_region == c.region:
+        problems.append(
+            allowed("replica_region", c.replica_region, f"a region other than region ({c.region}), or none")
+        )
+    elif (
+        c.is_prod
+        and not c.replica_region
+        and c.region in rds_ca.regions()
+        and not regions.default_replica_region(c.region)
+    ):
+        problems.append(
+            allowed(
+                "replica_region",
+                "",
+                f"in prod in {c.region} (no other region under the same law), a region you choose or none",
             )
         )
     return problems

@@ -49,7 +49,7 @@ class Monitoring(Construct):
     """CloudWatch alarms, an encrypted SNS topic for them, and one dashboard for the site.
 
     The owner of each watched thing calls the matching method (``single_host``, ``fleet``,
-    ``database``, ``front_door``); the dashboard is written once everything is watched
+    ``database``, ``front_door``, ``replication``); the dashboard is written once everything is watched
     (``dashboard``). Secure defaults: the topic is encrypted with the site key and only CloudWatch
     of this account may publish to it.
     """
@@ -271,6 +271,31 @@ class Monitoring(Construct):
             treat_missing_data="notBreaching",
         )
         self._widget("Front door 5xx", [[SITE_NAMESPACE, "FrontDoor5xx"]], "Sum")
+
+    def replication(self, source_bucket: str, destination_bucket: str, rule_id: str) -> None:
+        """Objects S3 could not replicate (a key or permission problem shows here first, never as an error)."""
+        dims = {"SourceBucket": source_bucket, "DestinationBucket": destination_bucket, "RuleId": rule_id}
+        self._alarm(
+            "replication-failed",
+            "S3 failed to replicate DICOM objects to the replica bucket",
+            namespace="AWS/S3",
+            metric_name="OperationsFailedReplication",
+            dimensions=dims,
+            statistic="Sum",
+            period=5 * MINUTE,
+            evaluation_periods=1,
+            threshold=0,
+            comparison_operator="GreaterThanThreshold",
+            treat_missing_data="notBreaching",
+        )
+        metric = ["SourceBucket", source_bucket, "DestinationBucket", destination_bucket, "RuleId", rule_id]
+        self._widget(
+            "Replication to the replica region",
+            [
+                ["AWS/S3", "ReplicationLatency", *metric, {"stat": "Maximum"}],
+                ["AWS/S3", "OperationsPendingReplication", *metric, {"yAxis": "right"}],
+            ],
+        )
 
     def dashboard(self) -> None:
         self.board = CloudwatchDashboard(

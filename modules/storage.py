@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cdktf import TerraformProvider
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.s3_bucket import S3Bucket
 from cdktf_cdktf_provider_aws.s3_bucket_lifecycle_configuration import (
@@ -45,6 +46,13 @@ DICOM_OBJECT_ACTIONS = (
 )
 # The plugin lists objects (ListObjects) and looks up the bucket's region.
 DICOM_BUCKET_ACTIONS = ("s3:ListBucket", "s3:GetBucketLocation")
+# What S3 replication reads from a source object version: the data (SSE-KMS objects included, which
+# s3:GetObjectVersion would not cover), its ACL and its tags.
+REPLICATION_SOURCE_OBJECT_ACTIONS = (
+    "s3:GetObjectVersionForReplication",
+    "s3:GetObjectVersionAcl",
+    "s3:GetObjectVersionTagging",
+)
 ABORT_INCOMPLETE_UPLOAD_DAYS = 7
 INTELLIGENT_TIERING_AFTER_DAYS = 30
 # Access logs are written once; a replaced log object version has no value after a week.
@@ -74,10 +82,10 @@ class StorageProps:
     object_lock_days: int = 0
 
 
-def _deny_foreign_encryption(bucket: S3Bucket, key_arn: str) -> list[Statement]:
-    """Writes encrypted with anything but the site key are refused: another KMS key, SSE-S3, or a
-    key the client brings (SSE-C, which the bucket owner could never read or rotate). A write
-    without encryption headers gets the bucket default, the site key."""
+def deny_foreign_encryption(bucket: S3Bucket, key_arn: str) -> list[Statement]:
+    """Writes encrypted with anything but ``key_arn`` (the site key; the replica's key for the replica)
+    are refused: another KMS key, SSE-S3, or a key the client brings (SSE-C, which the bucket owner
+    could never read or rotate). A write without encryption headers gets the bucket default."""
     every_principal: dict[str, Sequence[str]] = {"AWS": ["*"]}
     objects = [f"{bucket.arn}/*"]
     return [
@@ -108,6 +116,99 @@ def _deny_foreign_encryption(bucket: S3Bucket, key_arn: str) -> list[Statement]:
     ]
 
 
+def noncurrent_rule(days: int) -> S3BucketLifecycleConfigurationRule:
+    """Replaced and deleted object versions expire ``days`` after they stop being current."""
+    return S3BucketLifecycleConfigurationRule(
+        id="expire-noncurrent-versions",
+        status="Enabled",
+        filter=EVERY_OBJECT,
+        noncurrent_version_expiration=[
+            S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(noncurrent_days=days)
+        ],
+    )
+
+
+def log_rules(retention_days: int) -> list[S3BucketLifecycleConfigurationRule]:
+    """An access-log bucket's lifecycle: logs kept as long as the site's other logs."""
+    return [
+        S3BucketLifecycleConfigurationRule(
+            id="expire-logs",
+            status="Enabled",
+            filter=EVERY_OBJECT,
+            expiration=[S3BucketLifecycleConfigurationRuleExpiration(days=retention_days)],
+            noncurrent_version_expiration=[
+                S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(noncurrent_days=LOG_NONCURRENT_DAYS)
+            ],
+        ),
+        ABORT_UPLOADS,
+    ]
+
+
+def access_log_delivery(sid: str, log_bucket: S3Bucket, prefix: str, source: S3Bucket, account_id: str) -> Statement:
+    """S3 server access logging may write ``source``'s logs under ``prefix`` in ``log_bucket``, nothing else."""
+    return Statement(
+        sid=sid,
+        actions=["s3:PutObject"],
+        resources=[f"{log_bucket.arn}/{prefix}*"],
+        principals={"Service": ["logging.s3.amazonaws.com"]},
+        conditions=[
+            ("ArnLike", "aws:SourceArn", [source.arn]),
+            ("StringEquals", "aws:SourceAccount", [account_id]),
+        ],
+    )
+
+
+def protect(
+    scope: Construct,
+    id_: str,
+    bucket: S3Bucket,
+    *,
+    sse: EncryptionDefault,
+    provider: TerraformProvider | None = None,
+) -> S3BucketVersioningA:
+    """Encryption, versioning, public access block, object events and owner-enforced objects for one
+    bucket (``provider``: the bucket's region when it is not the site's); returns its versioning."""
+    S3BucketServerSideEncryptionConfigurationA(
+        scope,
+        f"{id_}-encryption",
+        provider=provider,
+        bucket=bucket.id,
+        rule=[
+            S3BucketServerSideEncryptionConfigurationRuleA(
+                apply_server_side_encryption_by_default=sse, bucket_key_enabled=True
+            )
+        ],
+    )
+    versioning = S3BucketVersioningA(
+        scope,
+        f"{id_}-versioning",
+        provider=provider,
+        bucket=bucket.id,
+        versioning_configuration={"status": "Enabled"},
+    )
+    S3BucketPublicAccessBlock(
+        scope,
+        f"{id_}-public-access-block",
+        provider=provider,
+        bucket=bucket.id,
+        block_public_acls=True,
+        block_public_policy=True,
+        ignore_public_acls=True,
+        restrict_public_buckets=True,
+    )
+    # Object events on the default EventBridge bus (no charge for S3 to publish them): rules can
+    # alert on deletions or feed a downstream pipeline without touching the bucket again.
+    S3BucketNotification(scope, f"{id_}-events", provider=provider, bucket=bucket.id, eventbridge=True)
+    S3BucketOwnershipControls(
+        scope,
+        f"{id_}-ownership",
+        provider=provider,
+        bucket=bucket.id,
+        rule={"object_ownership": "BucketOwnerEnforced"},
+    )
+    return versioning
+
+
 def deny_insecure_transport(bucket: S3Bucket, objects: bool = True) -> Statement:
     return Statement(
         sid="DenyInsecureTransport",
@@ -129,8 +230,8 @@ class Storage(Construct):
     key, SSE-S3, SSE-C) denied; noncurrent versions expire after a configurable period; incomplete
     multipart uploads aborted after 7 days; ``force_destroy`` as the stack decides; access to
     objects only through the grants this construct offers (``grant_dicom_objects``,
-    ``grant_config_read``). The log bucket uses SSE-S3 because S3 server access logging cannot
-    deliver to an SSE-KMS bucket.
+    ``grant_config_read``, ``grant_replication_source``). The log bucket uses SSE-S3 because S3
+    server access logging cannot deliver to an SSE-KMS bucket.
     """
 
     def __init__(self, scope: Construct, id_: str, *, props: StorageProps):
@@ -160,9 +261,9 @@ class Storage(Construct):
         self.config_bucket.override_logical_id("config_bucket")
         self.versioning: dict[str, S3BucketVersioningA] = {}
         site_key = EncryptionDefault(sse_algorithm="aws:kms", kms_master_key_id=props.key_arn)
-        self._protect(self.log_bucket, "log", sse=EncryptionDefault(sse_algorithm="AES256"))
-        self._protect(self.bucket, "dicom", sse=site_key)
-        self._protect(self.config_bucket, "config", sse=site_key)
+        self.versioning["log"] = protect(self, "log", self.log_bucket, sse=EncryptionDefault(sse_algorithm="AES256"))
+        self.versioning["dicom"] = protect(self, "dicom", self.bucket, sse=site_key)
+        self.versioning["config"] = protect(self, "config", self.config_bucket, sse=site_key)
 
     def _object_lock(self) -> None:
         # Governance mode: every object version is kept for the period; an administrator with
@@ -183,15 +284,12 @@ class Storage(Construct):
         self.log_statements = [
             deny_insecure_transport(self.log_bucket),
             *(
-                Statement(
-                    sid=f"S3ServerAccessLogs{label.capitalize()}",
-                    actions=["s3:PutObject"],
-                    resources=[f"{self.log_bucket.arn}/{prefixes[label]}*"],
-                    principals={"Service": ["logging.s3.amazonaws.com"]},
-                    conditions=[
-                        ("ArnLike", "aws:SourceArn", [bucket.arn]),
-                        ("StringEquals", "aws:SourceAccount", [self.props.account.account_id]),
-                    ],
+                access_log_delivery(
+                    f"S3ServerAccessLogs{label.capitalize()}",
+                    self.log_bucket,
+                    prefixes[label],
+                    bucket,
+                    self.props.account.account_id,
                 )
                 for label, bucket in logged.items()
             ),
@@ -206,7 +304,7 @@ class Storage(Construct):
                 f"{label}-policy",
                 bucket=bucket.id,
                 policy=resource_policy_json(
-                    [deny_insecure_transport(bucket), *_deny_foreign_encryption(bucket, self.props.key_arn)]
+                    [deny_insecure_transport(bucket), *deny_foreign_encryption(bucket, self.props.key_arn)]
                 ),
             )
             S3BucketLoggingA(
@@ -219,21 +317,10 @@ class Storage(Construct):
                 depends_on=[self.log_bucket_policy],
             )
 
-    def _noncurrent_rule(self) -> S3BucketLifecycleConfigurationRule:
-        return S3BucketLifecycleConfigurationRule(
-            id="expire-noncurrent-versions",
-            status="Enabled",
-            filter=EVERY_OBJECT,
-            noncurrent_version_expiration=[
-                S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(
-                    noncurrent_days=self.props.noncurrent_version_expiration_days
-                )
-            ],
-        )
-
     def _lifecycle(self) -> None:
         props = self.props
-        dicom_rules = [self._noncurrent_rule(), ABORT_UPLOADS]
+        kept = noncurrent_rule(props.noncurrent_version_expiration_days)
+        dicom_rules = [kept, ABORT_UPLOADS]
         if props.intelligent_tiering:
             dicom_rules.append(
                 S3BucketLifecycleConfigurationRule(
@@ -249,26 +336,10 @@ class Storage(Construct):
             )
         S3BucketLifecycleConfiguration(self, "dicom-lifecycle", bucket=self.bucket.id, rule=dicom_rules)
         S3BucketLifecycleConfiguration(
-            self, "config-lifecycle", bucket=self.config_bucket.id, rule=[self._noncurrent_rule(), ABORT_UPLOADS]
+            self, "config-lifecycle", bucket=self.config_bucket.id, rule=[kept, ABORT_UPLOADS]
         )
         S3BucketLifecycleConfiguration(
-            self,
-            "log-lifecycle",
-            bucket=self.log_bucket.id,
-            rule=[
-                S3BucketLifecycleConfigurationRule(
-                    id="expire-logs",
-                    status="Enabled",
-                    filter=EVERY_OBJECT,
-                    expiration=[S3BucketLifecycleConfigurationRuleExpiration(days=props.log_retention_days)],
-                    noncurrent_version_expiration=[
-                        S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(
-                            noncurrent_days=LOG_NONCURRENT_DAYS
-                        )
-                    ],
-                ),
-                ABORT_UPLOADS,
-            ],
+            self, "log-lifecycle", bucket=self.log_bucket.id, rule=log_rules(props.log_retention_days)
         )
 
     def grant_dicom_objects(self, id_: str, role: IamRole) -> None:
@@ -294,6 +365,27 @@ class Storage(Construct):
             "read-boot-bundle",
         )
 
+    def grant_replication_source(self, id_: str, role: IamRole) -> None:
+        """Let S3 replication (through ``role``) read the DICOM bucket's configuration and object
+        versions to copy; with Object Lock, their retention and legal hold too (so replicas keep them)."""
+        object_actions = list(REPLICATION_SOURCE_OBJECT_ACTIONS)
+        if self.props.object_lock_days:
+            object_actions += ["s3:GetObjectRetention", "s3:GetObjectLegalHold"]
+        grant(
+            self,
+            id_,
+            role,
+            [
+                Statement(
+                    sid="ReplicationConfiguration",
+                    actions=["s3:GetReplicationConfiguration", "s3:ListBucket"],
+                    resources=[self.bucket.arn],
+                ),
+                Statement(sid="ObjectVersionsToReplicate", actions=object_actions, resources=[f"{self.bucket.arn}/*"]),
+            ],
+            "replication-source",
+        )
+
     def allow_trail_delivery(self, key_prefix: str) -> None:
         """Let CloudTrail (this account's trails) write log files to the log bucket under ``key_prefix``."""
         account_id = self.props.account.account_id
@@ -315,34 +407,3 @@ class Storage(Construct):
             ),
         ]
         self.log_bucket_policy.policy = resource_policy_json(self.log_statements)
-
-    def _protect(self, bucket: S3Bucket, id_: str, *, sse: EncryptionDefault) -> None:
-        """Encryption, versioning, public access block and owner-enforced objects for one bucket."""
-        S3BucketServerSideEncryptionConfigurationA(
-            self,
-            f"{id_}-encryption",
-            bucket=bucket.id,
-            rule=[
-                S3BucketServerSideEncryptionConfigurationRuleA(
-                    apply_server_side_encryption_by_default=sse, bucket_key_enabled=True
-                )
-            ],
-        )
-        self.versioning[id_] = S3BucketVersioningA(
-            self, f"{id_}-versioning", bucket=bucket.id, versioning_configuration={"status": "Enabled"}
-        )
-        S3BucketPublicAccessBlock(
-            self,
-            f"{id_}-public-access-block",
-            bucket=bucket.id,
-            block_public_acls=True,
-            block_public_policy=True,
-            ignore_public_acls=True,
-            restrict_public_buckets=True,
-        )
-        # Object events on the default EventBridge bus (no charge for S3 to publish them): rules can
-        # alert on deletions or feed a downstream pipeline without touching the bucket again.
-        S3BucketNotification(self, f"{id_}-events", bucket=bucket.id, eventbridge=True)
-        S3BucketOwnershipControls(
-            self, f"{id_}-ownership", bucket=bucket.id, rule={"object_ownership": "BucketOwnerEnforced"}
-        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from typing import Any
 
 from cdktf import Fn, TerraformOutput, TerraformStack
 from cdktf_cdktf_provider_aws.provider import AwsProvider, AwsProviderDefaultTags, AwsProviderEndpoints
@@ -26,6 +27,8 @@ from modules.host import Fleet, Host, HostProps
 from modules.key import SiteKey, SiteKeyProps
 from modules.monitoring import Monitoring, MonitoringProps
 from modules.network import Network, NetworkProps
+from modules.replica import RULE_ID as REPLICA_RULE_ID
+from modules.replica import Replica, ReplicaProps
 from modules.storage import Storage, StorageProps
 from stacks import emulator
 from userdata import AppValues, HostValues, build_bundle, render_user_data
@@ -58,13 +61,16 @@ class Retention:
         )
 
 
-def _provider(stack: TerraformStack, config: OrthwebConfig) -> AwsProvider:
+def _provider(stack: TerraformStack, config: OrthwebConfig, alias: str | None = None) -> AwsProvider:
+    """The site region's provider, or with ``alias`` the provider of the replica's region."""
     default_tags = [AwsProviderDefaultTags(tags=config.tag_map)]
-    if config.target != "emulator":
-        return AwsProvider(stack, "aws", region=config.region, default_tags=default_tags)
-    settings = emulator.provider_settings(config.emulator_endpoint)
-    settings["endpoints"] = [AwsProviderEndpoints(**e) for e in settings["endpoints"]]
-    return AwsProvider(stack, "aws", region=config.region, default_tags=default_tags, **settings)
+    region = (config.replication or config.region) if alias else config.region
+    settings: dict[str, Any] = {}
+    if config.target == "emulator":
+        settings = emulator.provider_settings(config.emulator_endpoint)
+        settings["endpoints"] = [AwsProviderEndpoints(**e) for e in settings["endpoints"]]
+    id_ = f"aws-{alias}" if alias else "aws"
+    return AwsProvider(stack, id_, region=region, alias=alias, default_tags=default_tags, **settings)
 
 
 class OrthwebStack(TerraformStack):
@@ -141,6 +147,8 @@ class OrthwebStack(TerraformStack):
             ),
         )
         self._grants()
+        if config.replication:
+            self._replica(config, name, retention)
         if config.scaled:
             self.balancer = LoadBalancer(
                 self,
@@ -229,6 +237,8 @@ class OrthwebStack(TerraformStack):
         self.monitoring.database(self.database.instance.identifier, config.db_allocated_storage_gb, config.hosts)
         if config.container_logs:
             self.monitoring.front_door(self.access.log_group.name)
+        if config.replication:
+            self.monitoring.replication(self.storage.bucket.bucket, self.replica.bucket.bucket, REPLICA_RULE_ID)
         self.monitoring.dashboard()
 
     def _grants(self) -> None:
@@ -242,6 +252,30 @@ class OrthwebStack(TerraformStack):
             "host", host, actions=["kms:Decrypt", "kms:GenerateDataKey"], via_services=["secretsmanager", "s3"]
         )
         self.key.grant_use("orthanc", orthanc, actions=["kms:Decrypt", "kms:GenerateDataKey"], via_services=["s3"])
+
+    def _replica(self, config: OrthwebConfig, name: str, retention: Retention) -> None:
+        """The DICOM bucket replicated to ``config.replication``; each owner grants the replication role."""
+        self.replica = Replica(
+            self,
+            "replica",
+            props=ReplicaProps(
+                name=name,
+                account=self.account,
+                provider=_provider(self, config, alias="replica"),
+                region=str(config.replication),
+                source_bucket=self.storage.bucket,
+                source_versioning=self.storage.versioning["dicom"],
+                force_destroy=retention.force_destroy,
+                noncurrent_version_expiration_days=config.noncurrent_version_expiration_days,
+                log_retention_days=config.log_retention_days,
+                object_lock_days=config.object_lock_days,
+            ),
+        )
+        self.storage.grant_replication_source("replication-source", self.replica.role)
+        # S3 reads the source objects with the site key, only through S3 in the site's region.
+        self.key.grant_use("replication", self.replica.role, actions=["kms:Decrypt"], via_services=["s3"])
+        if config.target == "emulator":
+            emulator.adapt_replica(self.replica)
 
     def _name(self, config: OrthwebConfig) -> str:
         if not config.unique_suffix:
@@ -384,5 +418,10 @@ class OrthwebStack(TerraformStack):
                 ),
                 "host_group": (self.host.group.name, "Name of the hosts' Auto Scaling group"),
             }
+        if self.config.replication:
+            outputs["replica_bucket"] = (
+                self.replica.bucket.bucket,
+                f"Name of the DICOM replica bucket in {self.config.replication}",
+            )
         for output_name, (value, description) in outputs.items():
             TerraformOutput(self, output_name, value=value, description=description)

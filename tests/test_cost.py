@@ -145,7 +145,7 @@ def test_the_consistency_check_can_fail():
 # -- the figures follow the stack -------------------------------------------------------------------------
 
 
-def test_prod_costs_more_than_default_by_its_multi_az_database(default_stack, prod_stack):
+def test_prod_costs_more_than_default_by_its_multi_az_database_and_replica(default_stack, prod_stack):
     dev, prod = estimate(stack(default_stack.data), TABLE), estimate(stack(prod_stack.data), TABLE)
     assert prod.total > dev.total
     db_dev, db_prod = line(dev, "aws_db_instance"), line(prod, "aws_db_instance")
@@ -153,7 +153,17 @@ def test_prod_costs_more_than_default_by_its_multi_az_database(default_stack, pr
     # Instance and storage twice; the managed secret and monitoring once.
     assert db_prod.items[0].usd == pytest.approx(2 * db_dev.items[0].usd)
     assert db_prod.items[1].usd == pytest.approx(2 * db_dev.items[1].usd)
-    assert prod.total - dev.total == pytest.approx(db_prod.monthly - db_dev.monthly, abs=0.01)
+    # And the DICOM replica (prod's default): its buckets and key, the replication, the failure alarm.
+    replication = [x for x in prod.lines if x.address not in {d.address for d in dev.lines}]
+    assert {x.address for x in replication} == {
+        "aws_s3_bucket.replica_bucket",
+        "aws_s3_bucket.replica_log_bucket",
+        "aws_kms_key.replica_key",
+        "aws_s3_bucket_replication_configuration.replica_replication-rule",
+        "aws_cloudwatch_metric_alarm.monitoring_replication-failed",
+    }
+    extra = sum(x.monthly for x in replication)
+    assert prod.total - dev.total == pytest.approx(db_prod.monthly - db_dev.monthly + extra, abs=0.01)
 
 
 def test_values_are_read_from_the_json(default_stack):

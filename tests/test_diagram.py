@@ -80,7 +80,14 @@ def test_prod_and_default_diagrams_differ_where_the_stacks_differ(default_stack,
     dev, prod = graph_of(default_stack.data), graph_of(prod_stack.data)
     db = one(dev, "aws_db_instance")
     assert "Single-AZ" in dev.node(db).label and "Multi-AZ" in prod.node(db).label
-    assert {n.id for n in dev.nodes} == {n.id for n in prod.nodes}
+    # Prod replicates the DICOM bucket: the replica, its log bucket and key, and the failure alarm.
+    assert {n.id for n in prod.nodes} - {n.id for n in dev.nodes} == {
+        "aws_s3_bucket.replica_bucket",
+        "aws_s3_bucket.replica_log_bucket",
+        "aws_kms_key.replica_key",
+        "aws_cloudwatch_metric_alarm.monitoring_replication-failed",
+    }
+    assert {n.id for n in dev.nodes} <= {n.id for n in prod.nodes}
 
 
 @pytest.mark.parametrize("profile", DOC_PROFILES)
@@ -169,7 +176,7 @@ def test_optional_extras_are_drawn(synth_profile):
     g = graph_of(synth_profile("extras").data)
     trail, dicom = one(g, "aws_cloudtrail"), one(g, "aws_s3_bucket", "dicom")
     assert heads(g, dicom, trail) == {"data events"}
-    assert heads(g, trail, one(g, "aws_s3_bucket", "log")) == {"trail files"}
+    assert heads(g, trail, one(g, "aws_s3_bucket", "s3_bucket.log")) == {"trail files"}
     assert heads(g, one(g, "aws_backup_plan"), one(g, "aws_db_instance")) == {"backs up"}
     assert "Object Lock" in g.node(dicom).label
 

@@ -155,3 +155,22 @@ def test_each_custom_policy_fails_a_broken_stack(synth_profile, tmp_path):
     # Nothing else fails: each policy flags only what was broken for it.
     assert len(failed) == len(broken), failed
     shutil.rmtree(target)
+
+
+def test_kms_encrypt_only_through_a_service_and_never_with_the_site_key(synth_profile, tmp_path):
+    """CKV_ORTHWEB_11 lets S3 replication encrypt replicas with the replica key through S3 (the prod
+    stack passes), and fails kms:Encrypt used directly or with the site key even through a service."""
+    data = json.loads((synth_profile("prod").stack_dir / "cdk.tf.json").read_text())
+    docs = data["data"]["aws_iam_policy_document"]
+    replica = docs[_one(docs, "replica_replication-write")]
+    use = next(s for s in replica["statement"] if s["sid"] == "UseReplicaKeyThroughS3")
+    del use["condition"]  # the replica key used directly, not through S3
+    site = docs[_one(docs, "key_replication-document")]
+    site["statement"][0]["actions"] = ["kms:Decrypt", "kms:Encrypt"]  # through S3, but kms:Encrypt on the site key
+    target = tmp_path / "broken-kms"
+    target.mkdir()
+    (target / "cdk.tf.json").write_text(json.dumps(data))
+    scan = run_checkov(target, "broken-kms", checks="CKV_ORTHWEB_11")
+    failed = {f["resource"].split(".")[1].rsplit("_", 1)[0] for f in scan.failed}
+    assert failed == {"replica_replication-write", "key_replication-document"}, scan.line()
+    shutil.rmtree(target)

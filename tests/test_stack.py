@@ -352,7 +352,7 @@ def test_outputs_have_exact_names(default_stack, synth_profile):
     assert outputs["ca_secret"]["value"] == "${aws_secretsmanager_secret.ca_secret.arn}"
     assert outputs["region"]["value"].startswith("${data.aws_region.") and outputs["ae_title"]["value"] == "ORTHANC"
     scaled = synth_profile("scaled").data["output"]
-    assert set(scaled) == SINGLE_OUTPUTS | SCALED_OUTPUTS
+    assert set(scaled) == SINGLE_OUTPUTS | SCALED_OUTPUTS | {"replica_bucket"}  # a prod site: replicated
     assert re.fullmatch(r"https://\$\{aws_lb\.balancer_nlb[^}]*\.dns_name\}", scaled["site_url"]["value"])
     assert "describe-auto-scaling-groups" in scaled["ssm_session_command"]["value"]
 
@@ -456,13 +456,14 @@ def test_optional_extras(synth_profile):
     assert trail["event_selector"][0]["data_resource"][0]["values"] == ["${aws_s3_bucket.dicom_bucket.arn}/"]
     key_sids = {s.get("Sid") for s in json.loads(extras.resources("aws_kms_key")["site_key"]["policy"])["Statement"]}
     assert "CloudTrailEncryptsLogs" in key_sids
-    log_policy = next(p for k, p in extras.resources("aws_s3_bucket_policy").items() if "log-policy" in k)
+    log_policy = next(p for k, p in extras.resources("aws_s3_bucket_policy").items() if k.startswith("storage_log"))
     assert {"CloudTrailAclCheck", "CloudTrailWrite"} <= {
         s.get("Sid") for s in json.loads(log_policy["policy"])["Statement"]
     }
-    lock = extras.one("aws_s3_bucket_object_lock_configuration")
-    assert lock["rule"]["default_retention"] == {"mode": "GOVERNANCE", "days": 30}
-    assert lock["bucket"] == "${aws_s3_bucket.dicom_bucket.id}"
+    # The DICOM bucket's, and its replica's (replicas keep their retention).
+    locks = {v["bucket"]: v for v in extras.resources("aws_s3_bucket_object_lock_configuration").values()}
+    assert set(locks) == {"${aws_s3_bucket.dicom_bucket.id}", "${aws_s3_bucket.replica_bucket.id}"}
+    assert all(lock["rule"]["default_retention"] == {"mode": "GOVERNANCE", "days": 30} for lock in locks.values())
     plan = extras.one("aws_backup_plan")
     assert plan["rule"][0]["lifecycle"]["delete_after"] == 35
     assert extras.one("aws_backup_vault")["kms_key_arn"] == "${aws_kms_key.site_key.arn}"

@@ -22,7 +22,7 @@ from tools.harness.terraform import PLUGIN_CACHE, Terraform, TerraformError, pro
 
 pytestmark = pytest.mark.terraform
 # Planned against the emulator; "extras" (every optional extra) is validated only.
-PLANNED = ("az3", "default", "hosts2", "prod", "scaled")
+PLANNED = ("az3", "default", "hosts2", "prod", "replica", "scaled")
 
 # Resource types and counts the default single-host profile must plan.
 DEFAULT_PLAN = {
@@ -87,11 +87,44 @@ SCALED_PLAN = {
     "aws_vpc_security_group_ingress_rule": 5,
     "aws_vpc_security_group_egress_rule": 4,
 }
+# Replication (on in prod, or with replica_region): in the replica's region its key and alias, the
+# replica bucket and its access-log bucket with their settings and the replica's access logging; in
+# the site's region the replication rule, its role with three inline policies (replicas and replica
+# key, the DICOM bucket's versions, the site key through S3) and the failed-replication alarm.
+REPLICATION = {
+    "aws_kms_key": 1,
+    "aws_kms_alias": 1,
+    **dict.fromkeys(
+        (
+            "aws_s3_bucket",
+            "aws_s3_bucket_lifecycle_configuration",
+            "aws_s3_bucket_notification",
+            "aws_s3_bucket_ownership_controls",
+            "aws_s3_bucket_policy",
+            "aws_s3_bucket_public_access_block",
+            "aws_s3_bucket_server_side_encryption_configuration",
+            "aws_s3_bucket_versioning",
+        ),
+        2,
+    ),
+    "aws_s3_bucket_logging": 1,
+    "aws_s3_bucket_replication_configuration": 1,
+    "aws_iam_role": 1,
+    "aws_iam_role_policy": 3,
+    "aws_cloudwatch_metric_alarm": 1,
+}
+
+
+def replicated(plan: dict[str, int]) -> dict[str, int]:
+    return {t: plan.get(t, 0) + REPLICATION.get(t, 0) for t in plan | REPLICATION}
+
+
 EXPECTED = {
     "default": DEFAULT_PLAN,
-    "prod": DEFAULT_PLAN,
+    "prod": replicated(DEFAULT_PLAN),
+    "replica": replicated(DEFAULT_PLAN),
     "hosts2": SCALED_PLAN,
-    "scaled": {**SCALED_PLAN, "aws_sns_topic_subscription": 1, "aws_autoscaling_policy": 1},
+    "scaled": replicated({**SCALED_PLAN, "aws_sns_topic_subscription": 1, "aws_autoscaling_policy": 1}),
     # Two more subnets, route table associations; an endpoint security group with its two rules and 2 endpoints.
     "az3": {
         **DEFAULT_PLAN,
@@ -130,7 +163,10 @@ def test_emulator_target_covers_every_service_the_stack_calls(tmp_path):
     from config.facts import EMULATOR_PLACEHOLDER_KEY
     from stacks.emulator import EMULATED_SERVICES
 
-    config = OrthwebConfig(**PROFILES["az3"], target="emulator", emulator_endpoint="http://127.0.0.1:4566")
+    # With replication, so the replica region's provider is checked too.
+    config = OrthwebConfig(
+        **PROFILES["az3"], replica_region="us-west-2", target="emulator", emulator_endpoint="http://127.0.0.1:4566"
+    )
     data = synth_json(config, tmp_path)
     service_of = {
         "aws_s3": "s3",
@@ -146,9 +182,10 @@ def test_emulator_target_covers_every_service_the_stack_calls(tmp_path):
     types = set(data["resource"]) | {t for t in data["data"] if t not in local}
     needed = {next((svc for prefix, svc in service_of.items() if t.startswith(prefix)), "ec2") for t in types}
     assert needed <= set(EMULATED_SERVICES)
-    provider = data["provider"]["aws"][0]
-    assert provider["access_key"] == provider["secret_key"] == EMULATOR_PLACEHOLDER_KEY
-    assert all(url == "http://127.0.0.1:4566" for url in provider["endpoints"][0].values())
+    assert [p.get("alias") for p in data["provider"]["aws"]] == [None, "replica"]
+    for provider in data["provider"]["aws"]:
+        assert provider["access_key"] == provider["secret_key"] == EMULATOR_PLACEHOLDER_KEY
+        assert all(url == "http://127.0.0.1:4566" for url in provider["endpoints"][0].values())
 
 
 @pytest.mark.parametrize("profile", PLANNED)
@@ -173,6 +210,8 @@ def test_plan_against_emulator(emulator, scratch, tmp_path, profile):
     assert after["deletion_protection"] is True and after["multi_az"] is config.multi_az
     if config.is_prod:
         assert after["final_snapshot_identifier"] == "orthweb-db-final" and after["skip_final_snapshot"] is False
+    if config.replication:
+        _replication_planned(plan, managed, config.replication, emulator.endpoint)
 
 
 # What Terraform prints (on stderr, exit code 0) about a CLI configuration it cannot use.
@@ -298,3 +337,21 @@ def test_cli_config_without_a_mirror_installs_from_the_registry_through_the_proj
         assert "registry.terraform.io" in str(error) and CLI_CONFIG_PROBLEMS not in str(error), str(error)
     else:
         assert any(PLUGIN_CACHE.glob("registry.terraform.io/hashicorp/null/3.2.4/*"))
+
+
+def _replication_planned(plan: dict, managed: list[dict], region: str, endpoint: str) -> None:
+    """The rule as Terraform will send it, and the replica's resources on the second provider (at the emulator)."""
+    (rule,) = next(rc for rc in managed if rc["type"] == "aws_s3_bucket_replication_configuration")["change"]["after"][
+        "rule"
+    ]
+    assert rule["status"] == "Enabled" and rule["delete_marker_replication"] == [{"status": "Disabled"}]
+    assert rule["source_selection_criteria"][0]["sse_kms_encrypted_objects"] == [{"status": "Enabled"}]
+    destination = rule["destination"][0]
+    assert destination["storage_class"] == "GLACIER_IR" and destination["metrics"][0]["status"] == "Enabled"
+    assert destination["replication_time"] == []
+    resources = plan["configuration"]["root_module"]["resources"]
+    on_replica = {r["address"] for r in resources if r.get("provider_config_key") == "aws.replica"}
+    assert {"aws_s3_bucket.replica_bucket", "aws_kms_key.replica_key"} <= on_replica
+    replica = plan["configuration"]["provider_config"]["aws.replica"]["expressions"]
+    assert replica["region"]["constant_value"] == region
+    assert {e["constant_value"] for e in replica["endpoints"][0].values()} == {endpoint}

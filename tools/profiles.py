@@ -1,8 +1,10 @@
 """The reference deployments the tools and tests synthesize, in one place.
 
 ``default`` is what ``make synth`` builds; ``prod`` is a production site as docs/production.md
-asks for (client networks narrowed, DICOM client certificates); ``scaled`` is ``prod`` with three
-hosts behind a load balancer; ``all`` sets every input away from its default.
+asks for (client networks narrowed, DICOM client certificates; its DICOM bucket replicated to
+us-west-2, prod's default for us-east-1); ``scaled`` is ``prod`` with three hosts behind a load
+balancer; ``replica`` is a dev site that opts into replication to a region of its choice; ``all``
+sets every input away from its default.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ ALL: dict[str, Any] = dict(
     db_multi_az=False,
     log_retention_days=90,
     region="eu-west-1",
+    replica_region="eu-central-1",
     name="radiology",
     nginx_image="nginx:1.28.0",
 )
@@ -65,6 +68,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "hosts2": {"hosts": 2},
     "az3": {"az_count": 3, "interface_endpoints": ("ssm", "secretsmanager")},
     "extras": EXTRAS,
+    # Replication outside prod is opt-in, to any region other than the site's.
+    "replica": {"replica_region": "us-east-2"},
 }
 SNAPSHOT_PROFILES: dict[str, dict[str, Any]] = {
     "default": {},

@@ -20,8 +20,9 @@ from checkov.terraform.checks.resource.base_resource_check import BaseResourceCh
 _FACTS = runpy.run_path(str(Path(__file__).resolve().parents[2] / "config" / "facts.py"))
 POSTGRES_PORT: int = _FACTS["POSTGRES_PORT"]
 SSH_PORT: int = _FACTS["SSH_PORT"]
-# S3 server access logs can only be written to an SSE-S3 bucket (AWS constraint).
-SSE_S3_ALLOWED_BUCKETS = ("aws_s3_bucket.log_bucket.",)
+# S3 server access logs can only be written to an SSE-S3 bucket (AWS constraint): the site's, and the
+# replica region's (logs go to a bucket in the same region).
+SSE_S3_ALLOWED_BUCKETS = ("aws_s3_bucket.log_bucket.", "aws_s3_bucket.replica_log_bucket.")
 
 
 def first(conf: dict[str, Any], key: str, default: Any = None) -> Any:
@@ -294,7 +295,8 @@ def _variables(statement: dict[str, Any]) -> set[str]:
 class SiteKeyOnlyThroughServices(BaseDataCheck):
     def __init__(self) -> None:
         super().__init__(
-            name="Identity policies use the site key only through AWS services (kms:ViaService), never kms:Encrypt",
+            name="Identity policies use KMS keys only through AWS services (kms:ViaService); never kms:Encrypt on the"
+            " site key",
             id="CKV_ORTHWEB_11",
             categories=[CheckCategories.IAM],
             supported_data=["aws_iam_policy_document"],
@@ -306,10 +308,12 @@ class SiteKeyOnlyThroughServices(BaseDataCheck):
                 continue
             actions = [str(a) for a in _values(s, "actions")]
             kms = [a for a in actions if a.startswith("kms:")]
-            if "kms:Encrypt" in kms:
-                return CheckResult.FAILED
             on_site_key = any(SITE_KEY_REFERENCE in str(r) for r in _values(s, "resources"))
-            if kms and on_site_key and "kms:ViaService" not in _variables(s):
+            via_service = "kms:ViaService" in _variables(s)
+            # kms:Encrypt only as S3 replication needs it on the replica key: through a service.
+            if "kms:Encrypt" in kms and (on_site_key or not via_service):
+                return CheckResult.FAILED
+            if kms and on_site_key and not via_service:
                 return CheckResult.FAILED
         return CheckResult.PASSED
 

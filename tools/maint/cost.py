@@ -453,20 +453,77 @@ def _bucket_gb(p: Pricer, address: Address, seen: frozenset[Address] = frozenset
     return float(next((gb for key, gb in sizes.items() if key in words), sizes["other"]))
 
 
+# Storage classes a bucket's objects can be priced in (a replica's comes from its replication rule).
+STORAGE_CLASS_PRICES = {
+    "STANDARD": ("Standard", "s3_standard_gb_month"),
+    "GLACIER_IR": ("Glacier Instant Retrieval", "s3_glacier_ir_gb_month"),
+}
+# S3 replication metrics per rule: latency, bytes and operations pending, operations failed.
+REPLICATION_METRICS = 4
+
+
+def _destinations(cfg: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The destination block of each rule of a replication configuration."""
+    return [
+        d
+        for r in _blocks(cfg, "rule")
+        if isinstance(r, dict)
+        for d in _blocks(r, "destination")[:1]
+        if isinstance(d, dict)
+    ]
+
+
+def _replica_storage_class(p: Pricer, address: Address) -> str:
+    """The storage class replication writes into ``address`` (STANDARD when it is no replica)."""
+    for cfg in p.stack.of_type("aws_s3_bucket_replication_configuration").values():
+        for destination in _destinations(cfg):
+            if address in p.stack.targets(destination.get("bucket"), "aws_s3_bucket"):
+                return str(p.plain(address, destination.get("storage_class", "STANDARD"), "storage_class"))
+    return "STANDARD"
+
+
 def _s3_bucket(p: Pricer, address: Address, body: Mapping[str, Any]) -> list[Item]:
     gb = _bucket_gb(p, address)
-    return [Item(f"{gb:g} GB Standard", gb * p.price(address, "s3_standard_gb_month"))]
+    storage_class = _replica_storage_class(p, address)
+    if storage_class not in STORAGE_CLASS_PRICES:
+        raise CostError(
+            f"{address.stable}: no price for storage class {storage_class!r}; {PRICES.name} has:"
+            f" {', '.join(STORAGE_CLASS_PRICES)}"
+        )
+    label, key = STORAGE_CLASS_PRICES[storage_class]
+    return [Item(f"{gb:g} GB {label}", gb * p.price(address, key))]
 
 
 def _replication(p: Pricer, address: Address, body: Mapping[str, Any]) -> list[Item]:
     sources = p.stack.targets(body.get("bucket"), "aws_s3_bucket")
     regions = {p.region_of(d) for d in p.stack.targets(body.get("rule"), "aws_s3_bucket")}
     source_region = p.region_of(sources[0]) if sources else p.region_of(address)
+    items = _replication_metrics(p, address, body)
     if regions <= {source_region}:
-        return [Item("same-region replication: no transfer charge", 0.0)]
+        return [Item("same-region replication: no transfer charge", 0.0), *items]
     gb = float(p.table.assume("s3_replication_gb_month"))
     price = p.table.region(source_region)["inter_region_transfer_gb"]
-    return [Item(f"{gb:g} GB replicated to {', '.join(sorted(regions - {source_region}))}", gb * float(price))]
+    replicated = f"{gb:g} GB replicated to {', '.join(sorted(regions - {source_region}))}"
+    return [Item(replicated, gb * float(price)), *items]
+
+
+def _replication_metrics(p: Pricer, address: Address, body: Mapping[str, Any]) -> list[Item]:
+    """Replication metrics are billed as CloudWatch custom metrics, per rule that turns them on."""
+    on = sum(
+        1
+        for d in _destinations(body)
+        if any(isinstance(m, dict) and m.get("status") == "Enabled" for m in _blocks(d, "metrics"))
+    )
+    if not on:
+        return []
+    metrics = on * REPLICATION_METRICS
+    return [Item(f"{metrics} replication metrics", metrics * p.price(address, "cloudwatch_metric_month"))]
+
+
+def _blocks(body: Mapping[str, Any], key: str) -> list[Any]:
+    """A nested block as a list (Terraform JSON writes one block as an object or a list of them)."""
+    value = body.get(key)
+    return value if isinstance(value, list) else [value] if value else []
 
 
 def _flow_log(p: Pricer, address: Address, body: Mapping[str, Any]) -> list[Item]:

@@ -777,6 +777,9 @@ def _encrypted_nodes(b: _Builder, address: Address, attribute: str) -> list[tupl
     if address.type == "aws_launch_template" or address.type in HOST_TYPES:
         ids = b.node_ids_for(address)
         return [(i, "encrypts EBS") for i in ids]
+    if address.type == "aws_s3_bucket_replication_configuration":
+        # replica_kms_key_id: the key of the replicas, in the rules' destination buckets (not the source).
+        return [(t.stable, "encrypts") for t in b.stack.targets(b.stack.body(address).get("rule"), "aws_s3_bucket")]
     if address.type.startswith("aws_s3_bucket_"):
         return [(t.stable, "encrypts") for t in b.stack.targets(b.stack.body(address).get("bucket"), "aws_s3_bucket")]
     return [(i, "encrypts") for i in b.node_ids_for(address)]

@@ -1,0 +1,320 @@
+"""Production preflight: the configured site against the checklist of docs/production.md, item by item.
+
+    python -m tools.ops.preflight [--json]      # make preflight
+
+Reads the site exactly as ``python main.py`` does (defaults, then ``orthweb.toml``, then
+``ORTHWEB_*`` variables), synthesizes it once into a temporary folder (nothing in ``cdktf.out``
+changes) and prints one line per checklist item: PASS (done), WARN (a decision or a step a person
+must take, said in the line), FAIL (not fit for production). The item ids are the ones
+docs/production.md carries; a test keeps the two in step.
+
+Exit codes: 1 when an item FAILs and ``environment = "prod"``; 0 otherwise (outside prod the
+statuses are advice); 2 when the config itself is refused, with the same lines as ``main.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from config import ROOT, regions
+from config.facts import SSH_PORT
+from config.inputs import WORLD, ConfigError, OrthwebConfig, load_config
+
+PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+EXIT_FAIL = 1
+EXIT_CONFIG_ERROR = 2
+DOC = ROOT / "docs" / "production.md"
+
+# Thresholds of the checklist (docs/production.md says why).
+LOG_DAYS_ENOUGH = 365  # a year of flow, container and session logs
+LOG_DAYS_MINIMUM = 90  # less cannot cover a quarter's access review
+NONCURRENT_DAYS_ENOUGH = 30  # a deleted study can be recovered for a month at least
+
+
+@dataclass
+class Site:
+    """The configured site and, synthesized on first use, its Terraform JSON."""
+
+    config: OrthwebConfig
+    _stack: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def stack(self) -> dict[str, Any]:
+        if self._stack is None:
+            self._stack = synthesize(self.config)
+        return self._stack
+
+
+def synthesize(config: OrthwebConfig) -> dict[str, Any]:
+    """The site's synthesized JSON, built in a temporary folder (cdktf.out is left alone)."""
+    from main import build_app
+
+    out = Path(tempfile.mkdtemp(prefix="orthweb-preflight-"))
+    try:
+        build_app(config, str(out)).synth()
+        data: dict[str, Any] = json.loads((out / "stacks" / config.name / "cdk.tf.json").read_text())
+        return data
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+Verdict = tuple[str, str]  # (status, what was found and what to do)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One checklist item: its id and title in docs/production.md, the inputs that set it, its check."""
+
+    id: str
+    title: str
+    inputs: tuple[str, ...]
+    check: Callable[[Site], Verdict]
+
+
+@dataclass(frozen=True)
+class Finding:
+    id: str
+    title: str
+    status: str
+    detail: str
+
+
+# -- the checks, in the order of docs/production.md ----------------------------------------------------
+
+
+def _client_networks(site: Site) -> Verdict:
+    c = site.config
+    shown = f"web {', '.join(c.web_client_cidrs)}; DICOM {', '.join(c.dicom_client_cidrs)}"
+    if WORLD in c.dicom_client_cidrs and c.dicom_client_auth != "certificate":
+        return FAIL, f"{shown}: the whole Internet may send and query DICOM with any AE title"
+    if WORLD in c.web_client_cidrs or WORLD in c.dicom_client_cidrs:
+        return WARN, f"{shown}: narrow 0.0.0.0/0 to the hospital's networks where you can"
+    return PASS, shown
+
+
+def _dicom_client_certificates(site: Site) -> Verdict:
+    if site.config.dicom_client_auth == "certificate":
+        return PASS, "modalities need a certificate from make modality-cert (issue one per modality)"
+    return WARN, "no client certificates: any host in dicom_client_cidrs can store and query as any AE title"
+
+
+def _replica_region(site: Site) -> Verdict:
+    c = site.config
+    if not c.replication:
+        return WARN, "no replica: losing the region loses the DICOM archive (set replica_region)"
+    home, away = regions.JURISDICTION.get(c.region), regions.JURISDICTION.get(c.replication)
+    if home != away:
+        return WARN, f"replicated to {c.replication}: PHI leaves {home} for {away}; check your agreements allow it"
+    return PASS, f"DICOM objects replicated to {c.replication} (same jurisdiction: {home})"
+
+
+def _alarm_email(site: Site) -> Verdict:
+    if site.config.alarm_email:
+        return PASS, f"alarms to {site.config.alarm_email} (confirm the subscription e-mail AWS sends)"
+    return WARN, "no alarm e-mail: alarms reach the topic but nobody (set alarm_email or subscribe the topic)"
+
+
+def _certificate_trust(site: Site) -> Verdict:
+    c = site.config
+    if c.tls_certificate_secret:
+        return PASS, f"your certificate from {c.tls_certificate_secret}"
+    names = f"the site's AWS name{' and ' + c.site_name if c.site_name else ''}"
+    return WARN, f"site CA certificate for {names}: install orthweb-ca.pem on every client (README)"
+
+
+def _backups(site: Site) -> Verdict:
+    c = site.config
+    shown = (
+        f"RDS backups {c.db_backup_retention_days} d, AWS Backup {c.backup_retention_days or 'off'}"
+        f", deleted DICOM versions kept {c.noncurrent_version_expiration_days} d"
+        + (f", Object Lock {c.object_lock_days} d" if c.object_lock_days else "")
+    )
+    if not c.backup_retention_days:
+        return WARN, f"{shown}: no AWS Backup copy of the database (set backup_retention_days)"
+    if c.noncurrent_version_expiration_days < NONCURRENT_DAYS_ENOUGH:
+        return WARN, f"{shown}: a deleted study can be recovered for less than {NONCURRENT_DAYS_ENOUGH} days"
+    return PASS, shown
+
+
+def _deletion_protection(site: Site) -> Verdict:
+    c = site.config
+    if c.allow_data_destroy:
+        return FAIL, "allow_data_destroy = true: a destroy deletes the DICOM objects, secrets and database for good"
+    if not c.db_deletion_protection:
+        return FAIL, "db_deletion_protection = false: the database (and load balancer) can be deleted"
+    return PASS, "database deletion-protected; a destroy keeps buckets, secrets and a final snapshot"
+
+
+def _team_state(site: Site) -> Verdict:
+    backend = site.stack.get("terraform", {}).get("backend", {})
+    if "s3" in backend:
+        return PASS, f"state in s3://{backend['s3'].get('bucket')}/{backend['s3'].get('key')}"
+    kind = next(iter(backend), "local")
+    return WARN, f"state in a {kind} file: one operator, one machine (put it in S3: docs/production.md)"
+
+
+def _scaled_profile(site: Site) -> Verdict:
+    c = site.config
+    zones = c.az_count if c.scaled else 1
+    shown = f"{c.hosts} host(s) over {zones} zone(s), database {'Multi-AZ' if c.multi_az else 'single-AZ'}"
+    if not c.multi_az:
+        return WARN, f"{shown}: a database zone's loss stops the site (db_multi_az)"
+    if not c.scaled:
+        return WARN, f"{shown}: a zone's loss stops the site until a redeploy; hosts >= 2 if that is too long"
+    if c.az_count < 2:
+        return WARN, f"{shown}: every host in one zone (az_count)"
+    return PASS, shown
+
+
+def _image_digests(site: Site) -> Verdict:
+    c = site.config
+    loose = [image for image in (c.orthanc_image, c.nginx_image) if "@sha256:" not in image]
+    if loose:
+        return WARN, f"pinned by tag only: {', '.join(loose)} (add @sha256:<digest>: README)"
+    return PASS, "both images pinned by digest"
+
+
+def _session_manager_only(site: Site) -> Verdict:
+    if site.config.ssh_public_key:
+        return FAIL, "an SSH key pair is installed: a credential outside Session Manager's logged sessions"
+    return PASS, f"no SSH key, no port {SSH_PORT}: shells through Session Manager only (logged, encrypted)"
+
+
+def _log_retention(site: Site) -> Verdict:
+    c = site.config
+    days = c.log_retention_days
+    if days < LOG_DAYS_MINIMUM:
+        return FAIL, f"logs kept {days} days: less than a quarter"
+    missing = [
+        what
+        for what, on in (("container logs (who connected)", c.container_logs), ("CloudTrail data events", c.cloudtrail))
+        if not on
+    ]
+    if days < LOG_DAYS_ENOUGH or missing:
+        shortfall = [f"logs kept {days} days"] if days < LOG_DAYS_ENOUGH else []
+        return WARN, "; ".join([*shortfall, *(f"no {m}" for m in missing)])
+    return PASS, f"logs kept {days} days, container logs and CloudTrail data events on"
+
+
+def _cost(site: Site) -> Verdict:
+    from tools.maint.cost import CostError, estimate
+    from tools.maint.tfjson import Stack, TfJsonError
+
+    try:
+        e = estimate(Stack.from_json(site.stack))
+    except (CostError, TfJsonError) as exc:
+        return WARN, f"no estimate: {exc}"
+    return PASS, f"about {e.total:.0f} {e.table.currency} a month in {e.region} (prices of {e.table.date}; make cost)"
+
+
+ITEMS: tuple[Item, ...] = (
+    Item("client-networks", "Narrow client networks", ("web_client_cidrs", "dicom_client_cidrs"), _client_networks),
+    Item("dicom-client-certificates", "DICOM client certificates", ("dicom_client_auth",), _dicom_client_certificates),
+    Item("replica-region", "Replica region", ("replica_region", "region"), _replica_region),
+    Item("alarm-email", "Alarm e-mail", ("alarm_email",), _alarm_email),
+    Item(
+        "certificate-trust",
+        "Your own certificate, or clients that trust the site CA",
+        ("tls_certificate_secret", "site_name"),
+        _certificate_trust,
+    ),
+    Item(
+        "backups",
+        "Backups and retention",
+        (
+            "db_backup_retention_days",
+            "backup_retention_days",
+            "noncurrent_version_expiration_days",
+            "object_lock_days",
+        ),
+        _backups,
+    ),
+    Item(
+        "deletion-protection",
+        "Deletion protection, no data destroy",
+        ("db_deletion_protection", "allow_data_destroy"),
+        _deletion_protection,
+    ),
+    Item("team-state", "Team state in S3", ("state_bucket", "state_kms_key"), _team_state),
+    Item(
+        "scaled-profile",
+        "The scaled profile when the site must survive a zone",
+        ("hosts", "hosts_max", "az_count", "db_multi_az"),
+        _scaled_profile,
+    ),
+    Item("image-digests", "Image digests pinned", ("orthanc_image", "nginx_image"), _image_digests),
+    Item("session-manager-only", "Session Manager only", ("ssh_public_key",), _session_manager_only),
+    Item("log-retention", "Log retention", ("log_retention_days", "container_logs", "cloudtrail"), _log_retention),
+    Item(
+        "cost",
+        "Cost",
+        ("hosts", "instance_type", "db_instance_class", "db_multi_az", "replica_region", "interface_endpoints"),
+        _cost,
+    ),
+)
+
+
+def run(site: Site) -> list[Finding]:
+    findings = []
+    for item in ITEMS:
+        status, detail = item.check(site)
+        findings.append(Finding(item.id, item.title, status, detail))
+    return findings
+
+
+def exit_code(config: OrthwebConfig, findings: list[Finding]) -> int:
+    return EXIT_FAIL if config.is_prod and any(f.status == FAIL for f in findings) else 0
+
+
+def report(config: OrthwebConfig, findings: list[Finding]) -> str:
+    width = max(len(f.id) for f in findings)
+    lines = [f"orthweb preflight: site {config.name!r}, environment {config.environment}, region {config.region}"]
+    lines += [f"{f.status}  {f.id:<{width}}  {f.detail}" for f in findings]
+    counts = {s: sum(f.status == s for f in findings) for s in (PASS, WARN, FAIL)}
+    verdict = "not ready for production" if counts[FAIL] and config.is_prod else "see docs/production.md"
+    if counts[FAIL] and not config.is_prod:
+        verdict = f"advice only (environment {config.environment}); see docs/production.md"
+    lines.append(f"{counts[PASS]} PASS, {counts[WARN]} WARN, {counts[FAIL]} FAIL: {verdict}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.ops.preflight", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print the findings as JSON")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(ROOT, os.environ if environ is None else environ)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"orthweb: config error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    findings = run(Site(config))
+    code = exit_code(config, findings)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "site": config.name,
+                    "environment": config.environment,
+                    "exit": code,
+                    "items": [asdict(f) for f in findings],
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(report(config, findings), end="")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
