@@ -1,11 +1,17 @@
-"""Send generated DICOM instances over TLS (pynetdicom) and record which ones the server acknowledged."""
+"""Send DICOM instances and record which ones the server acknowledged: pynetdicom in-process (the
+tests: per-instance acknowledgements and a hook after each one) or dcmtk's ``storescu`` on files
+(the benchmark: a C++ sender that is not the bottleneck)."""
 
 from __future__ import annotations
 
 import io
+import os
 import ssl
-from collections.abc import Callable
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tools.ops.validate import make_test_instance
 
@@ -18,7 +24,38 @@ class SendReport:
 
 
 def make_instances(count: int) -> list[tuple[bytes, str]]:
+    """``count`` small instances, each its own study (all of one test patient)."""
     return [make_test_instance() for _ in range(count)]
+
+
+def make_study(count: int, patient_id: str = "ORTHWEB-LOAD") -> list[tuple[bytes, str]]:
+    """``count`` small Secondary Capture instances of one study and series of one patient (what a
+    modality sends in one go); returns (file bytes, SOPInstanceUID) pairs."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    study, series = generate_uid(), generate_uid()
+    out = []
+    for number in range(1, count + 1):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.PatientName, ds.PatientID, ds.Modality = "ORTHWEB^LOAD", patient_id, "OT"
+        ds.SeriesNumber, ds.InstanceNumber = 1, number
+        ds.Rows = ds.Columns = 16
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit, ds.PixelRepresentation = 7, 0
+        ds.PixelData = bytes(range(256))
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        out.append((buffer.getvalue(), str(ds.SOPInstanceUID)))
+    return out
 
 
 def send(
@@ -57,3 +94,59 @@ def send(
         if assoc.is_established:
             assoc.release()
     return report
+
+
+def write_files(folder: Path, instances: Sequence[tuple[bytes, str]]) -> list[Path]:
+    """The instances as files for ``storescu`` (named in sending order)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, (data, _) in enumerate(instances):
+        path = folder / f"{number:05d}.dcm"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+@dataclass
+class StorescuRun:
+    returncode: int
+    cpu_seconds: float  # the sender's own user + system CPU time
+    log: Path
+
+
+def storescu(
+    host: str,
+    port: int,
+    ae_title: str,
+    files: Sequence[Path],
+    log: Path,
+    ca: Path | None = None,
+    timeout: float = 900,
+    nodelay: bool = True,
+) -> StorescuRun:
+    """dcmtk ``storescu``: one association, every file in turn; TLS without a client certificate
+    (``+tla``) trusting ``ca`` when given, plain DICOM otherwise. ``TCP_NODELAY=1`` in its
+    environment: without it dcmtk leaves Nagle's algorithm on and each small PDU can wait for the
+    peer's delayed ACK (tens of ms per instance). Exit code 0 means every store was acknowledged
+    (storescu stops at the first refused one). ``nodelay=False`` leaves Nagle on (the benchmark's
+    reference row: what a sender without the setting gets)."""
+    tls = ["+tla", "+cf", str(ca)] if ca else []
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["storescu", *tls, "-aec", ae_title, host, str(port), *map(str, files)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            # wait4, not wait: the child's own CPU time comes with its exit status.
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return StorescuRun(proc.returncode, usage.ru_utime + usage.ru_stime, log)

@@ -1,22 +1,32 @@
-"""Local site harness: the whole application path of an Orthweb host on one machine, on free
+"""Local site harness: the whole application path of an Orthweb site on one machine, on free
 loopback ports, from the same rendered templates and bootstrap as on EC2.
 
 - PostgreSQL 15 accepting TLS logins only (like RDS with ``rds.force_ssl``), superuser = the
   "RDS master" whose credentials sit in the emulator's RDS-style secret;
 - the AWS API emulator holding the DICOM bucket and the secrets;
-- ``userdata/bootstrap.sh secrets`` run against the emulator exactly as on the host (app secrets,
-  site certificate for localhost/127.0.0.1, the ``orthanc`` database role, runtime secret files);
-- Orthanc (Debian 1.10 + PostgreSQL index plugin) with the rendered ``orthanc.json``, the runtime
-  secret files merged in as the orthancteam image does with Docker secrets, and a Python-plugin
-  storage area as the STAND-IN for the official S3 plugin (tools/s3_storage_plugin.py);
-- nginx with the stream module and the rendered ``nginx.conf``: HTTPS and DICOM TLS in front.
+- per host, ``userdata/bootstrap.sh secrets`` run against the emulator exactly as on the host (app
+  secrets, site certificate for localhost/127.0.0.1, the ``orthanc`` database role, runtime secret
+  files) in the host's own /etc and /run folders;
+- per host, Orthanc (Debian 1.10 + PostgreSQL index plugin) with the rendered ``orthanc.json``, the
+  runtime secret files merged in as the orthancteam image does with Docker secrets, and a
+  Python-plugin storage area as the STAND-IN for the official S3 plugin (tools/s3_storage_plugin.py)
+  (or, with ``storage="disk"``, Orthanc's own local-disk storage: the benchmark's fast path);
+- per host, nginx with the stream module and the rendered ``nginx.conf``: HTTPS and DICOM TLS in front;
+- with ``hosts`` > 1 (the scaled profile), one site (database, bucket, secrets) with N hosts, each
+  with ``several_servers`` and its own ``server_identifier``, and in front of their nginx a real TCP
+  load balancer, HAProxy in ``mode tcp``: TLS passes through to the hosts, and active HTTPS health
+  checks of each host's ``/orthanc-health`` take a host out as the AWS NLB's target health does.
 
-``python -m tools.harness.localsite up|down`` (``make local-up`` / ``make local-down``).
+``python -m tools.harness.localsite up [--hosts N]|down`` (``make local-up [HOSTS=N]`` / ``make local-down``).
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
+import csv
+import hashlib
+import io
 import json
 import os
 import re
@@ -26,11 +36,14 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +76,21 @@ ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 STATE_FILE = Path(os.environ.get("ORTHWEB_LOCALSITE_DIR", ROOT / "build" / "localsite")) / "site.json"
 PORT_NAMES = ("orthanc_http", "orthanc_dicom", "https", "dicom_tls")
+STORAGE_KINDS = ("s3", "disk")
+# What every host ends the bootstrap with that must be the same on all of them: one admin secret
+# (users and database password), one site CA, one server certificate and key.
+SHARED_RUNTIME_FILES = (
+    "secrets/registered-users",
+    "secrets/db-connection-uri",
+    "nginx/site-cert.pem",
+    "nginx/site-key.pem",
+    "site-ca.pem",
+)
+# The balancer's backends, named after the NLB's target groups (one per listener).
+BALANCED = ("https", "dicom_tls")
+# Health checks: every second, out after 2 failures, back after 2 passes (the NLB checks every 10
+# or 30 s with thresholds of 2-10; faster here so tests and benchmarks need not wait long).
+CHECK_TIMING = "inter 1s fall 2 rise 2"
 
 
 def local_nginx(prefix: Path, **values: Any) -> NginxValues:
@@ -84,13 +112,101 @@ def local_nginx(prefix: Path, **values: Any) -> NginxValues:
     return NginxValues(**{**defaults, **values})
 
 
+def render_haproxy(
+    listen: dict[str, int], hosts: Sequence[dict[str, int]], admin_socket: Path, check_timing: str = CHECK_TIMING
+) -> str:
+    """HAProxy as the site's NLB: one TCP frontend per listener (HTTPS, DICOM TLS) passing TLS
+    through to every host's nginx, and per host an active HTTPS check of ``GET /orthanc-health``
+    (200 only while that host's Orthanc answers), for the DICOM target too, as the NLB's target
+    group health check would be configured (HTTPS, path /orthanc-health, the HTTPS port)."""
+    lines = [
+        "global",
+        "    maxconn 4096",
+        # State changes (a host going DOWN or UP) in the log; no per-connection lines.
+        "    log stderr format short local0 notice",
+        f"    stats socket {admin_socket} mode 600 level admin",
+        "defaults",
+        "    mode tcp",
+        "    log global",
+        "    timeout connect 10s",
+        # Long associations (a whole study over one connection) must not be cut: as nginx's proxy_timeout.
+        "    timeout client 900s",
+        "    timeout server 900s",
+        "    timeout check 5s",
+        # A connection refused by a host (its nginx gone) is tried on another one.
+        "    retries 2",
+        "    option redispatch",
+    ]
+    for name in BALANCED:
+        lines += [
+            f"frontend {name}",
+            f"    bind 127.0.0.1:{listen[name]}",
+            f"    default_backend {name}",
+            f"backend {name}",
+            # DICOM associations are long and uneven: the least busy host; HTTPS round robin.
+            f"    balance {'leastconn' if name == 'dicom_tls' else 'roundrobin'}",
+            "    option httpchk GET /orthanc-health",
+            "    http-check expect status 200",
+            # A host marked down has its open connections closed, as the NLB resets them.
+            "    default-server on-marked-down shutdown-sessions",
+        ]
+        lines += [
+            f"    server host-{i} 127.0.0.1:{ports[name]} check port {ports['https']} check-ssl verify none"
+            f" {check_timing}"
+            for i, ports in enumerate(hosts)
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def _children(pid: int) -> set[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return {int(p) for p in path.read_text().split()} if path.exists() else set()
 
 
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "(missing)"
+
+
 class SiteNotUp(RuntimeError):
     """A listener the site announces did not answer as itself; the message names it."""
+
+
+@dataclass
+class LocalHost:
+    """One EC2 host of the site: its own disk (/etc/orthweb, /run/orthweb, nginx's prefix, Orthanc's
+    scratch folder, logs), its own ports, its own Orthanc and nginx processes."""
+
+    index: int
+    root: Path
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"host-{self.index}"
+
+    @property
+    def etc(self) -> Path:
+        return self.root / "etc"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def nginx_prefix(self) -> Path:
+        return self.root / "nginx"
+
+    @property
+    def orthanc_dir(self) -> Path:
+        return self.root / "orthanc-db"
+
+    def process(self, kind: str) -> str:
+        """Name of this host's ``orthanc`` or ``nginx`` in LocalSite.processes (host 0 keeps the plain names)."""
+        return kind if self.index == 0 else f"{kind}-{self.index}"
 
 
 @dataclass
@@ -103,21 +219,50 @@ class LocalSite:
     # "certificate": nginx asks DICOM clients for a certificate from the site's client CA.
     dicom_client_auth: str = "none"
     modalities: tuple[DicomModality, ...] = ()
-    # Ports by name (PORT_NAMES); any not given are handed out by tools.proc.free_ports.
+    # Hosts on the one site (database, bucket, secrets). With more than one, a TCP load balancer
+    # (HAProxy) fronts them and ``ports["https"]``/``ports["dicom_tls"]`` are the balancer's.
+    hosts: int = 1
+    # "s3": the S3 plugin STAND-IN writing to the emulator's bucket (as the host, to S3);
+    # "disk": Orthanc's own local-disk storage (the benchmark's fast path; not what a host runs).
+    storage: str = "s3"
+    # Ports by name (PORT_NAMES); any not given are handed out by tools.proc.free_ports. With
+    # hosts > 1, "https" and "dicom_tls" are the balancer's, "orthanc_*" host 0's Orthanc.
     ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.hosts < 1:
+            raise ValueError(f"hosts must be 1 or more, not {self.hosts}")
+        if self.storage not in STORAGE_KINDS:
+            raise ValueError(f"storage must be one of {STORAGE_KINDS}, not {self.storage!r}")
+        # One host keeps today's layout (its folders straight in workdir); several get one folder each.
+        self.local_hosts = [
+            LocalHost(i, self.workdir if self.hosts == 1 else self.workdir / f"host-{i}") for i in range(self.hosts)
+        ]
+        self.balancer_dir: Path | None = None
+        self.first_boot_disagreements: list[str] = []
+
     # -- paths ---------------------------------------------------------------------------------
+    def host(self, index: int = 0) -> LocalHost:
+        return self.local_hosts[index]
+
+    @property
+    def host_ports(self) -> list[dict[str, int]]:
+        """Each host's own ports: its Orthanc (orthanc_http, orthanc_dicom) and its nginx front door
+        (https, dicom_tls), reachable directly, past the balancer."""
+        return [h.ports for h in self.local_hosts]
+
     @property
     def etc(self) -> Path:
-        return self.workdir / "etc"
+        return self.host(0).etc
 
     @property
     def run(self) -> Path:
-        return self.workdir / "run"
+        return self.host(0).run
 
     @property
     def ca_path(self) -> Path:
+        """The site CA (the same on every host, which start() checks)."""
         return self.run / "site-ca.pem"
 
     def admin(self) -> dict[str, str]:
@@ -126,9 +271,39 @@ class LocalSite:
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> LocalSite:
         """Start every part, then check that each announced listener answers as itself."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.provision()
+        self.boot_hosts()
+        for index in range(self.hosts):
+            # One after the other: the first creates the index schema (the plugin takes an advisory
+            # lock for that), the next find it ready.
+            self.start_orthanc(index)
+            self.start_nginx(index)
+        if self.hosts > 1:
+            self.start_balancer()
+        self.verify()
+        return self
+
+    def _allocate_ports(self) -> None:
         missing = [name for name in PORT_NAMES if name not in self.ports]
         self.ports = {**dict(zip(missing, free_ports(len(missing)), strict=True)), **self.ports}
+        if self.hosts == 1:
+            self.host(0).ports = self.ports
+            return
+        extra = iter(free_ports(2 + 4 * (self.hosts - 1)))
+        self.host(0).ports = {
+            "orthanc_http": self.ports["orthanc_http"],
+            "orthanc_dicom": self.ports["orthanc_dicom"],
+            "https": next(extra),
+            "dicom_tls": next(extra),
+        }
+        for h in self.local_hosts[1:]:
+            h.ports = {name: next(extra) for name in PORT_NAMES}
+
+    def provision(self) -> LocalSite:
+        """What Terraform and RDS provide before any host boots: ports, the emulator with the bucket,
+        the empty secrets and Orthanc's role, and the TLS-only database."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._allocate_ports()
         self.emulator = Emulator(self.workdir / "logs", region=self.region).start()
         self.sm = boto3.client("secretsmanager", **self.emulator.boto_kwargs())
         self.s3 = boto3.client("s3", **self.emulator.boto_kwargs())
@@ -153,16 +328,10 @@ class LocalSite:
             RoleName=f"{self.name}-orthanc",
             AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
         )["Role"]["Arn"]
-        rds_ca = make_ca(self.workdir / "rds-pki", "Local RDS CA")
+        self.rds_ca = make_ca(self.workdir / "rds-pki", "Local RDS CA")
         self.pg = LocalPostgres(
-            make_server_cert(self.workdir / "rds-pki", rds_ca, "db"), DB_MASTER_USER, master_pw, DB_NAME
+            make_server_cert(self.workdir / "rds-pki", self.rds_ca, "db"), DB_MASTER_USER, master_pw, DB_NAME
         ).start()
-        self.etc.mkdir(parents=True, exist_ok=True)
-        (self.etc / "rds-ca.pem").write_text(rds_ca.cert.read_text())
-        self.bootstrap()
-        self.start_orthanc()
-        self.start_nginx()
-        self.verify()
         return self
 
     def host_values(self) -> HostValues:
@@ -185,37 +354,89 @@ class LocalSite:
             dicom_client_auth=self.dicom_client_auth,
         )
 
-    def bootstrap(self) -> str:
-        """The host bootstrap, as on EC2 (secrets step), against the emulator."""
-        (self.etc / "site.env").write_text(site_env(self.host_values()))
-        proc = run_bootstrap(
-            BOOTSTRAP,
-            "secrets",
-            bootstrap_env(self.etc, self.run, self.emulator),
-            log_file=self.workdir / "logs" / "bootstrap.log",
-        )
+    def bootstrap(self, host: int = 0, *, script: Path = BOOTSTRAP, extra_path: Sequence[Path] = ()) -> str:
+        """The host bootstrap, as on EC2 (secrets step), against the emulator, in the host's own
+        /etc and /run. ``script`` and ``extra_path`` (programs found first on its PATH) serve tests
+        that race bootstraps on purpose."""
+        h = self.host(host)
+        h.etc.mkdir(parents=True, exist_ok=True)
+        (h.etc / "rds-ca.pem").write_text(self.rds_ca.cert.read_text())
+        (h.etc / "site.env").write_text(site_env(self.host_values()))
+        env = bootstrap_env(h.etc, h.run, self.emulator, extra_path)
+        # The RDS CA as Orthanc sees it: one path on every host, like the container's /etc/orthweb/rds-ca.pem.
+        env["RDS_CA_CONTAINER_PATH"] = str(self.rds_ca.cert)
+        proc = run_bootstrap(script, "secrets", env, log_file=h.logs / "bootstrap.log")
         if proc.returncode != 0:
-            raise RuntimeError(f"bootstrap failed:\n{proc.stdout}{proc.stderr}")
+            raise RuntimeError(f"bootstrap of {h.name} failed:\n{proc.stdout}{proc.stderr}")
         return proc.stdout
 
-    def refresh(self) -> str:
+    def bootstrap_hosts(self, *, script: Path = BOOTSTRAP, extra_path: Sequence[Path] = ()) -> list[str]:
+        """Every host's bootstrap at the same time, as hosts launched together boot. Raises naming
+        the first host whose bootstrap failed; returns the logs. Whether the hosts agree is
+        ``runtime_disagreements()``."""
+        logs: list[str | BaseException] = [RuntimeError("did not run")] * self.hosts
+
+        def boot(index: int) -> None:
+            try:
+                logs[index] = self.bootstrap(index, script=script, extra_path=extra_path)
+            except BaseException as exc:  # noqa: BLE001 - reported below, naming the host
+                logs[index] = exc
+
+        threads = [threading.Thread(target=boot, args=(i,)) for i in range(self.hosts)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for result in logs:
+            if isinstance(result, BaseException):
+                raise result
+        return [str(log) for log in logs]
+
+    def boot_hosts(self) -> None:
+        """The bootstraps at the same time; then, if the hosts disagree on a shared file, each host's
+        next refresh (what orthweb-refresh.timer runs within 5 minutes on EC2) and a hard check.
+        The create-once secrets (admin, site CA) use a fixed request token and always agree; the
+        server certificate's token is derived from a secret version read after the decision, so
+        two hosts can each store one (tests/test_e2e_scaled.py reproduces it; noted in
+        ``first_boot_disagreements`` and logs/bootstrap-race.log)."""
+        self.bootstrap_hosts()
+        self.first_boot_disagreements = self.runtime_disagreements()
+        if self.first_boot_disagreements:
+            note = f"first concurrent bootstraps disagreed on {', '.join(self.first_boot_disagreements)}; refreshed\n"
+            (self.workdir / "logs" / "bootstrap-race.log").write_text(note)
+            self.bootstrap_hosts()
+        disagreeing = self.runtime_disagreements()
+        if disagreeing:
+            raise SiteNotUp(f"the hosts' bootstraps disagree on {', '.join(disagreeing)}")
+
+    def runtime_disagreements(self) -> list[str]:
+        """The shared runtime files (secrets, certificate) whose content differs between hosts;
+        compared by digest, never shown."""
+        return [
+            name
+            for name in SHARED_RUNTIME_FILES
+            if len({_digest(h.run / name) for h in self.local_hosts}) != 1 or not (self.host(0).run / name).exists()
+        ]
+
+    def refresh(self, host: int = 0) -> str:
         """What ``orthweb-bootstrap refresh`` does on the host, with native processes instead of
         compose: re-read the secrets, restart Orthanc if its credentials changed, reload nginx if
         its files changed (or Orthanc was restarted)."""
-        log = self.bootstrap()
-        changed = (self.run / "last-changed").read_text()
+        log = self.bootstrap(host)
+        changed = (self.host(host).run / "last-changed").read_text()
         if "db-connection-uri" in changed or "registered-users" in changed:
-            self.restart_orthanc()
+            self.restart_orthanc(host)
             changed += " nginx-upstream"
         if any(name in changed for name in ("site-cert", "site-key", "client-ca", "client-crl", "nginx-upstream")):
-            self.reload_nginx()
+            self.reload_nginx(host)
         return log
 
-    def reload_nginx(self, timeout: float = 20) -> None:
+    def reload_nginx(self, host: int = 0, timeout: float = 20) -> None:
         """``nginx -s reload``, then wait until the old workers have gone: the signal returns at once,
         and a connection made before the new workers run would still meet the old configuration."""
-        prefix = self.workdir / "nginx"
-        master = self.processes["nginx"].pid
+        h = self.host(host)
+        prefix = h.nginx_prefix
+        master = self.processes[h.process("nginx")].pid
         before = _children(master)
         subprocess.run(["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-s", "reload"], check=True)
         deadline = time.monotonic() + timeout
@@ -224,11 +445,12 @@ class LocalSite:
             if now and not now & before:
                 return
             time.sleep(0.05)
-        raise SiteNotUp(f"nginx did not finish reloading within {timeout}s")
+        raise SiteNotUp(f"nginx of {h.name} did not finish reloading within {timeout}s")
 
-    def orthanc_config(self) -> dict[str, Any]:
+    def orthanc_config(self, host: int = 0) -> dict[str, Any]:
         """The rendered orthanc.json, with the runtime secret files merged in (as the orthancteam
         image does with Docker secrets) and local paths and ports."""
+        h = self.host(host)
         config = json.loads(
             render_orthanc(
                 OrthancValues(
@@ -236,55 +458,63 @@ class LocalSite:
                     bucket=self.bucket,
                     region=self.region,
                     modalities=self.modalities,
-                    dicom_port=self.ports["orthanc_dicom"],
-                    http_port=self.ports["orthanc_http"],
-                    storage_directory=str(self.workdir / "orthanc-db"),
+                    dicom_port=h.ports["orthanc_dicom"],
+                    http_port=h.ports["orthanc_http"],
+                    storage_directory=str(h.orthanc_dir),
+                    several_servers=self.hosts > 1,
+                    server_identifier=h.name if self.hosts > 1 else "",
                 )
             )
         )
-        secrets = self.run / "secrets"
+        secrets = h.run / "secrets"
         config["PostgreSQL"]["ConnectionUri"] = (secrets / "db-connection-uri").read_text()
         config["RegisteredUsers"] = json.loads((secrets / "registered-users").read_text())
-        config["AwsS3Storage"].update({"Endpoint": self.emulator.endpoint, "VirtualAddressing": False})
-        config["Plugins"] = [
-            str(ORTHANC_PLUGINS / "libOrthancPostgreSQLIndex.so"),
-            str(ORTHANC_PLUGINS / "libOrthancPython.so"),
-        ]
-        config["Python"] = {"Path": str(PLUGIN)}
-        config["PythonScript"] = str(PLUGIN)
-        config["IndexDirectory"] = str(self.workdir / "orthanc-db")
+        config["Plugins"] = [str(ORTHANC_PLUGINS / "libOrthancPostgreSQLIndex.so")]
+        if self.storage == "s3":
+            config["AwsS3Storage"].update({"Endpoint": self.emulator.endpoint, "VirtualAddressing": False})
+            config["Plugins"].append(str(ORTHANC_PLUGINS / "libOrthancPython.so"))
+            config["Python"] = {"Path": str(PLUGIN)}
+            config["PythonScript"] = str(PLUGIN)
+        else:
+            # Orthanc's own storage area: files under StorageDirectory on this host's disk.
+            del config["AwsS3Storage"]
+        config["IndexDirectory"] = str(h.orthanc_dir)
         return config
 
-    def start_orthanc(self) -> None:
-        (self.workdir / "orthanc-db").mkdir(exist_ok=True)
-        path = self.run / "orthanc.json"
-        path.write_text(json.dumps(self.orthanc_config(), indent=1))
+    def start_orthanc(self, host: int = 0) -> None:
+        h = self.host(host)
+        h.orthanc_dir.mkdir(parents=True, exist_ok=True)
+        h.logs.mkdir(parents=True, exist_ok=True)
+        path = h.run / "orthanc.json"
+        path.write_text(json.dumps(self.orthanc_config(host), indent=1))
         os.chmod(path, 0o600)
         # As in the container: no credentials in the environment, only the file the bootstrap renews.
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(
             TCP_NODELAY="1",
-            AWS_SHARED_CREDENTIALS_FILE=str(self.run / "aws" / "credentials"),
+            AWS_SHARED_CREDENTIALS_FILE=str(h.run / "aws" / "credentials"),
             AWS_EC2_METADATA_DISABLED="true",
         )
-        log = open(self.workdir / "logs" / "orthanc.log", "ab")
-        self.processes["orthanc"] = subprocess.Popen(
+        log = open(h.logs / "orthanc.log", "ab")
+        self.processes[h.process("orthanc")] = subprocess.Popen(
             ["Orthanc", str(path)], stdout=log, stderr=subprocess.STDOUT, env=env
         )
-        self._listening("orthanc", ("orthanc_http", "orthanc_dicom"))
+        self._listening(h.process("orthanc"), [(name, h.ports[name]) for name in ("orthanc_http", "orthanc_dicom")])
 
-    def start_nginx(self) -> None:
-        prefix = self.workdir / "nginx"
+    def start_nginx(self, host: int = 0) -> None:
+        h = self.host(host)
+        prefix = h.nginx_prefix
         (prefix / "temp").mkdir(parents=True, exist_ok=True)
-        files = self.run / "nginx"
+        h.logs.mkdir(parents=True, exist_ok=True)
+        files = h.run / "nginx"
         client_ca, client_crl = client_files(str(files), self.dicom_client_auth == "certificate")
         conf = render_nginx(
             local_nginx(
                 prefix,
-                http_upstream=f"127.0.0.1:{self.ports['orthanc_http']}",
-                dicom_upstream=f"127.0.0.1:{self.ports['orthanc_dicom']}",
-                https_listen=f"127.0.0.1:{self.ports['https']}",
-                dicom_listen=f"127.0.0.1:{self.ports['dicom_tls']}",
+                http_upstream=f"127.0.0.1:{h.ports['orthanc_http']}",
+                dicom_upstream=f"127.0.0.1:{h.ports['orthanc_dicom']}",
+                https_listen=f"127.0.0.1:{h.ports['https']}",
+                dicom_listen=f"127.0.0.1:{h.ports['dicom_tls']}",
                 cert_path=str(files / "site-cert.pem"),
                 key_path=str(files / "site-key.pem"),
                 client_ca_path=client_ca,
@@ -292,8 +522,8 @@ class LocalSite:
             )
         )
         (prefix / "nginx.conf").write_text(conf)
-        log = open(self.workdir / "logs" / "nginx.log", "ab")
-        self.processes["nginx"] = subprocess.Popen(
+        log = open(h.logs / "nginx.log", "ab")
+        self.processes[h.process("nginx")] = subprocess.Popen(
             [
                 "nginx",
                 "-p",
@@ -308,29 +538,108 @@ class LocalSite:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        self._listening("nginx", ("https", "dicom_tls"))
+        self._listening(h.process("nginx"), [(name, h.ports[name]) for name in ("https", "dicom_tls")])
 
-    def _listening(self, name: str, port_names: tuple[str, ...]) -> None:
-        for port_name in port_names:
-            port = self.ports[port_name]
+    def start_balancer(self) -> None:
+        """HAProxy in front of every host's nginx, on the site's https and dicom_tls ports."""
+        if not shutil.which("haproxy"):
+            raise SiteNotUp("haproxy not found: the scaled local site needs it (apt-get install haproxy)")
+        # A short folder for the admin socket: a unix socket path may not exceed 107 bytes.
+        self.balancer_dir = Path(tempfile.mkdtemp(prefix="orthweb-lb-", dir="/tmp"))
+        config = self.balancer_dir / "haproxy.cfg"
+        config.write_text(render_haproxy(self.ports, self.host_ports, self.balancer_dir / "admin.sock"))
+        checked = subprocess.run(["haproxy", "-c", "-q", "-f", str(config)], capture_output=True, text=True)
+        if checked.returncode != 0:
+            raise SiteNotUp(f"balancer configuration refused: {checked.stdout}{checked.stderr}")
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        log = open(self.workdir / "logs" / "haproxy.log", "ab")
+        # -db: stay in the foreground, one process we own and stop.
+        self.processes["haproxy"] = subprocess.Popen(
+            ["haproxy", "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+        self._listening("haproxy", [(name, self.ports[name]) for name in BALANCED])
+
+    def _listening(self, name: str, ports: list[tuple[str, int]]) -> None:
+        for port_name, port in ports:
             try:
                 wait_for_port(port, process=self.processes[name])
             except RuntimeError as exc:
                 raise SiteNotUp(f"{name} ({port_name} 127.0.0.1:{port}): {exc}; see {self.workdir / 'logs'}") from exc
 
+    # -- the balancer ---------------------------------------------------------------------------
+    def balancer(self, command: str) -> str:
+        """One command on HAProxy's admin socket (``show stat``, ``disable server dicom_tls/host-1``)."""
+        if self.balancer_dir is None:
+            raise RuntimeError("this site has no balancer (hosts=1)")
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(self.balancer_dir / "admin.sock"))
+            sock.sendall(command.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def balancer_servers(self) -> dict[tuple[str, str], dict[str, str]]:
+        """(backend, host name) -> HAProxy's statistics row: ``status`` (UP, DOWN, MAINT), ``check_status``
+        (L7OK, L7STS, L4CON, ...), ``stot`` (connections it was given), ``scur`` (open now)."""
+        text = self.balancer("show stat").lstrip("# ")
+        rows = csv.DictReader(io.StringIO(text))
+        return {(row["pxname"], row["svname"]): row for row in rows if row["svname"] not in ("FRONTEND", "BACKEND", "")}
+
+    def host_state(self, host: int) -> set[str]:
+        """The balancer's view of one host, in both backends: {"UP"} once its last health check
+        passed in each (HAProxy starts servers UP before their first check; the NLB's targets only
+        count once they passed), {"DOWN"} out of rotation, {"MAINT"} taken out by hand, or mixed."""
+        name = self.host(host).name
+        states = set()
+        for (_, server), row in self.balancer_servers().items():
+            if server != name:
+                continue
+            status, check = row["status"].split()[0], row["check_status"].lstrip("* ")
+            states.add(f"UP ({check})" if status == "UP" and check != "L7OK" else status)
+        return states
+
+    def wait_host_state(self, host: int, state: str, timeout: float = 60) -> None:
+        """Until the balancer sees ``host`` as ``state`` (UP, DOWN, MAINT) in every backend."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.host_state(host) == {state}:
+                return
+            time.sleep(0.2)
+        raise SiteNotUp(f"the balancer sees {self.host(host).name} as {self.host_state(host)}, not {state}")
+
+    def set_in_balancer(self, host: int, enabled: bool) -> None:
+        """Take a host out of (maintenance) or back into the balancer's rotation, in every backend."""
+        for backend in BALANCED:
+            self.balancer(f"{'enable' if enabled else 'disable'} server {backend}/{self.host(host).name}")
+
     # -- is it up? ------------------------------------------------------------------------------
     def verify(self) -> list[str]:
-        """Each listener the site announces answers as itself: both processes run, the HTTPS port
-        completes a TLS handshake with the site certificate and REST answers with the site's AE
-        title, the DICOM TLS port completes a handshake and a C-ECHO. Raises SiteNotUp naming the
+        """Each listener the site announces answers as itself: every process runs, every HTTPS port
+        (each host's, and the balancer's) completes a TLS handshake with the site certificate and
+        REST answers with the site's AE title, every DICOM TLS port completes a handshake and a
+        C-ECHO, and the balancer's health checks see every host UP. Raises SiteNotUp naming the
         first that does not; returns one line per listener."""
-        https, dicom = self.ports["https"], self.ports["dicom_tls"]
-        checks: list[tuple[str, Callable[[], str]]] = [
-            ("Orthanc process", lambda: self._running("orthanc")),
-            ("nginx process", lambda: self._running("nginx")),
-            (f"web/REST https://127.0.0.1:{https}", self._check_rest),
-            (f"DICOM TLS 127.0.0.1:{dicom}", self._check_dicom),
-        ]
+        checks: list[tuple[str, Callable[[], str]]] = []
+        several = self.hosts > 1
+        for h in self.local_hosts:
+            prefix = f"{h.name} " if several else ""
+            https, dicom = h.ports["https"], h.ports["dicom_tls"]
+            checks += [
+                (f"{prefix}Orthanc process", partial(self._running, h.process("orthanc"))),
+                (f"{prefix}nginx process", partial(self._running, h.process("nginx"))),
+                (f"{prefix}web/REST https://127.0.0.1:{https}", partial(self._check_rest, https)),
+                (f"{prefix}DICOM TLS 127.0.0.1:{dicom}", partial(self._check_dicom, dicom)),
+            ]
+        if several:
+            https, dicom = self.ports["https"], self.ports["dicom_tls"]
+            checks += [
+                ("balancer (HAProxy) process", partial(self._running, "haproxy")),
+                ("balancer health checks", self._check_balanced),
+                (f"balancer web/REST https://127.0.0.1:{https}", partial(self._check_rest, https)),
+                (f"balancer DICOM TLS 127.0.0.1:{dicom}", partial(self._check_dicom, dicom)),
+            ]
         lines = []
         for label, check in checks:
             try:
@@ -347,6 +656,11 @@ class LocalSite:
             )
         return f"running, pid {proc.pid}"
 
+    def _check_balanced(self) -> str:
+        for index in range(self.hosts):
+            self.wait_host_state(index, "UP")
+        return f"{', '.join(h.name for h in self.local_hosts)} UP in {' and '.join(BALANCED)}"
+
     def tls_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.ca_path))
         context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -357,9 +671,11 @@ class LocalSite:
             with self.tls_context().wrap_socket(raw, server_hostname="localhost") as tls:
                 return tls.version() or "?"
 
-    def _check_rest(self) -> str:
-        version = self._handshake(self.ports["https"])
-        status, body = self.rest("/system", auth=(ORTHANC_ADMIN_USER, self.admin()["password"]))
+    def _check_rest(self, port: int) -> str:
+        version = self._handshake(port)
+        status, body = self._request(
+            f"https://127.0.0.1:{port}/system", self.tls_context(), (ORTHANC_ADMIN_USER, self.admin()["password"])
+        )
         if status != 200:
             raise RuntimeError(f"REST /system answered {status}")
         aet = json.loads(body).get("DicomAet")
@@ -367,19 +683,17 @@ class LocalSite:
             raise RuntimeError(f"answered as AE title {aet!r}, not {self.ae_title!r}")
         return f"{version}, REST answers as {aet}"
 
-    def _check_dicom(self) -> str:
+    def _check_dicom(self, port: int) -> str:
         from pynetdicom import AE
         from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
         if self.dicom_client_auth == "certificate":
-            return self._check_asks_for_client_certificate()
-        version = self._handshake(self.ports["dicom_tls"])
+            return self._check_asks_for_client_certificate(port)
+        version = self._handshake(port)
         ae = AE(ae_title="ORTHWEBUP")
         ae.add_requested_context(Verification)
         ae.acse_timeout = ae.network_timeout = 10
-        assoc = ae.associate(
-            "127.0.0.1", self.ports["dicom_tls"], ae_title=self.ae_title, tls_args=(self.tls_context(), "localhost")
-        )
+        assoc = ae.associate("127.0.0.1", port, ae_title=self.ae_title, tls_args=(self.tls_context(), "localhost"))
         if not assoc.is_established:
             raise RuntimeError("DICOM association refused")
         try:
@@ -390,10 +704,10 @@ class LocalSite:
             raise RuntimeError(f"C-ECHO status {getattr(status, 'Status', None)}")
         return f"{version}, C-ECHO to {self.ae_title}"
 
-    def _check_asks_for_client_certificate(self) -> str:
+    def _check_asks_for_client_certificate(self, port: int) -> str:
         """With client certificates required, a client without one is turned away after the
         server has shown the site certificate."""
-        with socket.create_connection(("127.0.0.1", self.ports["dicom_tls"]), timeout=10) as raw:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
             with self.tls_context().wrap_socket(raw, server_hostname="localhost") as tls:
                 version = tls.version()
                 try:
@@ -406,26 +720,31 @@ class LocalSite:
         return f"{version}, refuses a client without a certificate"
 
     # -- faults and lifecycle ------------------------------------------------------------------
-    def kill_orthanc(self) -> None:
+    def kill_orthanc(self, host: int = 0) -> None:
         """kill -9: no chance to flush or say goodbye."""
-        proc = self.processes.pop("orthanc")
+        proc = self.processes.pop(self.host(host).process("orthanc"))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
-    def restart_orthanc(self) -> None:
-        self.stop_process("orthanc")
-        self.start_orthanc()
+    def restart_orthanc(self, host: int = 0) -> None:
+        self.stop_process(self.host(host).process("orthanc"))
+        self.start_orthanc(host)
 
     def stop_process(self, name: str) -> None:
         stop_process(self.processes.pop(name, None))
 
     def stop(self) -> None:
-        for name in ("nginx", "orthanc"):
-            self.stop_process(name)
+        # Front to back: the balancer, then each host's nginx and Orthanc.
+        self.stop_process("haproxy")
+        for h in self.local_hosts:
+            for kind in ("nginx", "orthanc"):
+                self.stop_process(h.process(kind))
         if getattr(self, "pg", None):
             self.pg.stop()
         if getattr(self, "emulator", None):
             self.emulator.stop()
+        if self.balancer_dir:
+            shutil.rmtree(self.balancer_dir, ignore_errors=True)
 
     def rest(
         self,
@@ -435,12 +754,25 @@ class LocalSite:
         direct: bool = False,
         method: str = "GET",
         data: bytes | None = None,
+        host: int | None = None,
     ) -> tuple[int, bytes]:
-        """One REST call through the TLS front door (or straight to Orthanc with ``direct``)."""
+        """One REST call through the site's TLS front door (the balancer when there are several
+        hosts), through one host's own front door (``host``), or straight to a host's Orthanc
+        (``direct``; host 0 unless ``host`` says otherwise)."""
         if direct:
-            url, context = f"http://127.0.0.1:{self.ports['orthanc_http']}{path}", None
-        else:
-            url, context = f"https://127.0.0.1:{self.ports['https']}{path}", self.tls_context()
+            port = self.host(host or 0).ports["orthanc_http"]
+            return self._request(f"http://127.0.0.1:{port}{path}", None, auth, method, data)
+        port = self.ports["https"] if host is None else self.host(host).ports["https"]
+        return self._request(f"https://127.0.0.1:{port}{path}", self.tls_context(), auth, method, data)
+
+    @staticmethod
+    def _request(
+        url: str,
+        context: ssl.SSLContext | None,
+        auth: tuple[str, str] | None,
+        method: str = "GET",
+        data: bytes | None = None,
+    ) -> tuple[int, bytes]:
         request = urllib.request.Request(url, method=method, data=data)  # noqa: S310 - loopback only
         if auth:
             request.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
@@ -451,7 +783,7 @@ class LocalSite:
             return error.code, error.read()
 
     def describe(self) -> dict[str, Any]:
-        return {
+        info: dict[str, Any] = {
             "https": f"https://127.0.0.1:{self.ports['https']}/",
             "dicom_host": "127.0.0.1",
             "dicom_port": self.ports["dicom_tls"],
@@ -461,14 +793,36 @@ class LocalSite:
             "password_secret": f"{self.name}/{ADMIN_SECRET} (in the emulator)",
             "workdir": str(self.workdir),
         }
+        if self.hosts > 1:
+            info["hosts"] = {
+                h.name: {"https": f"https://127.0.0.1:{h.ports['https']}/", "dicom_port": h.ports["dicom_tls"]}
+                for h in self.local_hosts
+            }
+        return info
+
+
+# Stopped in this order by `down`: front to back; PostgreSQL gets SIGINT ("fast" shutdown).
+DOWN_ORDER = ("haproxy", "nginx", "orthanc", "postgres", "emulator")
+
+
+def _down_rank(name: str) -> int:
+    kind = name.split("-", 1)[0]
+    return DOWN_ORDER.index(kind) if kind in DOWN_ORDER else len(DOWN_ORDER)
 
 
 def main(argv: list[str]) -> int:
-    command = argv[1] if len(argv) > 1 else "up"
-    if command == "up":
+    parser = argparse.ArgumentParser(prog="python -m tools.harness.localsite")
+    parser.add_argument("command", nargs="?", default="up", choices=("up", "down"))
+    parser.add_argument("--hosts", type=int, default=1, help="hosts behind a local TCP load balancer (default 1)")
+    args = parser.parse_args(argv[1:])
+    if args.command == "up":
         workdir = STATE_FILE.parent
         shutil.rmtree(workdir, ignore_errors=True)
-        site = LocalSite(workdir)
+        try:
+            site = LocalSite(workdir, hosts=args.hosts)
+        except ValueError as exc:
+            print(f"Orthweb local site: {exc}", file=sys.stderr)
+            return 2
         try:
             site.start()
         except SiteNotUp as exc:
@@ -485,6 +839,7 @@ def main(argv: list[str]) -> int:
             if process is not None:
                 info["pids"][name] = process.pid
         info["pg_root"] = str(site.pg.root)
+        info["balancer_dir"] = str(site.balancer_dir or "")
         STATE_FILE.write_text(json.dumps(info, indent=1))
         print(
             f"Orthweb local site is up (stand-in S3 plugin; see README)\n"
@@ -492,23 +847,31 @@ def main(argv: list[str]) -> int:
             f"  DICOM TLS: {info['dicom_host']}:{info['dicom_port']}  AE title {info['ae_title']}\n"
             f"  site CA  : {info['ca']}\n  stop with: make local-down"
         )
+        if site.hosts > 1:
+            print(
+                f"  {site.hosts} hosts behind a TCP load balancer (HAProxy); each host's own front door: "
+                + ", ".join(f"{name} {h['https']} DICOM {h['dicom_port']}" for name, h in info["hosts"].items())
+            )
+        if site.first_boot_disagreements:
+            print(
+                "note: the hosts' first concurrent bootstraps disagreed on "
+                f"{', '.join(site.first_boot_disagreements)} (a known race in the bootstrap); a refresh converged them",
+                file=sys.stderr,
+            )
         # Leave the servers running: detach from them.
         os._exit(0)
-    if command == "down":
-        if not STATE_FILE.exists():
-            print("no local site is running")
-            return 0
-        info = json.loads(STATE_FILE.read_text())
-        # Front to back; PostgreSQL gets SIGINT ("fast" shutdown: it does not wait for clients).
-        order = ("nginx", "orthanc", "postgres", "emulator")
-        for name in sorted(info["pids"], key=lambda n: order.index(n) if n in order else len(order)):
-            stop_pid(info["pids"][name], signal.SIGINT if name == "postgres" else signal.SIGTERM)
-        shutil.rmtree(info.get("pg_root", ""), ignore_errors=True)
-        STATE_FILE.unlink()
-        print("local site stopped")
+    if not STATE_FILE.exists():
+        print("no local site is running")
         return 0
-    print("usage: python -m tools.harness.localsite up|down", file=sys.stderr)
-    return 2
+    info = json.loads(STATE_FILE.read_text())
+    for name in sorted(info["pids"], key=_down_rank):
+        stop_pid(info["pids"][name], signal.SIGINT if name == "postgres" else signal.SIGTERM)
+    for folder in (info.get("pg_root", ""), info.get("balancer_dir", "")):
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+    STATE_FILE.unlink()
+    print("local site stopped")
+    return 0
 
 
 if __name__ == "__main__":
