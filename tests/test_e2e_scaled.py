@@ -336,13 +336,6 @@ def test_control_without_the_fixed_token_the_same_race_stores_three_admin_secret
     assert len(re.findall(r"secret orthanc-admin-\w+: created", "\n".join(logs))) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="userdata/bootstrap.sh derives the server certificate's request token from the secret's "
-    "version read after deciding to replace it (version_of at the replace_secret call): a host that "
-    "read the empty secret before another host stored one then stores a second certificate. Reported; "
-    "remove this mark when the token comes from the version seen with the read.",
-)
 def test_a_host_that_read_the_empty_certificate_secret_before_another_stored_one_agrees(three_hosts, tmp_path):
     wrapper = aws_wrapper(tmp_path / "bin", 3, "late-store")
     three_hosts.bootstrap_hosts(extra_path=[wrapper])

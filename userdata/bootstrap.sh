@@ -229,24 +229,28 @@ version_of() { aws_ secretsmanager describe-secret --secret-id "$1" --query 'Ver
   | python3 -c 'import json,sys; print(next((v for v, s in (json.load(sys.stdin) or {}).items() if "AWSCURRENT" in s), "none"))'; }
 
 ensure_site_certificate() {  # OUT: the site-tls value (server chain, key, CA certificate)
-  local out=$1 ca="$WORK/ca.json" names
+  local out=$1 ca="$WORK/ca.json" names seen
   names=$(site_names | sort | paste -sd, -)
+  # A replacement's token names the version this host decided on, taken BEFORE it reads the value:
+  # hosts that read the same version agree on one replacement; a host that read an older value
+  # than another host stored cannot store a second one (its token is the older version's).
+  seen=$(version_of "$CA_SECRET_ARN")
   ensure_secret "$CA_SECRET_ARN" "$ca" generate_ca
   if ! ca_covers_names "$ca"; then
     log "WARNING: the site names ($names) are beyond the site CA's name constraints: a new site CA; clients must trust it"
-    replace_secret "$CA_SECRET_ARN" "$ca" "new names" "ca $(version_of "$CA_SECRET_ARN") $names" generate_ca
+    replace_secret "$CA_SECRET_ARN" "$ca" "new names" "ca $seen $names" generate_ca
   fi
   if ! json_get ca_cert <"$ca" | openssl x509 -checkend $((180 * 86400)) -noout >/dev/null; then
     log "WARNING: the site CA expires within 180 days; plan a new CA (README: Trust the site CA)"
   fi
   local rc=0
+  seen=$(version_of "$TLS_SECRET_ARN")
   read_secret "$TLS_SECRET_ARN" "$out" || rc=$?
   [ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || die "cannot read secret $(basename "$TLS_SECRET_ARN")"
   if [ "$rc" -eq 0 ] && server_cert_current "$out" "$ca"; then
     log "server certificate: current (names $names)"
   else
-    replace_secret "$TLS_SECRET_ARN" "$out" "names, issuer or expiry" \
-      "tls $(version_of "$TLS_SECRET_ARN") $names" generate_server_cert "$ca"
+    replace_secret "$TLS_SECRET_ARN" "$out" "names, issuer or expiry" "tls $seen $names" generate_server_cert "$ca"
   fi
   rm -f "$ca"
 }
