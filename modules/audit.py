@@ -13,14 +13,12 @@ from cdktf_cdktf_provider_aws.cloudtrail import (
     CloudtrailEventSelector,
     CloudtrailEventSelectorDataResource,
 )
-from cdktf_cdktf_provider_aws.sns_topic import SnsTopic
-from cdktf_cdktf_provider_aws.sns_topic_policy import SnsTopicPolicy
 from constructs import Construct
 
 from config.facts import TRAIL_PREFIX
 from modules.account import Account
-from modules.logs import encrypted_log_group
-from modules.policy import Statement, resource_policy_json, service_role
+from modules.logs import encrypted_log_group, encrypted_topic
+from modules.policy import Statement, service_role
 
 BACKUP_POLICY = "service-role/AWSBackupServiceRolePolicyForBackup"
 # Daily at 05:00 UTC, after the RDS backup window AWS picks by default.
@@ -77,22 +75,13 @@ class DataEventTrail(Construct):
             ],
             inline_name="write-trail-logs",
         )
-        self.topic = SnsTopic(self, "topic", name=f"{props.name}-cloudtrail", kms_master_key_id=props.key_arn)
-        SnsTopicPolicy(
+        self.topic = encrypted_topic(
             self,
-            "topic-policy",
-            arn=self.topic.arn,
-            policy=resource_policy_json(
-                [
-                    Statement(
-                        sid="CloudTrailPublishes",
-                        actions=["sns:Publish"],
-                        resources=[self.topic.arn],
-                        principals={"Service": ["cloudtrail.amazonaws.com"]},
-                        conditions=[("StringEquals", "aws:SourceAccount", [acct.account_id])],
-                    )
-                ]
-            ),
+            name=f"{props.name}-cloudtrail",
+            key_arn=props.key_arn,
+            publisher="cloudtrail.amazonaws.com",
+            sid="CloudTrailPublishes",
+            account_id=acct.account_id,
         )
         self.trail = Cloudtrail(
             self,

@@ -15,6 +15,7 @@ from cdktf_cdktf_provider_aws.vpc_security_group_ingress_rule import VpcSecurity
 from constructs import Construct
 
 from config.facts import DICOM_TLS_PORT, HTTPS_PORT
+from modules.network import allow_site_clients
 
 # The nginx path that answers 200 only while Orthanc answers (docker/nginx.conf): the target is
 # healthy when Orthanc is, not merely nginx.
@@ -102,21 +103,7 @@ class LoadBalancer(Construct):
             vpc_id=props.vpc_id,
             description="Network Load Balancer: HTTPS and DICOM TLS from the allowed clients",
         )
-        for label, port, cidrs in (
-            ("https", HTTPS_PORT, props.web_client_cidrs),
-            ("dicom-tls", DICOM_TLS_PORT, props.dicom_client_cidrs),
-        ):
-            for i, cidr in enumerate(cidrs):
-                VpcSecurityGroupIngressRule(
-                    self,
-                    f"{label}-in-{i}",
-                    security_group_id=self.security_group.id,
-                    ip_protocol="tcp",
-                    from_port=port,
-                    to_port=port,
-                    cidr_ipv4=cidr,
-                    description=f"{label} from allowed clients",
-                )
+        allow_site_clients(self, self.security_group.id, props.web_client_cidrs, props.dicom_client_cidrs)
 
     def _target_group(self, label: str, port: int) -> LbTargetGroup:
         return LbTargetGroup(

@@ -32,11 +32,11 @@ from cdktf_cdktf_provider_aws.launch_template import (
 from cdktf_cdktf_provider_aws.s3_object import S3Object
 from cdktf_cdktf_provider_aws.security_group import SecurityGroup
 from cdktf_cdktf_provider_aws.vpc_security_group_egress_rule import VpcSecurityGroupEgressRule
-from cdktf_cdktf_provider_aws.vpc_security_group_ingress_rule import VpcSecurityGroupIngressRule
 from constructs import Construct
 
-from config.facts import DICOM_TLS_PORT, HTTPS_PORT
+from config.facts import HTTPS_PORT
 from modules.hcl import base64gzip_expression
+from modules.network import allow_site_clients
 
 # Public SSM parameter AWS keeps pointing at the newest Amazon Linux 2023 x86_64 AMI.
 AL2023_AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
@@ -131,21 +131,7 @@ class Host(Construct):
             vpc_id=props.vpc_id,
             description="Orthanc host: HTTPS and DICOM TLS in",
         )
-        for label, port, cidrs in (
-            ("https", HTTPS_PORT, props.web_client_cidrs),
-            ("dicom-tls", DICOM_TLS_PORT, props.dicom_client_cidrs),
-        ):
-            for i, cidr in enumerate(cidrs):
-                VpcSecurityGroupIngressRule(
-                    self,
-                    f"{label}-in-{i}",
-                    security_group_id=self.security_group.id,
-                    ip_protocol="tcp",
-                    from_port=port,
-                    to_port=port,
-                    cidr_ipv4=cidr,
-                    description=f"{label} from allowed clients",
-                )
+        allow_site_clients(self, self.security_group.id, props.web_client_cidrs, props.dicom_client_cidrs)
         VpcSecurityGroupEgressRule(
             self,
             "https-out",

@@ -13,14 +13,12 @@ from cdktf_cdktf_provider_aws.cloudwatch_log_metric_filter import (
     CloudwatchLogMetricFilterMetricTransformation,
 )
 from cdktf_cdktf_provider_aws.cloudwatch_metric_alarm import CloudwatchMetricAlarm
-from cdktf_cdktf_provider_aws.sns_topic import SnsTopic
-from cdktf_cdktf_provider_aws.sns_topic_policy import SnsTopicPolicy
 from cdktf_cdktf_provider_aws.sns_topic_subscription import SnsTopicSubscription
 from constructs import Construct
 
 from config.facts import HOST_METRICS_NAMESPACE as HOST_NAMESPACE
 from modules.account import Account
-from modules.policy import Statement, resource_policy_json
+from modules.logs import encrypted_topic
 
 SITE_NAMESPACE = "Orthweb/Site"
 MINUTE = 60
@@ -58,22 +56,13 @@ class Monitoring(Construct):
         super().__init__(scope, id_)
         self.props = props
         acct = props.account
-        self.topic = SnsTopic(self, "topic", name=f"{props.name}-alarms", kms_master_key_id=props.key_arn)
-        SnsTopicPolicy(
+        self.topic = encrypted_topic(
             self,
-            "topic-policy",
-            arn=self.topic.arn,
-            policy=resource_policy_json(
-                [
-                    Statement(
-                        sid="CloudWatchAlarmsPublish",
-                        actions=["sns:Publish"],
-                        resources=[self.topic.arn],
-                        principals={"Service": ["cloudwatch.amazonaws.com"]},
-                        conditions=[("StringEquals", "aws:SourceAccount", [acct.account_id])],
-                    )
-                ]
-            ),
+            name=f"{props.name}-alarms",
+            key_arn=props.key_arn,
+            publisher="cloudwatch.amazonaws.com",
+            sid="CloudWatchAlarmsPublish",
+            account_id=acct.account_id,
         )
         if props.alarm_email:
             SnsTopicSubscription(self, "email", topic_arn=self.topic.arn, protocol="email", endpoint=props.alarm_email)

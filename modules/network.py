@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cdktf import Fn
@@ -26,7 +27,7 @@ from cdktf_cdktf_provider_aws.vpc_security_group_egress_rule import VpcSecurityG
 from cdktf_cdktf_provider_aws.vpc_security_group_ingress_rule import VpcSecurityGroupIngressRule
 from constructs import Construct
 
-from config.facts import HTTPS_PORT
+from config.facts import DICOM_TLS_PORT, HTTPS_PORT
 from modules.account import Account
 from modules.logs import encrypted_log_group
 from modules.policy import Statement, service_role
@@ -37,6 +38,28 @@ MIN_DB_SUBNET_AZS = 2
 SUBNET_EXTRA_BITS = 4
 PRIVATE_SUBNET_OFFSET = 8
 AZ_LETTERS = "abcdef"
+
+
+def allow_site_clients(
+    scope: Construct, security_group_id: str, web_client_cidrs: Sequence[str], dicom_client_cidrs: Sequence[str]
+) -> None:
+    """The front door's allow-lists as ingress rules: HTTPS from the web clients, DICOM TLS from
+    the DICOM clients (on the host in the single-host profile, on the load balancer when scaled)."""
+    for label, port, cidrs in (
+        ("https", HTTPS_PORT, web_client_cidrs),
+        ("dicom-tls", DICOM_TLS_PORT, dicom_client_cidrs),
+    ):
+        for i, cidr in enumerate(cidrs):
+            VpcSecurityGroupIngressRule(
+                scope,
+                f"{label}-in-{i}",
+                security_group_id=security_group_id,
+                ip_protocol="tcp",
+                from_port=port,
+                to_port=port,
+                cidr_ipv4=cidr,
+                description=f"{label} from allowed clients",
+            )
 
 
 def subnet_cidrs(vpc_cidr: str, count: int, offset: int = 0) -> list[str]:

@@ -17,15 +17,10 @@ pytestmark = pytest.mark.rehearsal
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
-    rehearsal = Rehearsal(
+    with Rehearsal(
         workdir=tmp_path_factory.mktemp("rehearsal-scaled"), profile=SCALED_REHEARSAL, log=lambda line: None
-    )
-    try:
-        rehearsal.up()
+    ).running() as rehearsal:
         yield rehearsal
-    finally:
-        if not getattr(rehearsal, "destroyed", False):
-            rehearsal.down()
 
 
 @pytest.fixture(scope="module")
@@ -90,5 +85,5 @@ def test_second_plan_is_empty_but_for_emulator_gaps(deployed):
 def test_destroy_leaves_nothing(deployed):
     deployed.unprotect()
     deployed.destroy()
-    deployed.destroyed = True
+    assert deployed.destroyed
     deployed.stop_emulator()

@@ -10,12 +10,13 @@ time; a failure names the phase and keeps the logs in ``build/rehearsal``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import json
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,7 @@ class Rehearsal:
     timings: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    destroyed: bool = field(default=False, init=False)
 
     def phase(self, label: str, fn: Callable[[], Any]) -> Any:
         start = time.monotonic()
@@ -266,6 +268,7 @@ class Rehearsal:
         managed = [r for r in left if r.get("mode") == "managed"]
         if managed:
             raise PhaseError(f"{len(managed)} resources left after destroy")
+        self.destroyed = True
         leftovers = self.left_in_the_account()
         if leftovers:
             raise PhaseError(f"left in the emulated account after destroy: {leftovers}")
@@ -320,9 +323,19 @@ class Rehearsal:
         self.phase("terraform init", self.init)
         self.phase("terraform apply", self.apply)
 
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Rehearsal]:
+        """Deployed for the ``with`` block; torn down after it, whatever happened (the emulator
+        only, when the block destroyed the site itself)."""
+        try:
+            self.up()
+            yield self
+        finally:
+            self.down()
+
     def down(self) -> None:
         try:
-            if getattr(self, "tf", None):
+            if getattr(self, "tf", None) and not self.destroyed:
                 self.phase("switch off deletion protection (apply)", self.unprotect)
                 self.phase("terraform destroy", self.destroy)
         finally:
