@@ -27,7 +27,7 @@ PYTEST_WORKERS ?= 4
 # Debian packages the test suite drives for real: cloud-init schema, shellcheck, nginx -t, compose
 # config, and the bootstrap against the emulator (awscli v2, PostgreSQL 15 with TLS, openssl).
 APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose awscli postgresql-15 openssl \
-	orthanc orthanc-postgresql orthanc-python orthanc-dicomweb python3-boto3 dcmtk graphviz
+	orthanc orthanc-postgresql orthanc-python orthanc-dicomweb python3-boto3 dcmtk graphviz haproxy
 
 .PHONY: bench check cost diagram state-bucket validate db-tunnel modality-cert recover local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
 	pytest pytest-unit cli cli-synth diff deploy destroy output snapshot clean
@@ -94,9 +94,10 @@ bench: setup-dev system-deps
 	$(PY) -m bench.ingest
 	$(PY) -m bench.suite
 
-## local-up / local-down: the whole site on this machine (no AWS; see README "Try it locally")
+## local-up / local-down: the whole site on this machine (no AWS; see README "Try it locally"); HOSTS=2: two hosts behind a local TCP balancer
+HOSTS ?= 1
 local-up: setup-dev system-deps
-	$(PY) -m tools.harness.localsite up
+	$(PY) -m tools.harness.localsite up --hosts $(HOSTS)
 local-down:
 	$(PY) -m tools.harness.localsite down
 

@@ -4,6 +4,7 @@ the TLS front door. No mocks: every check goes through the network path a PACS w
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from config import ROOT
+from tests.readme_lines import PROGRAMS, fill, readme_lines
 from tools.harness.dicom_sender import make_instances, send
 from tools.harness.localsite import LocalSite
 from tools.ops.validate import make_test_instance
@@ -77,15 +79,17 @@ def send_site(s: LocalSite, instances, **kwargs):
 
 
 def test_dcmtk_echo_and_store_over_tls(site, tmp_path):
+    """The dcmtk lines the README gives users, as written there (placeholders filled in)."""
     data, uid = make_test_instance()
     path = tmp_path / "one.dcm"
     path.write_bytes(data)
-    common = ["+tla", "+cf", str(site.ca_path), "-aec", site.ae_title, "127.0.0.1", str(site.ports["dicom_tls"])]
-    env = {**os.environ, "TCP_NODELAY": "1"}
-    echo = subprocess.run(["echoscu", *common], capture_output=True, text=True, env=env, timeout=60)
-    assert echo.returncode == 0, echo.stderr
-    store = subprocess.run(["storescu", *common, str(path)], capture_output=True, text=True, env=env, timeout=60)
-    assert store.returncode == 0, store.stderr
+    assert site.ae_title == "ORTHANC", "the README's lines name the default AE title"
+    lines = {program: [line for line in readme_lines(program) if "+tls" not in line] for program in PROGRAMS}
+    assert len(lines["echoscu"]) >= 1 and len(lines["storescu"]) >= 2, lines
+    for line in lines["echoscu"] + lines["storescu"]:
+        argv, env = fill(line, ca=str(site.ca_path), host="127.0.0.1", port=site.ports["dicom_tls"], files=[str(path)])
+        done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+        assert done.returncode == 0, f"README line {line!r}: {done.stdout}{done.stderr}"
     instance = lookup(site, uid)
     assert instance
     status, body = site.rest(f"/instances/{instance}/file", auth=auth(site))
@@ -145,7 +149,7 @@ def test_pynetdicom_store_and_validator(site, tmp_path):
     assert proc.returncode == 0 and report["ok"], proc.stdout + proc.stderr
     names = [c["name"] for c in report["checks"]]
     assert names[-3:] == ["DICOM object in the S3 bucket", "index row in PostgreSQL", "test instance removed"]
-    assert len(names) == 9
+    assert len(names) == 10 and "DICOMweb QIDO-RS and WADO-RS" in names
 
 
 @pytest.mark.parametrize(
@@ -163,6 +167,84 @@ def test_validator_fails_clearly(site, tmp_path, breakage, failing):
     proc = run_validator(site, ca, password, tmp_path)
     assert proc.returncode == 1
     assert f"FAIL  {failing}" in proc.stdout and "site NOT OK" in proc.stdout
+
+
+def dicomweb(
+    s: LocalSite, path: str, *, accept: str = "application/dicom+json", body: bytes | None = None, **headers: str
+) -> tuple[int, dict[str, str], bytes]:
+    """One DICOMweb request through the site's TLS front door with the admin credential."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(  # noqa: S310 - loopback https
+        f"https://127.0.0.1:{s.ports['https']}/dicom-web/{path}", data=body, method="POST" if body else "GET"
+    )
+    user, password = auth(s)
+    request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    request.add_header("Accept", accept)
+    for name, value in headers.items():
+        request.add_header(name.replace("_", "-"), value)
+    try:
+        with urllib.request.urlopen(request, context=s.tls_context(), timeout=60) as response:  # noqa: S310
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def test_dicomweb_stow_qido_wado_through_the_front_door(site):
+    """What a web viewer or an AI pipeline does: STOW-RS an instance, find it with QIDO-RS, fetch it
+    with WADO-RS (same dataset bytes), and every URL in the answers points at the front door (https,
+    the address and port the client used), not at Orthanc's internal listener."""
+    from pydicom import dcmread
+
+    from tools.ops.validate import dataset_digest, multipart_parts
+
+    data, sop_uid = make_test_instance()
+    sent = dcmread(io.BytesIO(data))
+    study, series = str(sent.StudyInstanceUID), str(sent.SeriesInstanceUID)
+    boundary = "orthweb-stow-boundary"
+    body = (
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    )
+    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    front_door = f"https://127.0.0.1:{site.ports['https']}/dicom-web/"
+
+    # Without the credential the DICOMweb root is closed like the rest of the REST API.
+    status, _ = site.rest(f"/dicom-web/studies?StudyInstanceUID={study}")
+    assert status == 401
+
+    status, _, answer = dicomweb(site, "studies", body=body, Content_Type=content_type)
+    assert status == 200, answer
+    stored = json.loads(answer)
+    referenced = stored["00081199"]["Value"]  # ReferencedSOPSequence
+    assert [item["00081155"]["Value"][0] for item in referenced] == [sop_uid]
+    assert not stored.get("00081198", {}).get("Value"), "no failed SOP"
+    retrieve_urls = [stored["00081190"]["Value"][0]] + [item["00081190"]["Value"][0] for item in referenced]
+    assert all(url.startswith(front_door) for url in retrieve_urls), retrieve_urls
+
+    status, _, answer = dicomweb(site, f"studies?StudyInstanceUID={study}")
+    assert status == 200
+    found = json.loads(answer)
+    assert [f["0020000D"]["Value"][0] for f in found] == [study]
+    assert found[0]["00081190"]["Value"][0] == f"{front_door}studies/{study}"
+
+    status, _, answer = dicomweb(site, f"studies/{study}/series/{series}/instances")
+    assert status == 200 and [i["00080018"]["Value"][0] for i in json.loads(answer)] == [sop_uid]
+
+    status, headers, answer = dicomweb(
+        site,
+        f"studies/{study}/series/{series}/instances/{sop_uid}",
+        accept='multipart/related; type="application/dicom"',
+    )
+    parts = multipart_parts(headers.get("Content-Type", ""), answer)
+    assert status == 200 and len(parts) == 1
+    assert dataset_digest(parts[0]) == dataset_digest(data), "WADO-RS returns the dataset that STOW-RS stored"
+
+    # The same instance reached the S3 store (through the same plugin as DICOM C-STORE).
+    instance = lookup(site, sop_uid)
+    assert any(attachment_uuid(site, instance) in key for key in object_keys(site))
+    assert site.rest(f"/instances/{instance}", auth=auth(site), method="DELETE")[0] == 200
 
 
 # -- what must be refused -------------------------------------------------------------------------
@@ -338,28 +420,43 @@ def test_four_concurrent_senders_store_every_instance_exactly_once(fresh_site):
     assert len(stored(fresh_site)) == 400 and all_present(fresh_site, all_uids) == []
 
 
-def test_local_up_and_down_leave_nothing_running(tmp_path):
+def test_the_readme_path_local_up_validate_local_down(tmp_path):
+    """As a new user would: `make local-up`, then `make validate SITE=local` (outputs and secrets
+    read through the emulator, the same code path as against AWS) passes without printing the
+    password; a wrong password or a wrong CA fails with a readable line and exit 1; `make
+    local-down` leaves nothing running."""
+    from tools.harness.pki import make_ca
+
     env = {**os.environ, "ORTHWEB_LOCALSITE_DIR": str(tmp_path / "localsite")}
-    up = subprocess.run(
-        [sys.executable, "-m", "tools.harness.localsite", "up"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=180,
-    )
+
+    def make(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "-s", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+
+    up = make("local-up")
     assert up.returncode == 0, up.stdout + up.stderr
     assert "DICOM TLS: 127.0.0.1:" in up.stdout and "site CA  :" in up.stdout and "password in" in up.stdout
     info = json.loads((tmp_path / "localsite" / "site.json").read_text())
-    assert all(alive(pid) for pid in info["pids"].values())
-    down = subprocess.run(
-        [sys.executable, "-m", "tools.harness.localsite", "down"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-    )
+    try:
+        assert all(alive(pid) for pid in info["pids"].values())
+        password = Path(info["password_file"]).read_text().strip()
+        validated = make("validate", "SITE=local")
+        assert validated.returncode == 0, validated.stdout + validated.stderr
+        lines = validated.stdout.splitlines()
+        assert lines[-1] == "site OK: 9/9 checks passed", lines
+        assert "PASS  DICOMweb QIDO-RS and WADO-RS" in lines[6] and "PASS  DICOM object in the S3 bucket" in lines[7]
+        assert password not in validated.stdout + validated.stderr
+
+        wrong = tmp_path / "wrong-password"
+        wrong.write_text("not-the-password")
+        refused = make("validate", "SITE=local", f"ARGS=--password-file {wrong}")
+        # make reports the validator's exit code 1 as "Error 1" (and exits 2 itself).
+        assert "Error 1" in refused.stderr and "FAIL  REST with the site credentials: " in refused.stdout
+        other = make_ca(tmp_path / "other", "Some other CA").cert
+        untrusted = make("validate", "SITE=local", f"ARGS=--ca {other}")
+        assert "Error 1" in untrusted.stderr and "FAIL  HTTPS with the site CA: " in untrusted.stdout
+        assert "certificate verify failed" in untrusted.stdout
+    finally:
+        down = make("local-down")
     assert down.returncode == 0 and "local site stopped" in down.stdout
     assert not any(alive(pid) for pid in info["pids"].values())
 

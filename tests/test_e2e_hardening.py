@@ -18,6 +18,7 @@ import pytest
 
 from config import ROOT
 from config.inputs import DicomModality
+from tests.readme_lines import PROGRAMS, fill, readme_lines
 from tools.harness.localsite import LocalSite
 from tools.ops.validate import make_test_instance
 from tools.proc import free_ports, stop_process, wait_for_port
@@ -112,6 +113,16 @@ def test_an_issued_certificate_stores_with_dcmtk_and_pynetdicom(site, certs, tmp
     assert pynetdicom_store(site, context(site, certs, "CT1")) == 0
     stored = dcmtk_store(site, tmp_path, certs, "CT1")
     assert stored.returncode == 0, stored.stdout + stored.stderr
+    # The README's lines for a modality with its certificate, as written there.
+    path = tmp_path / "readme.dcm"
+    path.write_bytes(make_test_instance()[0])
+    lines = [line for program in PROGRAMS for line in readme_lines(program) if "+tls CT1.key CT1.crt" in line]
+    assert lines, "the README shows the storescu line with a client certificate"
+    for line in lines:
+        argv, env = fill(line, ca=str(site.ca_path), host="127.0.0.1", port=site.ports["dicom_tls"], files=[str(path)],
+                         certs=str(certs))  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+        assert done.returncode == 0, f"README line {line!r}: {done.stdout}{done.stderr}"
     # Each association is logged with the certificate it presented (the front door's audit trail;
     # a scaled site's load balancer passes TCP through and logs nothing of its own).
     log = (site.workdir / "nginx" / "access.log").read_text()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools.ops.validate import make_test_instance
+from tools.ops.validate import make_test_instance, secondary_capture
 
 
 @dataclass
@@ -31,31 +31,13 @@ def make_instances(count: int) -> list[tuple[bytes, str]]:
 def make_study(count: int, patient_id: str = "ORTHWEB-LOAD") -> list[tuple[bytes, str]]:
     """``count`` small Secondary Capture instances of one study and series of one patient (what a
     modality sends in one go); returns (file bytes, SOPInstanceUID) pairs."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import generate_uid
 
     study, series = generate_uid(), generate_uid()
-    out = []
-    for number in range(1, count + 1):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.PatientName, ds.PatientID, ds.Modality = "ORTHWEB^LOAD", patient_id, "OT"
-        ds.SeriesNumber, ds.InstanceNumber = 1, number
-        ds.Rows = ds.Columns = 16
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 8
-        ds.HighBit, ds.PixelRepresentation = 7, 0
-        ds.PixelData = bytes(range(256))
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        out.append((buffer.getvalue(), str(ds.SOPInstanceUID)))
-    return out
+    return [
+        secondary_capture(study=study, series=series, patient_name="ORTHWEB^LOAD", patient_id=patient_id, number=n)
+        for n in range(1, count + 1)
+    ]
 
 
 def send(

@@ -469,7 +469,10 @@ class LocalSite:
         secrets = h.run / "secrets"
         config["PostgreSQL"]["ConnectionUri"] = (secrets / "db-connection-uri").read_text()
         config["RegisteredUsers"] = json.loads((secrets / "registered-users").read_text())
-        config["Plugins"] = [str(ORTHANC_PLUGINS / "libOrthancPostgreSQLIndex.so")]
+        # The index in PostgreSQL and DICOMweb (Debian's plugin 1.7; the image has 1.24), as on a host.
+        config["Plugins"] = [
+            str(ORTHANC_PLUGINS / p) for p in ("libOrthancPostgreSQLIndex.so", "libOrthancDicomWeb.so")
+        ]
         if self.storage == "s3":
             config["AwsS3Storage"].update({"Endpoint": self.emulator.endpoint, "VirtualAddressing": False})
             config["Plugins"].append(str(ORTHANC_PLUGINS / "libOrthancPython.so"))
@@ -782,6 +785,21 @@ class LocalSite:
         except urllib.error.HTTPError as error:
             return error.code, error.read()
 
+    def outputs(self) -> dict[str, dict[str, Any]]:
+        """The local site in the form of ``terraform output -json`` of a deployed stack: what
+        ``make validate SITE=local`` reads, through the same code path as against AWS."""
+        values = {
+            "hostinfo": f"local site in {self.workdir} ({self.hosts} host(s))",
+            "site_url": f"https://127.0.0.1:{self.ports['https']}",
+            "dicom_endpoint": f"127.0.0.1:{self.ports['dicom_tls']}",
+            "bucket_name": self.bucket,
+            "region": self.region,
+            "ae_title": self.ae_title,
+            "admin_secret": self.arns["admin"],
+            "ca_secret": self.arns["ca"],
+        }
+        return {name: {"sensitive": False, "type": "string", "value": value} for name, value in values.items()}
+
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "https": f"https://127.0.0.1:{self.ports['https']}/",
@@ -840,6 +858,10 @@ def main(argv: list[str]) -> int:
                 info["pids"][name] = process.pid
         info["pg_root"] = str(site.pg.root)
         info["balancer_dir"] = str(site.balancer_dir or "")
+        # What `make validate SITE=local` reads: outputs like a deployed stack's, and the emulator.
+        outputs_file = workdir / "outputs.json"
+        outputs_file.write_text(json.dumps(site.outputs(), indent=1))
+        info["outputs_file"], info["emulator"] = str(outputs_file), site.emulator.endpoint
         STATE_FILE.write_text(json.dumps(info, indent=1))
         print(
             f"Orthweb local site is up (stand-in S3 plugin; see README)\n"

@@ -19,10 +19,24 @@ def project_config() -> OrthwebConfig:
 
 
 def client(service: str, region: str | None, endpoint_url: str | None = None) -> Any:
-    """A boto3 client with the operator's own AWS credentials (or the emulator's, in tests)."""
+    """A boto3 client with the operator's own AWS credentials; for the AWS API emulator on loopback
+    (the local site, tests), its placeholder keys, so no real credential is ever sent there."""
+    import ipaddress
+    from urllib.parse import urlparse
+
     import boto3
 
-    return boto3.client(service, region_name=region, endpoint_url=endpoint_url)
+    from config.facts import EMULATOR_PLACEHOLDER_KEY
+
+    kwargs: dict[str, Any] = {"region_name": region, "endpoint_url": endpoint_url}
+    host = urlparse(endpoint_url or "").hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        kwargs |= {"aws_access_key_id": EMULATOR_PLACEHOLDER_KEY, "aws_secret_access_key": EMULATOR_PLACEHOLDER_KEY}
+    return boto3.client(service, **kwargs)
 
 
 class SiteUnreadable(RuntimeError):

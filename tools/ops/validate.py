@@ -70,8 +70,11 @@ class Target:
     client_key: Path | None = None
 
 
-def make_test_instance() -> tuple[bytes, str]:
-    """A small, valid Secondary Capture instance with fresh UIDs; returns (file bytes, SOPInstanceUID)."""
+def secondary_capture(
+    *, study: str, series: str, patient_name: str, patient_id: str, number: int | None = None
+) -> tuple[bytes, str]:
+    """A small, valid Secondary Capture instance (16x16 pixels, fresh SOP Instance UID) of the
+    given study and series; returns (file bytes, SOPInstanceUID)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -82,8 +85,10 @@ def make_test_instance() -> tuple[bytes, str]:
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.Modality = TEST_PATIENT, "ORTHWEB-VALIDATION", "OT"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.PatientName, ds.PatientID, ds.Modality = patient_name, patient_id, "OT"
+    if number is not None:
+        ds.SeriesNumber, ds.InstanceNumber = 1, number
     ds.Rows = ds.Columns = 16
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated = ds.BitsStored = 8
@@ -92,6 +97,15 @@ def make_test_instance() -> tuple[bytes, str]:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue(), str(ds.SOPInstanceUID)
+
+
+def make_test_instance() -> tuple[bytes, str]:
+    """The validator's test instance: its own new study, of the validation patient."""
+    from pydicom.uid import generate_uid
+
+    return secondary_capture(
+        study=generate_uid(), series=generate_uid(), patient_name=TEST_PATIENT, patient_id="ORTHWEB-VALIDATION"
+    )
 
 
 def multipart_parts(content_type: str, body: bytes) -> list[bytes]:
@@ -279,13 +293,10 @@ class Validator:
         hits = [h for h in json.loads(body) if h.get("Type") == "Instance"] if status == 200 else []
         return status, hits[0]["ID"] if hits else ""
 
-    def _s3(self):
-        import boto3
+    def _s3(self) -> Any:
+        from tools.ops.site import client
 
-        kwargs: dict[str, Any] = {"region_name": self.t.region}
-        if self.t.s3_endpoint:
-            kwargs["endpoint_url"] = self.t.s3_endpoint
-        return boto3.client("s3", **kwargs)
+        return client("s3", self.t.region, self.t.s3_endpoint or None)
 
     def object_in_bucket(self) -> str:
         keys = [o["Key"] for o in self._s3().list_objects_v2(Bucket=self.t.bucket).get("Contents", [])]
