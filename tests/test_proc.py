@@ -29,3 +29,37 @@ def test_a_dead_process_reservation_is_taken_over(tmp_path, monkeypatch):
     (tmp_path / "25000").write_text(dead.stdout.strip())
     assert proc._reserve(25000) is True
     assert proc._reserve(25000) is False, "this process already holds it"
+
+
+def test_processes_reserving_at_once_never_share_a_port(tmp_path):
+    """Many processes claiming ports from one small range at the same moment: each port goes to one
+    of them. (It once went to two: a reservation file caught between its creation and its owner's
+    pid being written read as "owner 0, dead" and was taken over.)"""
+    code = (
+        "import sys, time; from pathlib import Path; from tools import proc; "
+        f"proc.RESERVATIONS = Path({str(tmp_path)!r}); proc.PORT_RANGE = range(21000, 21600); "
+        "proc.random.randrange = lambda n: 0; "  # every process starts at the same port
+        "start = float(sys.argv[1]); time.sleep(max(0.0, start - time.time())); "
+        "print(' '.join(map(str, proc.free_ports(60))), flush=True); sys.stdin.read()"  # held until all are done
+    )
+    import time
+
+    start = str(time.time() + 1.5)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, start], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
+        )
+        for _ in range(8)
+    ]
+    handed = [int(p) for w in workers for p in w.stdout.readline().split()]
+    for w in workers:
+        w.communicate(timeout=60)
+    assert all(w.returncode == 0 for w in workers)
+    assert len(handed) == 8 * 60 and len(set(handed)) == len(handed), "a port was handed to two processes"
+
+
+def test_a_reservation_being_written_is_not_taken_over(tmp_path, monkeypatch):
+    """A reservation file that exists but holds no pid yet belongs to a process still writing it."""
+    monkeypatch.setattr(proc, "RESERVATIONS", tmp_path)
+    (tmp_path / "25001").write_text("")
+    assert proc._reserve(25001) is False

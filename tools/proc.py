@@ -10,6 +10,8 @@ server can still fail to bind; whoever starts one checks that *its* server answe
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import os
 import random
 import signal
@@ -17,6 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 # Below Linux's default ephemeral range (32768-60999) and above the well-known/registered crowd.
@@ -31,23 +34,52 @@ def _release() -> None:
         path.unlink(missing_ok=True)
 
 
-def _reserve(port: int) -> bool:
-    """Claim ``port`` for this process unless a live process holds it."""
+# A reservation file without a pid younger than this is being written; older, its writer died.
+UNWRITTEN_GRACE_SECONDS = 30
+
+
+@contextlib.contextmanager
+def _reservations_locked() -> Iterator[None]:
+    """Every process's reservations, one at a time (an exclusive lock on RESERVATIONS/.lock)."""
     RESERVATIONS.mkdir(exist_ok=True)
-    path = RESERVATIONS / str(port)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
+    with open(RESERVATIONS / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            owner = int(path.read_text() or "0")
-        except (OSError, ValueError):
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _held(path: Path) -> bool:
+    """Whether the reservation ``path`` belongs to this or another live process."""
+    try:
+        text = path.read_text().strip()
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if not text.isdigit():
+        return age < UNWRITTEN_GRACE_SECONDS
+    owner = int(text)
+    return owner == os.getpid() or alive(owner)
+
+
+def _reserve(port: int) -> bool:
+    """Claim ``port`` for this process unless a live process holds it. The file appears with the
+    pid already in it (written aside, then hard-linked), under the lock every process takes."""
+    path = RESERVATIONS / str(port)
+    with _reservations_locked():
+        if path.exists():
+            if _held(path):
+                return False
+            path.unlink(missing_ok=True)  # its process is gone: take it over
+        draft = RESERVATIONS / f".{port}.{os.getpid()}"
+        draft.write_text(str(os.getpid()))
+        try:
+            os.link(draft, path)
+        except FileExistsError:
             return False
-        if owner == os.getpid() or alive(owner):
-            return False
-        path.unlink(missing_ok=True)  # its process is gone: take it over
-        return _reserve(port)
-    with os.fdopen(fd, "w") as out:
-        out.write(str(os.getpid()))
+        finally:
+            draft.unlink(missing_ok=True)
     _mine.append(path)
     return True
 
