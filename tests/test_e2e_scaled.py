@@ -20,7 +20,9 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -342,3 +344,51 @@ def test_a_host_that_read_the_empty_certificate_secret_before_another_stored_one
     assert arrived(wrapper, "stored") == 1, "the interleaving under test did not happen"
     assert three_hosts.runtime_disagreements() == []
     assert versions(three_hosts, "tls") == 1
+
+
+def test_hosts_creating_the_database_role_at_once_do_not_collide(three_hosts):
+    """Three hosts that all find no database role create it at the same moment: one creates it,
+    the others find it, none fails. (They collided before: each checked, none saw the role, and the
+    second CREATE ROLE failed on pg_authid's unique index, stopping that host's boot.) To make the
+    moment the same for all three, a transaction of the test holds pg_authid, which CREATE ROLE
+    must write; it lets go once all three hosts are waiting on the database."""
+    from tools.harness.localpg import PG_BIN
+
+    pg = three_hosts.pg
+    holder = subprocess.Popen(
+        [str(PG_BIN / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(pg.root), "-p", str(pg.port),
+         "-U", pg.superuser, "-d", pg.database],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PGPASSWORD": pg.password},
+    )  # fmt: skip
+    assert holder.stdin
+    holder.stdin.write("BEGIN;\nLOCK TABLE pg_catalog.pg_authid IN SHARE ROW EXCLUSIVE MODE;\nSELECT 'held';\n")
+    holder.stdin.flush()
+    waiting_sql = (
+        "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and backend_type = 'client backend'"
+    )
+    outcome: dict[str, Any] = {}
+
+    def boot() -> None:
+        try:
+            outcome["logs"] = three_hosts.bootstrap_hosts()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+
+    booting = threading.Thread(target=boot)
+    booting.start()
+    try:
+        deadline = time.monotonic() + 120
+        while pg.psql_superuser(waiting_sql) != "3" and booting.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert pg.psql_superuser(waiting_sql) == "3", "every host is waiting at the role step"
+    finally:
+        holder.stdin.write("COMMIT;\n")
+        holder.stdin.close()
+        holder.wait(30)
+        booting.join(300)
+    assert "error" not in outcome, outcome.get("error")
+    text = "\n".join(outcome["logs"])
+    assert pg.psql_superuser("select count(*) from pg_roles where rolname = 'orthanc'") == "1"
+    assert len(re.findall(r"database role orthanc: created or password reset", text)) >= 1
+    assert three_hosts.runtime_disagreements() == []

@@ -80,12 +80,20 @@ json_get() {  # json_get KEY < json  -> value of a top-level string key
 
 first_line() { tr -d '\r' <"$1" | grep -v '^$' | head -n 1 | cut -c1-300; }
 
-# read_secret ARN FILE: the current value into FILE; 0 ok, 3 no value yet, 1 any other failure.
+# read_secret ARN FILE: the current value into FILE, and the id of that version (read with the value,
+# in the same call) into READ_VERSION ("none" without a value); 0 ok, 3 no value yet, 1 any other failure.
+READ_VERSION=none
 read_secret() {
-  local err="$WORK/read.err"
-  if aws_ secretsmanager get-secret-value --secret-id "$1" --query SecretString --output text >"$2" 2>"$err"; then
+  local err="$WORK/read.err" raw="$WORK/read.json" rc=0
+  READ_VERSION=none
+  aws_ secretsmanager get-secret-value --secret-id "$1" --query '{v:VersionId,s:SecretString}' --output json \
+    >"$raw" 2>"$err" || rc=$?
+  if [ "$rc" -eq 0 ]; then
+    READ_VERSION=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); open(sys.argv[2], "w").write(d["s"] + "\n"); print(d["v"])' "$raw" "$2")
+    rm -f "$raw"
     return 0
   fi
+  rm -f "$raw"
   if grep -q ResourceNotFoundException "$err"; then return 3; fi
   log "reading secret $(basename "$1") failed: $(first_line "$err")"
   return 1
@@ -225,32 +233,28 @@ replace_secret() {
   read_secret "$arn" "$out" || die "cannot read back secret $(basename "$arn")"
 }
 
-version_of() { aws_ secretsmanager describe-secret --secret-id "$1" --query 'VersionIdsToStages' --output json 2>/dev/null \
-  | python3 -c 'import json,sys; print(next((v for v, s in (json.load(sys.stdin) or {}).items() if "AWSCURRENT" in s), "none"))'; }
-
 ensure_site_certificate() {  # OUT: the site-tls value (server chain, key, CA certificate)
-  local out=$1 ca="$WORK/ca.json" names seen
+  local out=$1 ca="$WORK/ca.json" names
   names=$(site_names | sort | paste -sd, -)
-  # A replacement's token names the version this host decided on, taken BEFORE it reads the value:
-  # hosts that read the same version agree on one replacement; a host that read an older value
-  # than another host stored cannot store a second one (its token is the older version's).
-  seen=$(version_of "$CA_SECRET_ARN")
+  # A replacement's token names the version whose value this host judged (READ_VERSION, read with
+  # the value): hosts that read the same version agree on one replacement, and a host that read an
+  # older value than another host stored makes the same request as that host did, which Secrets
+  # Manager refuses as a repeat with another value (it then reads the stored one).
   ensure_secret "$CA_SECRET_ARN" "$ca" generate_ca
   if ! ca_covers_names "$ca"; then
     log "WARNING: the site names ($names) are beyond the site CA's name constraints: a new site CA; clients must trust it"
-    replace_secret "$CA_SECRET_ARN" "$ca" "new names" "ca $seen $names" generate_ca
+    replace_secret "$CA_SECRET_ARN" "$ca" "new names" "ca $READ_VERSION $names" generate_ca
   fi
   if ! json_get ca_cert <"$ca" | openssl x509 -checkend $((180 * 86400)) -noout >/dev/null; then
     log "WARNING: the site CA expires within 180 days; plan a new CA (README: Trust the site CA)"
   fi
   local rc=0
-  seen=$(version_of "$TLS_SECRET_ARN")
   read_secret "$TLS_SECRET_ARN" "$out" || rc=$?
   [ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || die "cannot read secret $(basename "$TLS_SECRET_ARN")"
   if [ "$rc" -eq 0 ] && server_cert_current "$out" "$ca"; then
     log "server certificate: current (names $names)"
   else
-    replace_secret "$TLS_SECRET_ARN" "$out" "names, issuer or expiry" "tls $seen $names" generate_server_cert "$ca"
+    replace_secret "$TLS_SECRET_ARN" "$out" "names, issuer or expiry" "tls $READ_VERSION $names" generate_server_cert "$ca"
   fi
   rm -f "$ca"
 }
@@ -285,7 +289,10 @@ import json, sys
 admin, role, db, master = sys.argv[1:]
 pw = json.load(open(admin))["db_password"]
 quote = lambda s: "'" + s.replace("'", "''") + "'"
+# One host at a time (hosts booting together): the second finds the role the first committed.
 print(f"""
+BEGIN;
+SELECT pg_advisory_xact_lock(hashtext('orthweb: database role {role}'));
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {quote(role)}) THEN CREATE ROLE "{role}" LOGIN; END IF;
 END $do$;
@@ -293,6 +300,7 @@ ALTER ROLE "{role}" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {quo
 GRANT "{role}" TO "{master}";
 ALTER DATABASE "{db}" OWNER TO "{role}";
 ALTER SCHEMA public OWNER TO "{role}";
+COMMIT;
 """)
 PY
   rm -f "$master" "$pgpass"
