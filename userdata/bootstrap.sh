@@ -80,16 +80,17 @@ json_get() {  # json_get KEY < json  -> value of a top-level string key
 
 first_line() { tr -d '\r' <"$1" | grep -v '^$' | head -n 1 | cut -c1-300; }
 
-# read_secret ARN FILE: the current value into FILE, and the id of that version (read with the value,
-# in the same call) into READ_VERSION ("none" without a value); 0 ok, 3 no value yet, 1 any other failure.
-READ_VERSION=none
+# SECRET_VERSION: the version id of the value read_secret or put_value last left in its FILE (read
+# or stored in the same call as the value), "none" when there was no value.
+# read_secret ARN FILE: the current value into FILE; 0 ok, 3 no value yet, 1 any other failure.
+SECRET_VERSION=none
 read_secret() {
   local err="$WORK/read.err" raw="$WORK/read.json" rc=0
-  READ_VERSION=none
+  SECRET_VERSION=none
   aws_ secretsmanager get-secret-value --secret-id "$1" --query '{v:VersionId,s:SecretString}' --output json \
     >"$raw" 2>"$err" || rc=$?
   if [ "$rc" -eq 0 ]; then
-    READ_VERSION=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); open(sys.argv[2], "w").write(d["s"] + "\n"); print(d["v"])' "$raw" "$2")
+    SECRET_VERSION=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); open(sys.argv[2], "w").write(d["s"] + "\n"); print(d["v"])' "$raw" "$2")
     rm -f "$raw"
     return 0
   fi
@@ -103,9 +104,10 @@ read_secret() {
 # stored with TOKEN), 4 another host stored a different value with TOKEN first, 1 a real error
 # (access denied, KMS, throttling, ...): never taken for "someone else stored it".
 put_value() {
-  local err="$WORK/put.err"
-  if aws_ secretsmanager put-secret-value --secret-id "$1" --secret-string "file://$2" \
-      --client-request-token "$3" >/dev/null 2>"$err"; then
+  local err="$WORK/put.err" version
+  if version=$(aws_ secretsmanager put-secret-value --secret-id "$1" --secret-string "file://$2" \
+      --client-request-token "$3" --query VersionId --output text 2>"$err"); then
+    SECRET_VERSION=$version
     return 0
   fi
   if grep -q ResourceExistsException "$err"; then return 4; fi
@@ -122,11 +124,11 @@ ensure_secret() {
   "$generator" "$out"
   rc=0; put_value "$arn" "$out" "$FIRST_VALUE_TOKEN" || rc=$?
   case "$rc" in
-    0) log "secret $(basename "$arn"): created" ;;
-    4) log "secret $(basename "$arn"): another host stored it first; using that value" ;;
+    0) log "secret $(basename "$arn"): created" ;;  # OUT holds the stored value
+    4) log "secret $(basename "$arn"): another host stored it first; using that value"
+       read_secret "$arn" "$out" || die "cannot read back secret $(basename "$arn")" ;;
     *) die "cannot store secret $(basename "$arn")" ;;
   esac
-  read_secret "$arn" "$out" || die "cannot read back secret $(basename "$arn")"
 }
 
 # Passwords are made inside Python from the OS's random source: they never appear in an argument.
@@ -226,24 +228,24 @@ replace_secret() {
   "$@" "$out"
   put_value "$arn" "$out" "orthweb-$(printf '%s' "$seed" | tokenize)" || rc=$?
   case "$rc" in
-    0) log "secret $(basename "$arn"): replaced ($reason)" ;;
-    4) log "secret $(basename "$arn"): another host replaced it first; using that value" ;;
+    0) log "secret $(basename "$arn"): replaced ($reason)" ;;  # OUT holds the stored value
+    4) log "secret $(basename "$arn"): another host replaced it first; using that value"
+       read_secret "$arn" "$out" || die "cannot read back secret $(basename "$arn")" ;;
     *) die "cannot store secret $(basename "$arn")" ;;
   esac
-  read_secret "$arn" "$out" || die "cannot read back secret $(basename "$arn")"
 }
 
 ensure_site_certificate() {  # OUT: the site-tls value (server chain, key, CA certificate)
   local out=$1 ca="$WORK/ca.json" names
   names=$(site_names | sort | paste -sd, -)
-  # A replacement's token names the version whose value this host judged (READ_VERSION, read with
+  # A replacement's token names the version whose value this host judged (SECRET_VERSION, read with
   # the value): hosts that read the same version agree on one replacement, and a host that read an
   # older value than another host stored makes the same request as that host did, which Secrets
   # Manager refuses as a repeat with another value (it then reads the stored one).
   ensure_secret "$CA_SECRET_ARN" "$ca" generate_ca
   if ! ca_covers_names "$ca"; then
     log "WARNING: the site names ($names) are beyond the site CA's name constraints: a new site CA; clients must trust it"
-    replace_secret "$CA_SECRET_ARN" "$ca" "new names" "ca $READ_VERSION $names" generate_ca
+    replace_secret "$CA_SECRET_ARN" "$ca" "new names" "ca $SECRET_VERSION $names" generate_ca
   fi
   if ! json_get ca_cert <"$ca" | openssl x509 -checkend $((180 * 86400)) -noout >/dev/null; then
     log "WARNING: the site CA expires within 180 days; plan a new CA (README: Trust the site CA)"
@@ -254,7 +256,7 @@ ensure_site_certificate() {  # OUT: the site-tls value (server chain, key, CA ce
   if [ "$rc" -eq 0 ] && server_cert_current "$out" "$ca"; then
     log "server certificate: current (names $names)"
   else
-    replace_secret "$TLS_SECRET_ARN" "$out" "names, issuer or expiry" "tls $READ_VERSION $names" generate_server_cert "$ca"
+    replace_secret "$TLS_SECRET_ARN" "$out" "names, issuer or expiry" "tls $SECRET_VERSION $names" generate_server_cert "$ca"
   fi
   rm -f "$ca"
 }
