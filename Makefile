@@ -23,7 +23,7 @@ PIPENV := $(BOOTSTRAP_VENV)/bin/python -m pipenv
 CDKTF_FLAGS ?=
 CDKTF := $(PY) -m tools.harness.terraform cdktf
 # Parallel pytest workers for `make test` (independent slow modules side by side; see docs/benchmarks.md).
-PYTEST_WORKERS ?= 4
+PYTEST_WORKERS ?= 6
 # Debian packages the test suite drives for real: cloud-init schema, shellcheck, nginx -t, compose
 # config, and the bootstrap against the emulator (awscli v2, PostgreSQL 15 with TLS, openssl).
 APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose awscli postgresql-15 openssl \
@@ -83,7 +83,7 @@ typecheck:
 
 pytest:
 	mkdir -p build
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --junitxml=build/junit.xml $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --junitxml=build/junit.xml $(PYTEST_ARGS)
 
 pytest-unit:
 	$(PY) -m pytest -m unit -q $(PYTEST_ARGS)

@@ -32,10 +32,35 @@ if _TF_CLI:
 SLOW_LANES = frozenset({"terraform", "security", "e2e", "rehearsal", "programs", "npm", "cli", "slow"})
 
 
+# The order in which parallel workers (make test: --dist loadfile --no-loadscope-reorder) take the
+# modules: the two rehearsals first (about 7 minutes each, mostly Terraform waiting on the provider's
+# fixed RDS waits, little CPU), then the modules that need the most CPU, so that the short ones fill
+# the gaps at the end. Wall and CPU time by module: python -m bench.suite, docs/benchmarks.md.
+SCHEDULE_FIRST = (
+    "test_rehearsal",
+    "test_rehearsal_scaled",
+    "test_bootstrap",
+    "test_e2e_scaled",
+    "test_bootstrap_hygiene",
+    "test_e2e",
+    "test_terraform",
+    "test_state",
+    "test_recover",
+    "test_e2e_hardening",
+    "test_cli",
+    "test_security",
+    "test_aws_binding",
+    "test_modalities",
+    "test_install",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if not SLOW_LANES & {mark.name for mark in item.iter_markers()}:
             item.add_marker(pytest.mark.unit)
+    rank = {name: i for i, name in enumerate(SCHEDULE_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -100,13 +125,31 @@ class Synth:
 
 @pytest.fixture(scope="session")
 def synth_profile(tmp_path_factory: pytest.TempPathFactory):
+    """A reference profile's synthesized stack, in a folder of this worker's own (Terraform may
+    init there). Each profile is synthesized once per run: parallel workers share the result
+    (the first one synthesizes under a lock, the others copy its folder)."""
+    import fcntl
+    import shutil
+
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "synth-shared"
+    shared.mkdir(exist_ok=True)
     cache: dict[str, Synth] = {}
 
     def get(profile: str) -> Synth:
         if profile not in cache:
             config = OrthwebConfig(**PROFILES[profile])
+            source = shared / profile
+            with open(shared / f"{profile}.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not (source / "done").exists():
+                    shutil.rmtree(source, ignore_errors=True)
+                    synth_json(config, source)
+                    (source / "done").touch()
             outdir = tmp_path_factory.mktemp(f"synth-{profile}")
-            cache[profile] = Synth(synth_json(config, outdir), outdir, config)
+            shutil.copytree(source, outdir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("done"))
+            data = json.loads((outdir / "stacks" / config.name / "cdk.tf.json").read_text())
+            cache[profile] = Synth(data, outdir, config)
         return cache[profile]
 
     return get

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -51,7 +52,7 @@ def test_processes_reserving_at_once_never_share_a_port(tmp_path):
         )
         for _ in range(8)
     ]
-    handed = [int(p) for w in workers for p in w.stdout.readline().split()]
+    handed = [int(p) for w in workers if w.stdout for p in w.stdout.readline().split()]
     for w in workers:
         w.communicate(timeout=60)
     assert all(w.returncode == 0 for w in workers)
@@ -63,3 +64,16 @@ def test_a_reservation_being_written_is_not_taken_over(tmp_path, monkeypatch):
     monkeypatch.setattr(proc, "RESERVATIONS", tmp_path)
     (tmp_path / "25001").write_text("")
     assert proc._reserve(25001) is False
+
+
+def test_prioritized_puts_the_block_and_its_children_first_then_restores():
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    child = [sys.executable, "-c", "import os; print(os.getpriority(os.PRIO_PROCESS, 0))"]
+    with proc.prioritized(-3) as raised:
+        inside = os.getpriority(os.PRIO_PROCESS, 0)
+        started = int(subprocess.run(child, capture_output=True, text=True, check=True).stdout)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before
+    if os.geteuid() == 0:
+        assert raised and inside == started == -3
+    else:  # only root may raise priority: the block runs as it was
+        assert not raised and inside == started == before

@@ -45,3 +45,22 @@ def test_pre_commit_runs_the_same_gate_as_make_check():
     makefile = (README.parent / "Makefile").read_text()
     for tool in ("ruff check", "ruff format --check", "mypy ."):
         assert any(tool in entry for entry in entries) and tool in makefile, tool
+
+
+def test_every_test_the_docs_name_exists():
+    """README and docs/ point at tests as evidence (docs/security.md's HIPAA map): each named file
+    exists and holds each named test (``::name`` after a path means that file)."""
+    root = README.parent
+    missing = []
+    for doc in [README, *sorted((root / "docs").glob("*.md"))]:
+        current = None
+        for path, name in re.findall(r"`(tests/[\w/]+\.py)?(?:::(\w+))?`", doc.read_text()):
+            if path:
+                current = root / path
+                if not current.exists():
+                    missing.append(f"{doc.name}: {path}")
+                    continue
+            if name and current is not None and current.exists():
+                if not re.search(rf"^def {name}\(", current.read_text(), re.M):
+                    missing.append(f"{doc.name}: {current.relative_to(root)}::{name}")
+    assert not missing, missing

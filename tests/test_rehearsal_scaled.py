@@ -10,6 +10,7 @@ import pytest
 
 from tools.harness import checks
 from tools.harness.rehearsal import Rehearsal
+from tools.proc import prioritized
 from tools.profiles import SCALED_REHEARSAL
 
 pytestmark = pytest.mark.rehearsal
@@ -17,10 +18,12 @@ pytestmark = pytest.mark.rehearsal
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
-    with Rehearsal(
-        workdir=tmp_path_factory.mktemp("rehearsal-scaled"), profile=SCALED_REHEARSAL, log=lambda line: None
-    ).running() as rehearsal:
-        yield rehearsal
+    # The rehearsal is the suite's critical path: its Terraform gets the CPU first (tools.proc.prioritized).
+    with prioritized():
+        with Rehearsal(
+            workdir=tmp_path_factory.mktemp("rehearsal-scaled"), profile=SCALED_REHEARSAL, log=lambda line: None
+        ).running() as rehearsal:
+            yield rehearsal
 
 
 @pytest.fixture(scope="module")

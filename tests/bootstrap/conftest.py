@@ -1,0 +1,176 @@
+"""The world of one host for the bootstrap tests (test_bootstrap*.py here): the AWS API emulator
+on loopback holding the secrets, a local PostgreSQL 15 that accepts TLS logins only (like RDS with
+rds.force_ssl), the host's /etc and /run folders, and a recording ``docker`` stand-in (Docker cannot
+run here)."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from config import ROOT
+from config.facts import (
+    ADMIN_SECRET,
+    CA_SECRET,
+    CLIENTS_SECRET,
+    DB_MASTER_USER,
+    DB_NAME,
+    TLS_SECRET,
+)
+from tools.harness.emulator import Emulator
+from tools.harness.hostsim import bootstrap_env, run_bootstrap
+from tools.harness.localpg import PG_BIN, LocalPostgres
+from tools.harness.pki import make_ca, make_server_cert
+from userdata import HostValues, site_env
+
+BOOTSTRAP = ROOT / "userdata" / "bootstrap.sh"
+SITE_DNS = "ec2-203-0-113-10.compute-1.amazonaws.com"
+SITE_IP = "203.0.113.10"
+# Every program the bootstrap runs: the recording PATH wraps each of them.
+PROGRAMS = ("aws", "psql", "python3", "openssl", "curl", "docker", "sha256sum", "cmp", "flock", "mktemp", "tar")
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    with Emulator(tmp_path_factory.mktemp("emulator")) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pki")
+    ca = make_ca(folder, "Test RDS CA")
+    return ca, make_server_cert(folder, ca, "db")
+
+
+def _recorder(folder: Path, log: Path) -> None:
+    """STAND-IN wrappers: each records its arguments and environment (NUL-separated), then runs the real program."""
+    folder.mkdir()
+    for name in PROGRAMS:
+        real = shutil.which(name, path=f"/usr/bin:/bin:{PG_BIN}")
+        if not real:
+            continue
+        wrapper = folder / name
+        wrapper.write_text(
+            "#!/bin/bash\n"
+            f'{{ printf "%s\\0" "ARGV" "$0" "$@"; env -0; printf "\\n"; }} >> "{log}"\n'
+            f'exec "{real}" "$@"\n'
+        )
+        wrapper.chmod(0o755)
+
+
+@pytest.fixture
+def site(tmp_path, emulator, pki):
+    """One host's world: secrets in the emulator, a TLS-only PostgreSQL, and its /etc and /run folders."""
+    ca, server = pki
+    sm = boto3.client("secretsmanager", **emulator.boto_kwargs())
+    iam = boto3.client("iam", **emulator.boto_kwargs())
+    prefix = "t" + os.urandom(5).hex()  # a valid site name, unique in the shared emulator
+    master_pw = "master-" + os.urandom(8).hex()
+    arns = {
+        label: sm.create_secret(Name=f"{prefix}/{suffix}")["ARN"]
+        for label, suffix in (
+            ("admin", ADMIN_SECRET),
+            ("tls", TLS_SECRET),
+            ("ca", CA_SECRET),
+            ("clients", CLIENTS_SECRET),
+        )
+    }
+    arns["db"] = sm.create_secret(
+        Name=f"rds!db-{prefix}", SecretString=json.dumps({"username": DB_MASTER_USER, "password": master_pw})
+    )["ARN"]
+    role = iam.create_role(RoleName=f"{prefix}-orthanc"[:64], AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    pg = LocalPostgres(server, DB_MASTER_USER, master_pw, DB_NAME).start()
+    etc, run = tmp_path / "etc", tmp_path / "run"
+    etc.mkdir()
+    (etc / "rds-ca.pem").write_text(ca.cert.read_text())
+    values = HostValues(
+        region="us-east-1",
+        bucket="orthweb-dicom-test",
+        admin_secret_arn=arns["admin"],
+        tls_secret_arn=arns["tls"],
+        ca_secret_arn=arns["ca"],
+        clients_secret_arn=arns["clients"],
+        db_secret_arn=arns["db"],
+        db_host="localhost",
+        db_port=str(pg.port),
+        db_name=DB_NAME,
+        site_dns=SITE_DNS,
+        site_ip=SITE_IP,
+        log_group="/orthweb/containers",
+        orthanc_role_arn=role,
+        config_bucket="orthweb-config-test",
+        site_name="pacs.example.org",
+    )
+    (etc / "site.env").write_text(site_env(values))
+    fakebin = tmp_path / "bin"
+    fakebin.mkdir()
+    docker = fakebin / "docker"
+    docker.write_text(
+        f'#!/bin/sh\n# Stand-in for Docker (no engine here): records the call.\necho "$*" >> {tmp_path}/docker-calls\n'
+    )
+    docker.chmod(0o755)
+    # Temporary files of programs the bootstrap calls land here, where a test can look for leftovers.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**bootstrap_env(etc, run, emulator, extra_path=[fakebin]), "TMPDIR": str(scratch)}
+
+    class Site:
+        pass
+
+    s: Any = Site()
+    s.sm, s.arns, s.pg, s.etc, s.run, s.env, s.tmp = sm, arns, pg, etc, run, env, tmp_path
+    s.master_pw, s.values, s.scratch, s.prefix = master_pw, values, scratch, prefix
+
+    def bootstrap(step: str = "secrets", ok: bool = True, **extra: str) -> str:
+        proc = run_bootstrap(BOOTSTRAP, step, {**s.env, **extra})
+        assert (proc.returncode == 0) is ok, proc.stdout + proc.stderr
+        return proc.stdout + proc.stderr
+
+    def secret(name: str) -> dict:
+        return json.loads(sm.get_secret_value(SecretId=arns[name])["SecretString"])
+
+    def versions(name: str) -> int:
+        return len(sm.list_secret_version_ids(SecretId=arns[name])["Versions"])
+
+    def connect_with_runtime_uri() -> str:
+        uri = (run / "secrets" / "db-connection-uri").read_text()
+        proc = subprocess.run(
+            [str(PG_BIN / "psql"), "-X", "-t", "-A", "-c", "select current_user", uri], capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    def set_env(**changes: str) -> None:
+        text = (etc / "site.env").read_text()
+        for key, value in changes.items():
+            text = re.sub(rf"^{key}='[^']*'$", f"{key}='{value}'", text, flags=re.M)
+        (etc / "site.env").write_text(text)
+
+    def recording() -> Path:
+        log = tmp_path / "calls.log"
+        _recorder(tmp_path / "recbin", log)
+        s.env = {**s.env, "PATH": f"{tmp_path / 'recbin'}:{s.env['PATH']}"}
+        return log
+
+    s.bootstrap, s.secret, s.versions, s.connect = bootstrap, secret, versions, connect_with_runtime_uri
+    s.set_env, s.recording = set_env, recording
+    yield s
+    pg.stop()
+
+
+def secret_values(site) -> list[str]:
+    """Every secret value the run handled: passwords, private keys (each line), role credentials."""
+    admin, ca, tls = site.secret("admin"), site.secret("ca"), site.secret("tls")
+    values = [admin["password"], admin["db_password"], site.master_pw]
+    for pem in (ca["ca_key"], tls["key"]):
+        values += [line for line in pem.splitlines() if len(line) > 40]
+    creds = (site.run / "aws" / "credentials").read_text()
+    values += re.findall(r"^aws_(?:secret_access_key|session_token) = (\S+)$", creds, re.M)
+    return values
