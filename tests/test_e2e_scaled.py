@@ -237,8 +237,8 @@ def test_local_up_with_two_hosts_prints_the_balancer_and_down_stops_everything(t
 # The wrapper: all calls go to the real CLI; "barrier" holds every put-secret-value until every host
 # has reached its own put of that secret (each host read "no value" and made its own first value: the
 # worst case for create-once secrets); "late-store" lets host-0 store the server certificate only
-# after every host has read the empty secret, and holds the others' later look at the secret's
-# version until host-0 has stored (the interleaving in which two hosts each store a certificate).
+# after every host has read the empty secret, and holds the others after their read until host-0
+# has stored (the interleaving in which two hosts each stored a certificate before 2026-11-29).
 AWS_WRAPPER = r"""#!/bin/bash
 # Test wrapper around the real AWS CLI: orders calls between hosts, changes none.
 dir=@DIR@; hosts=@HOSTS@; mode=@MODE@; real=@REAL@
@@ -259,10 +259,11 @@ if [ "$mode" = barrier ] && [ "$op" = put-secret-value ]; then
   arrive "put-$kind"; wait_for "put-$kind" "$hosts"; exec "$real" "$@"
 fi
 if [ "$mode" = late-store ] && [ "$kind" = site-tls ]; then
+  # Every host reads the (empty) certificate secret; host-0 stores its certificate only once all
+  # have read, and the others go on only after that: each of them then stores what it made.
   case "$op/$me" in
-    get-secret-value/*) "$real" "$@"; rc=$?; arrive seen; exit $rc ;;
-    describe-secret/host-0) ;;
-    describe-secret/*) arrive seen; wait_for stored 1 ;;
+    get-secret-value/host-0) "$real" "$@"; rc=$?; arrive seen; exit $rc ;;
+    get-secret-value/*) "$real" "$@"; rc=$?; arrive seen; wait_for stored 1; exit $rc ;;
     put-secret-value/host-0) wait_for seen "$hosts"; "$real" "$@"; rc=$?; arrive stored; exit $rc ;;
   esac
 fi
