@@ -29,7 +29,7 @@ PYTEST_WORKERS ?= 6
 APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose awscli postgresql-15 openssl \
 	orthanc orthanc-postgresql orthanc-python orthanc-dicomweb python3-boto3 dcmtk graphviz haproxy
 
-.PHONY: bench check cost diagram state-bucket validate db-tunnel modality-cert recover local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
+.PHONY: test-deps bench check cost diagram state-bucket validate db-tunnel modality-cert recover local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
 	pytest pytest-unit cli cli-synth diff deploy destroy output snapshot clean
 
 ## synth: install runtime dependencies and synthesize cdktf.out/stacks/<name> (no AWS account needed)
@@ -37,7 +37,11 @@ synth: setup
 	$(PY) main.py
 
 ## test: install everything the suite needs, then lint, type-check and run every test
-test: setup-dev cli system-deps lint typecheck pytest
+test: test-deps lint typecheck pytest
+
+# The three installs are independent (pipenv, npm, apt): side by side.
+test-deps:
+	$(MAKE) --no-print-directory -j3 setup-dev cli system-deps
 
 ## check: the fast lane: lint, types and the pure tests (Python dev dependencies only; no apt, npm or Terraform)
 check: setup-dev lint typecheck pytest-unit
