@@ -126,29 +126,34 @@ class Synth:
 @pytest.fixture(scope="session")
 def synth_profile(tmp_path_factory: pytest.TempPathFactory):
     """A reference profile's synthesized stack, in a folder of this worker's own (Terraform may
-    init there). Each profile is synthesized once per run: parallel workers share the result
-    (the first one synthesizes under a lock, the others copy its folder)."""
+    init there). Parallel workers synthesize each profile once per run and share it: the first
+    synthesizes under a lock, the others copy its folder. The copy sits as deep as the original
+    (the stack's local state path is relative to its folder)."""
     import fcntl
     import shutil
 
     base = tmp_path_factory.getbasetemp()
-    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "synth-shared"
-    shared.mkdir(exist_ok=True)
+    shared = base.parent / "synth-shared" if os.environ.get("PYTEST_XDIST_WORKER") else None
     cache: dict[str, Synth] = {}
 
     def get(profile: str) -> Synth:
         if profile not in cache:
             config = OrthwebConfig(**PROFILES[profile])
-            source = shared / profile
-            with open(shared / f"{profile}.lock", "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                if not (source / "done").exists():
-                    shutil.rmtree(source, ignore_errors=True)
-                    synth_json(config, source)
-                    (source / "done").touch()
             outdir = tmp_path_factory.mktemp(f"synth-{profile}")
-            shutil.copytree(source, outdir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("done"))
-            data = json.loads((outdir / "stacks" / config.name / "cdk.tf.json").read_text())
+            if shared is None:
+                data = synth_json(config, outdir)
+            else:
+                source = shared / profile
+                assert len(source.parts) == len(outdir.parts), "the shared synth must sit as deep as its copies"
+                shared.mkdir(exist_ok=True)
+                with open(shared / f"{profile}.lock", "a") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    if not (source / "done").exists():
+                        shutil.rmtree(source, ignore_errors=True)
+                        synth_json(config, source)
+                        (source / "done").touch()
+                shutil.copytree(source, outdir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("done"))
+                data = json.loads((outdir / "stacks" / config.name / "cdk.tf.json").read_text())
             cache[profile] = Synth(data, outdir, config)
         return cache[profile]
 

@@ -17,11 +17,25 @@ def test_ports_are_distinct_and_never_handed_out_twice():
     assert all(proc.PORT_RANGE.start <= p < proc.PORT_RANGE.stop for p in first + second)
 
 
-def test_another_process_does_not_get_a_reserved_port():
-    mine = set(proc.free_ports(200))
-    code = "from tools import proc; print(' '.join(map(str, proc.free_ports(200))))"
-    theirs = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert not mine & {int(p) for p in theirs.stdout.split()}
+def test_another_process_does_not_get_a_reserved_port(tmp_path):
+    """Another process, even one with another TMPDIR (the test session sets its own for cdktf),
+    starting its search at exactly our first port, gets none of ours. (With the registry under
+    TMPDIR the two processes kept separate registries: it failed about one run in thirty.)"""
+    mine = proc.free_ports(200)
+    start = proc.PORT_RANGE.index(mine[0])
+    code = (
+        f"from tools import proc; proc.random.randrange = lambda n: {start}; "
+        "print(' '.join(map(str, proc.free_ports(200))))"
+    )
+    theirs = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert not set(mine) & {int(p) for p in theirs.stdout.split()}
 
 
 def test_a_dead_process_reservation_is_taken_over(tmp_path, monkeypatch):

@@ -17,14 +17,15 @@ import random
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 # Below Linux's default ephemeral range (32768-60999) and above the well-known/registered crowd.
 PORT_RANGE = range(20000, 32768)
-RESERVATIONS = Path(tempfile.gettempdir()) / "orthweb-ports"
+# Ports are machine-wide, so is their registry: a fixed folder, not one under TMPDIR (a process with
+# another TMPDIR, such as the test session's, would keep a registry of its own).
+RESERVATIONS = Path("/tmp/orthweb-ports")  # noqa: S108 - a registry of port numbers, no data
 _mine: list[Path] = []
 
 
@@ -41,7 +42,10 @@ UNWRITTEN_GRACE_SECONDS = 30
 @contextlib.contextmanager
 def _reservations_locked() -> Iterator[None]:
     """Every process's reservations, one at a time (an exclusive lock on RESERVATIONS/.lock)."""
-    RESERVATIONS.mkdir(exist_ok=True)
+    if not RESERVATIONS.is_dir():
+        RESERVATIONS.mkdir(exist_ok=True)
+        with contextlib.suppress(PermissionError):
+            RESERVATIONS.chmod(0o1777)  # every user's processes share the machine's ports  # noqa: S103
     with open(RESERVATIONS / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
