@@ -7,22 +7,19 @@ import pytest
 
 from tools.harness import checks
 from tools.harness.rehearsal import Rehearsal
-from tools.proc import prioritized
 
 pytestmark = pytest.mark.rehearsal
 
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
-    # The rehearsal is the suite's critical path: its Terraform gets the CPU first (tools.proc.prioritized).
-    with prioritized():
-        with Rehearsal(workdir=tmp_path_factory.mktemp("rehearsal"), log=lambda line: None).running() as rehearsal:
-            yield rehearsal
+    with Rehearsal(workdir=tmp_path_factory.mktemp("rehearsal"), log=lambda line: None).running() as rehearsal:
+        yield rehearsal
 
 
 @pytest.fixture(scope="module")
 def deployment(deployed) -> checks.Deployment:
-    return checks.Deployment(deployed.state, deployed.outputs, deployed.region, deployed.emulator.endpoint)
+    return checks.deployment_of(deployed)
 
 
 @pytest.mark.parametrize("check", checks.CHECKS, ids=lambda c: c.__name__)

@@ -406,14 +406,15 @@ CHECKS = (
 SCALED_CHECKS = (*CHECKS, check_balancer)
 
 
-def _deployment(rehearsal) -> Deployment:
+def deployment_of(rehearsal) -> Deployment:
+    """The deployment a rehearsal left: its state, outputs, region and emulator."""
     return Deployment(rehearsal.state, rehearsal.outputs, rehearsal.region, rehearsal.emulator.endpoint)
 
 
 def run_post_deploy_checks(rehearsal) -> list[str]:
-    d = _deployment(rehearsal)
+    d = deployment_of(rehearsal)
     return [check(d) for check in (SCALED_CHECKS if d.scaled else CHECKS)]
 
 
 def check_state(rehearsal) -> str:
-    return check_state_hygiene(_deployment(rehearsal), rehearsal.state_file.read_text())
+    return check_state_hygiene(deployment_of(rehearsal), rehearsal.state_file.read_text())

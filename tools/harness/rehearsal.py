@@ -326,12 +326,17 @@ class Rehearsal:
     @contextlib.contextmanager
     def running(self) -> Iterator[Rehearsal]:
         """Deployed for the ``with`` block; torn down after it, whatever happened (the emulator
-        only, when the block destroyed the site itself)."""
-        try:
-            self.up()
-            yield self
-        finally:
-            self.down()
+        only, when the block destroyed the site itself). Its Terraform gets the CPU first: in the
+        test suite the rehearsal is the critical path, mostly waiting, needing little CPU
+        (tools.proc.prioritized, root only)."""
+        from tools.proc import prioritized
+
+        with prioritized():
+            try:
+                self.up()
+                yield self
+            finally:
+                self.down()
 
     def down(self) -> None:
         try:
