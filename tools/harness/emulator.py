@@ -21,10 +21,16 @@ FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": EMULATOR_PLACEHOLDER_KEY, "AWS_SECRET_A
 
 
 class Emulator:
-    """Start with ``with Emulator(log_dir) as emu:``; ``emu.endpoint`` is its URL."""
+    """Start with ``with Emulator(log_dir) as emu:``; ``emu.endpoint`` is its URL.
 
-    def __init__(self, log_dir: Path, port: int | None = None, region: str = "us-east-1"):
+    ``managed_policies`` loads AWS's managed IAM policies, which attaching one needs (a Terraform apply
+    of the stack does). Only then: loading them costs the emulator ~0.7 CPU-s on its first request."""
+
+    def __init__(
+        self, log_dir: Path, port: int | None = None, region: str = "us-east-1", managed_policies: bool = False
+    ):
         self.log_dir = log_dir
+        self.managed_policies = managed_policies
         self.port = port or free_port()
         self.region = region
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -54,7 +60,11 @@ class Emulator:
         server = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
         if not server:
             raise RuntimeError("moto_server not found: install the dev dependencies (pipenv sync --dev)")
-        env = {**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true", **FAKE_CREDENTIALS}
+        env = {
+            **os.environ,
+            "MOTO_IAM_LOAD_MANAGED_POLICIES": str(self.managed_policies).lower(),
+            **FAKE_CREDENTIALS,
+        }
         log = open(self.log_dir / "emulator.log", "ab")
         self.process = subprocess.Popen(
             [server, "-H", "127.0.0.1", "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT, env=env

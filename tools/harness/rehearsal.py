@@ -119,7 +119,8 @@ class Rehearsal:
     def start_emulator(self) -> None:
         from tools.harness.emulator import Emulator
 
-        self.emulator = Emulator(self.workdir / "logs", region=self.region).start()
+        # The apply attaches AWS managed policies (RDS monitoring, backup).
+        self.emulator = Emulator(self.workdir / "logs", region=self.region, managed_policies=True).start()
 
     def synth(self, **overrides: Any) -> None:
         from config.inputs import OrthwebConfig
