@@ -399,12 +399,24 @@ def test_db_password_rotation_is_followed(fresh_site):
     assert len(send_site(fresh_site, make_instances(10)).acknowledged) == 10
 
 
-def test_four_concurrent_senders_store_every_instance_exactly_once(fresh_site):
+def test_four_concurrent_senders_store_every_instance_exactly_once(site):
+    """On the module's site (no fresh one needed): counted as what these 400 instances add to it."""
+
+    def dcm_keys() -> set[str]:
+        # One DICOM object per instance (Orthanc may add a ".dcm.head" attachment, the header up to the pixels).
+        return {k for k in object_keys(site) if k.endswith(".dcm")}
+
+    def count_instances() -> int:
+        status, body = site.rest("/statistics", auth=auth(site))
+        assert status == 200
+        return int(json.loads(body)["CountInstances"])
+
+    instances_before, keys_before, index_before = count_instances(), dcm_keys(), stored(site)
     batches = [make_instances(100) for _ in range(4)]
     reports = [None] * 4
 
     def run(i: int) -> None:
-        reports[i] = send_site(fresh_site, batches[i])
+        reports[i] = send_site(site, batches[i])
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
     for t in threads:
@@ -412,12 +424,15 @@ def test_four_concurrent_senders_store_every_instance_exactly_once(fresh_site):
     for t in threads:
         t.join(300)
     assert all(r is not None and len(r.acknowledged) == 100 for r in reports)
-    status, body = fresh_site.rest("/statistics", auth=auth(fresh_site))
-    assert status == 200 and json.loads(body)["CountInstances"] == 400
-    # One DICOM object per instance (Orthanc may add a ".dcm.head" attachment, the header up to the pixels).
-    assert len([k for k in object_keys(fresh_site) if k.endswith(".dcm")]) == 400
+    assert count_instances() - instances_before == 400
+    new_keys = dcm_keys() - keys_before
+    assert len(new_keys) == 400
     all_uids = [uid for batch in batches for _, uid in batch]
-    assert len(stored(fresh_site)) == 400 and all_present(fresh_site, all_uids) == []
+    index = stored(site)
+    assert len(index) - len(index_before) == 400 and all_present(site, all_uids) == []
+    # Each instance indexed once, with its own new object.
+    files = {index[uid] for uid in all_uids}
+    assert len(files) == 400 and all(any(f in key for key in new_keys) for f in files)
 
 
 def test_the_readme_path_local_up_validate_local_down(tmp_path):
