@@ -387,16 +387,17 @@ def test_fresh_host_sees_every_study_and_presents_the_same_certificate(fresh_sit
     assert all_present(fresh_site, [uid for _, uid in instances]) == []
 
 
-def test_db_password_rotation_is_followed(fresh_site):
-    admin = fresh_site.admin()
+def test_db_password_rotation_is_followed(site):
+    """On the module's site: the tests after this one run on the rotated password too."""
+    admin = site.admin()
     new_pw = "rotated-" + os.urandom(12).hex()
-    fresh_site.pg.psql_superuser(f"ALTER ROLE orthanc PASSWORD '{new_pw}'")
-    fresh_site.sm.put_secret_value(
-        SecretId=fresh_site.arns["admin"], SecretString=json.dumps({**admin, "db_password": new_pw})
+    site.pg.psql_superuser(f"ALTER ROLE orthanc PASSWORD '{new_pw}'")
+    site.sm.put_secret_value(
+        SecretId=site.arns["admin"], SecretString=json.dumps({**admin, "db_password": new_pw})
     )
-    log = fresh_site.refresh()  # what `orthweb-bootstrap refresh` does with docker compose on the host
+    log = site.refresh()  # what `orthweb-bootstrap refresh` does with docker compose on the host
     assert "runtime files changed: db-connection-uri" in log
-    assert len(send_site(fresh_site, make_instances(10)).acknowledged) == 10
+    assert len(send_site(site, make_instances(10)).acknowledged) == 10
 
 
 def test_four_concurrent_senders_store_every_instance_exactly_once(site):
