@@ -392,9 +392,7 @@ def test_db_password_rotation_is_followed(site):
     admin = site.admin()
     new_pw = "rotated-" + os.urandom(12).hex()
     site.pg.psql_superuser(f"ALTER ROLE orthanc PASSWORD '{new_pw}'")
-    site.sm.put_secret_value(
-        SecretId=site.arns["admin"], SecretString=json.dumps({**admin, "db_password": new_pw})
-    )
+    site.sm.put_secret_value(SecretId=site.arns["admin"], SecretString=json.dumps({**admin, "db_password": new_pw}))
     log = site.refresh()  # what `orthweb-bootstrap refresh` does with docker compose on the host
     assert "runtime files changed: db-connection-uri" in log
     assert len(send_site(site, make_instances(10)).acknowledged) == 10
