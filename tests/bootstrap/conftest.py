@@ -65,10 +65,20 @@ def _recorder(folder: Path, log: Path) -> None:
         wrapper.chmod(0o755)
 
 
+@pytest.fixture(scope="module")
+def cluster(pki):
+    """The module's TLS-only PostgreSQL; each test renews it (see ``LocalPostgres.renew``)."""
+    _, server = pki
+    pg = LocalPostgres(server, DB_MASTER_USER, "master-" + os.urandom(8).hex(), DB_NAME).start()
+    yield pg
+    pg.stop()
+
+
 @pytest.fixture
-def site(tmp_path, emulator, pki):
-    """One host's world: secrets in the emulator, a TLS-only PostgreSQL, and its /etc and /run folders."""
-    ca, server = pki
+def site(tmp_path, emulator, pki, cluster):
+    """One host's world: secrets in the emulator, a TLS-only PostgreSQL as a new RDS instance leaves
+    it, and the host's /etc and /run folders."""
+    ca, _ = pki
     sm = boto3.client("secretsmanager", **emulator.boto_kwargs())
     iam = boto3.client("iam", **emulator.boto_kwargs())
     prefix = "t" + os.urandom(5).hex()  # a valid site name, unique in the shared emulator
@@ -86,7 +96,7 @@ def site(tmp_path, emulator, pki):
         Name=f"rds!db-{prefix}", SecretString=json.dumps({"username": DB_MASTER_USER, "password": master_pw})
     )["ARN"]
     role = iam.create_role(RoleName=f"{prefix}-orthanc"[:64], AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    pg = LocalPostgres(server, DB_MASTER_USER, master_pw, DB_NAME).start()
+    pg = cluster.renew(master_pw)
     etc, run = tmp_path / "etc", tmp_path / "run"
     etc.mkdir()
     (etc / "rds-ca.pem").write_text(ca.cert.read_text())
@@ -162,7 +172,6 @@ def site(tmp_path, emulator, pki):
     s.bootstrap, s.secret, s.versions, s.connect = bootstrap, secret, versions, connect_with_runtime_uri
     s.set_env, s.recording = set_env, recording
     yield s
-    pg.stop()
 
 
 def secret_values(site) -> list[str]:
