@@ -29,7 +29,7 @@ PYTEST_WORKERS ?= 6
 APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose awscli postgresql-15 openssl \
 	orthanc orthanc-postgresql orthanc-python orthanc-dicomweb python3-boto3 dcmtk graphviz haproxy
 
-.PHONY: test-deps bench check compile cost diagram state-bucket validate db-tunnel modality-cert recover local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
+.PHONY: test-deps security-deps bench check compile cost diagram state-bucket validate db-tunnel modality-cert recover local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
 	pytest pytest-unit cli cli-synth diff deploy destroy output snapshot clean
 
 ## synth: install runtime dependencies and synthesize cdktf.out/stacks/<name> (no AWS account needed)
@@ -41,9 +41,12 @@ test: test-deps
 	$(MAKE) --no-print-directory -j3 -Otarget compile lint typecheck
 	$(MAKE) --no-print-directory pytest
 
-# The three installs are independent (pipenv, npm, apt): side by side.
+# The installs are independent (pipenv, npm, apt, checkov's own virtualenv): side by side.
 test-deps:
-	$(MAKE) --no-print-directory -j3 setup-dev cli system-deps
+	$(MAKE) --no-print-directory -j4 setup-dev cli system-deps security-deps
+
+security-deps:
+	$(PYTHON) -m tools.ci.security --install
 
 ## check: the fast lane: lint, types and the pure tests (Python dev dependencies only; no apt, npm or Terraform)
 check: setup-dev lint typecheck pytest-unit

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from config.facts import POSTGRES_PORT, SSH_PORT
-from tools.ci.security import run_checkov, skipped_checks
+from tools.ci.security import main, run_checkov, skipped_checks
 
 pytestmark = pytest.mark.security
 
@@ -33,6 +33,11 @@ def test_the_plan_passes_checkov(tmp_path):
     scan = run_checkov(plan_json(tmp_path), "default plan", framework="terraform_plan")
     assert not scan.failed, scan.line()
     assert scan.passed > 200
+
+
+def test_unknown_arguments_exit_2_naming_the_one_allowed(capsys):
+    assert main(["--instal"]) == 2
+    assert "usage: python -m tools.ci.security [--install]" in capsys.readouterr().err
 
 
 def test_at_most_five_skips_each_with_a_reason():

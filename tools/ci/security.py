@@ -2,7 +2,8 @@
 synthesized default and prod stacks and on the plan of the default stack.
 
 ``python -m tools.ci.security`` (``make security``) prints one line per scan and exits 1 on any
-failed check. The scans and the custom checks' own tests share ``run_checkov``.
+failed check; ``--install`` only installs checkov (``make test-deps`` runs it beside the other installs).
+The scans and the custom checks' own tests share ``run_checkov``.
 """
 
 from __future__ import annotations
@@ -112,7 +113,14 @@ def plan_json(outdir: Path) -> Path:
     return path
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--install"]:  # make test-deps: checkov's virtualenv beside the other installs
+        print(f"[security] checkov: {checkov_bin()}")
+        return 0
+    if args:
+        print("usage: python -m tools.ci.security [--install]", file=sys.stderr)
+        return 2
     scans = [
         run_checkov(synth({}, WORK / "default"), "default stack (terraform_json)"),
         run_checkov(synth(PROD, WORK / "prod"), "prod stack (terraform_json)"),
