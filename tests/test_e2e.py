@@ -58,6 +58,17 @@ def object_keys(s: LocalSite) -> set[str]:
     return {o["Key"] for page in pages for o in page.get("Contents", [])}
 
 
+def dcm_objects(s: LocalSite) -> set[str]:
+    # One DICOM object per instance (Orthanc may add a ".dcm.head" attachment, the header up to the pixels).
+    return {k for k in object_keys(s) if k.endswith(".dcm")}
+
+
+def count_instances(s: LocalSite, host: int = 0) -> int:
+    status, body = s.rest("/statistics", auth=auth(s), host=host)
+    assert status == 200
+    return int(json.loads(body)["CountInstances"])
+
+
 def attachment_uuid(s: LocalSite, instance: str) -> str:
     status, body = s.rest(f"/instances/{instance}/attachments/dicom/info", auth=auth(s))
     assert status == 200
@@ -400,17 +411,7 @@ def test_db_password_rotation_is_followed(site):
 
 def test_four_concurrent_senders_store_every_instance_exactly_once(site):
     """On the module's site (no fresh one needed): counted as what these 400 instances add to it."""
-
-    def dcm_keys() -> set[str]:
-        # One DICOM object per instance (Orthanc may add a ".dcm.head" attachment, the header up to the pixels).
-        return {k for k in object_keys(site) if k.endswith(".dcm")}
-
-    def count_instances() -> int:
-        status, body = site.rest("/statistics", auth=auth(site))
-        assert status == 200
-        return int(json.loads(body)["CountInstances"])
-
-    instances_before, keys_before, index_before = count_instances(), dcm_keys(), stored(site)
+    instances_before, keys_before, index_before = count_instances(site), dcm_objects(site), stored(site)
     batches = [make_instances(100) for _ in range(4)]
     reports = [None] * 4
 
@@ -423,8 +424,8 @@ def test_four_concurrent_senders_store_every_instance_exactly_once(site):
     for t in threads:
         t.join(300)
     assert all(r is not None and len(r.acknowledged) == 100 for r in reports)
-    assert count_instances() - instances_before == 400
-    new_keys = dcm_keys() - keys_before
+    assert count_instances(site) - instances_before == 400
+    new_keys = dcm_objects(site) - keys_before
     assert len(new_keys) == 400
     all_uids = [uid for batch in batches for _, uid in batch]
     index = stored(site)

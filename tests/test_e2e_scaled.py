@@ -29,7 +29,7 @@ from pydicom import dcmread
 
 from config import ROOT
 from config.inputs import DicomModality
-from tests.test_e2e import all_present, auth, object_keys, stored
+from tests.test_e2e import all_present, auth, count_instances, dcm_objects, stored
 from tools.harness.dicom_sender import SendReport, make_instances, make_study, send
 from tools.harness.localsite import BOOTSTRAP, LocalSite
 from tools.proc import alive
@@ -74,17 +74,6 @@ def associations(s: LocalSite) -> list[int]:
     """Connections the balancer has given each host on the DICOM listener so far."""
     servers = s.balancer_servers()
     return [int(servers[("dicom_tls", h.name)]["stot"]) for h in s.local_hosts]
-
-
-def count_instances(s: LocalSite, host: int) -> int:
-    status, body = s.rest("/statistics", auth=auth(s), host=host)
-    assert status == 200
-    return int(json.loads(body)["CountInstances"])
-
-
-def dcm_objects(s: LocalSite) -> set[str]:
-    # One DICOM object per instance (Orthanc may add a ".dcm.head" attachment, the header up to the pixels).
-    return {k for k in object_keys(s) if k.endswith(".dcm")}
 
 
 # -- two servers, one index, one bucket -----------------------------------------------------------
