@@ -122,10 +122,18 @@ ensure_secret() {
   if [ "$rc" -eq 0 ]; then log "secret $(basename "$arn"): present, unchanged"; return 0; fi
   [ "$rc" -eq 3 ] || die "cannot read secret $(basename "$arn")"
   "$generator" "$out"
-  rc=0; put_value "$arn" "$out" "$FIRST_VALUE_TOKEN" || rc=$?
+  store_value "$arn" "$out" "$FIRST_VALUE_TOKEN" "created" "stored it"
+}
+
+# store_value ARN OUT TOKEN DONE RACED: store OUT as the secret's new value (put_value). OUT then holds
+# the stored value: this host's (logged as DONE) or, when another host stored one first with TOKEN,
+# that one, read back (logged as "another host RACED first").
+store_value() {
+  local arn=$1 out=$2 rc=0
+  put_value "$arn" "$out" "$3" || rc=$?
   case "$rc" in
-    0) log "secret $(basename "$arn"): created" ;;  # OUT holds the stored value
-    4) log "secret $(basename "$arn"): another host stored it first; using that value"
+    0) log "secret $(basename "$arn"): $4" ;;
+    4) log "secret $(basename "$arn"): another host $5 first; using that value"
        read_secret "$arn" "$out" || die "cannot read back secret $(basename "$arn")" ;;
     *) die "cannot store secret $(basename "$arn")" ;;
   esac
@@ -222,17 +230,11 @@ server_cert_current() {  # server_cert_current TLS_JSON CA_JSON: 0 if issued by 
 }
 
 # replace_secret ARN OUT REASON TOKEN_SEED GENERATOR [ARGS]: store a new value unless another host
-# already replaced the same version (same token), then read the value that won.
+# already replaced the same version (same token); OUT then holds the value that won.
 replace_secret() {
-  local arn=$1 out=$2 reason=$3 seed=$4 rc=0; shift 4
+  local arn=$1 out=$2 reason=$3 seed=$4; shift 4
   "$@" "$out"
-  put_value "$arn" "$out" "orthweb-$(printf '%s' "$seed" | tokenize)" || rc=$?
-  case "$rc" in
-    0) log "secret $(basename "$arn"): replaced ($reason)" ;;  # OUT holds the stored value
-    4) log "secret $(basename "$arn"): another host replaced it first; using that value"
-       read_secret "$arn" "$out" || die "cannot read back secret $(basename "$arn")" ;;
-    *) die "cannot store secret $(basename "$arn")" ;;
-  esac
+  store_value "$arn" "$out" "orthweb-$(printf '%s' "$seed" | tokenize)" "replaced ($reason)" "replaced it"
 }
 
 ensure_site_certificate() {  # OUT: the site-tls value (server chain, key, CA certificate)
