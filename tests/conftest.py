@@ -29,7 +29,7 @@ _TF_CLI = terraform_cli_config(ROOT / "build" / "terraform-cli")
 if _TF_CLI:
     os.environ["TF_CLI_CONFIG_FILE"] = str(_TF_CLI)
 
-SLOW_LANES = frozenset({"terraform", "security", "e2e", "rehearsal", "programs", "npm", "cli", "slow"})
+SLOW_LANES = frozenset({"terraform", "security", "e2e", "rehearsal", "programs", "npm", "cli", "slow", "systemd"})
 
 
 # The order in which parallel workers (make test: --dist loadfile --no-loadscope-reorder) take the
@@ -39,6 +39,7 @@ SLOW_LANES = frozenset({"terraform", "security", "e2e", "rehearsal", "programs",
 SCHEDULE_FIRST = (
     "test_rehearsal",
     "test_rehearsal_scaled",
+    "test_systemd_boot",
     "test_bootstrap",
     "test_e2e_scaled",
     "test_bootstrap_hygiene",

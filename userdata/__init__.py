@@ -149,9 +149,14 @@ def bundle_files(a: AppValues) -> dict[str, tuple[int, str]]:
 
 def build_bundle(a: AppValues) -> Bundle:
     """The boot bundle, byte for byte the same for the same inputs (fixed times, owners, order)."""
+    return pack_bundle(bundle_files(a))
+
+
+def pack_bundle(files: dict[str, tuple[int, str]]) -> Bundle:
+    """Files (path on the host -> mode, text) as a deterministic tar.gz."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path, (mode, text) in sorted(bundle_files(a).items()):
+        for path, (mode, text) in sorted(files.items()):
             data = text.encode()
             info = tarfile.TarInfo(path)
             info.size, info.mode, info.mtime = len(data), mode, 0

@@ -112,6 +112,35 @@ def local_nginx(prefix: Path, **values: Any) -> NginxValues:
     return NginxValues(**{**defaults, **values})
 
 
+def native_orthanc_config(
+    config: dict[str, Any],
+    secrets: Path,
+    *,
+    http_port: int,
+    dicom_port: int,
+    storage_dir: Path,
+    s3_endpoint: str | None,
+) -> dict[str, Any]:
+    """A host's orthanc.json made ready for Debian's Orthanc running natively: the runtime secret
+    files merged in (as the orthancteam image does with Docker secrets), local ports and folders,
+    Debian's plugins, and the S3 STAND-IN plugin pointed at ``s3_endpoint`` (None: Orthanc's own
+    local-disk storage, the benchmark's fast path)."""
+    config = {**config, "HttpPort": http_port, "DicomPort": dicom_port}
+    config["StorageDirectory"] = config["IndexDirectory"] = str(storage_dir)
+    config["PostgreSQL"] = {**config["PostgreSQL"], "ConnectionUri": (secrets / "db-connection-uri").read_text()}
+    config["RegisteredUsers"] = json.loads((secrets / "registered-users").read_text())
+    # The index in PostgreSQL and DICOMweb (Debian's plugin 1.7; the image has 1.24), as on a host.
+    config["Plugins"] = [str(ORTHANC_PLUGINS / p) for p in ("libOrthancPostgreSQLIndex.so", "libOrthancDicomWeb.so")]
+    if s3_endpoint:
+        config["AwsS3Storage"] = {**config["AwsS3Storage"], "Endpoint": s3_endpoint, "VirtualAddressing": False}
+        config["Plugins"].append(str(ORTHANC_PLUGINS / "libOrthancPython.so"))
+        config["Python"] = {"Path": str(PLUGIN)}
+        config["PythonScript"] = str(PLUGIN)
+    else:
+        del config["AwsS3Storage"]
+    return config
+
+
 def render_haproxy(
     listen: dict[str, int], hosts: Sequence[dict[str, int]], admin_socket: Path, check_timing: str = CHECK_TIMING
 ) -> str:
@@ -458,31 +487,19 @@ class LocalSite:
                     bucket=self.bucket,
                     region=self.region,
                     modalities=self.modalities,
-                    dicom_port=h.ports["orthanc_dicom"],
-                    http_port=h.ports["orthanc_http"],
-                    storage_directory=str(h.orthanc_dir),
                     several_servers=self.hosts > 1,
                     server_identifier=h.name if self.hosts > 1 else "",
                 )
             )
         )
-        secrets = h.run / "secrets"
-        config["PostgreSQL"]["ConnectionUri"] = (secrets / "db-connection-uri").read_text()
-        config["RegisteredUsers"] = json.loads((secrets / "registered-users").read_text())
-        # The index in PostgreSQL and DICOMweb (Debian's plugin 1.7; the image has 1.24), as on a host.
-        config["Plugins"] = [
-            str(ORTHANC_PLUGINS / p) for p in ("libOrthancPostgreSQLIndex.so", "libOrthancDicomWeb.so")
-        ]
-        if self.storage == "s3":
-            config["AwsS3Storage"].update({"Endpoint": self.emulator.endpoint, "VirtualAddressing": False})
-            config["Plugins"].append(str(ORTHANC_PLUGINS / "libOrthancPython.so"))
-            config["Python"] = {"Path": str(PLUGIN)}
-            config["PythonScript"] = str(PLUGIN)
-        else:
-            # Orthanc's own storage area: files under StorageDirectory on this host's disk.
-            del config["AwsS3Storage"]
-        config["IndexDirectory"] = str(h.orthanc_dir)
-        return config
+        return native_orthanc_config(
+            config,
+            h.run / "secrets",
+            http_port=h.ports["orthanc_http"],
+            dicom_port=h.ports["orthanc_dicom"],
+            storage_dir=h.orthanc_dir,
+            s3_endpoint=self.emulator.endpoint if self.storage == "s3" else None,
+        )
 
     def start_orthanc(self, host: int = 0) -> None:
         h = self.host(host)
@@ -632,16 +649,16 @@ class LocalSite:
             checks += [
                 (f"{prefix}Orthanc process", partial(self._running, h.process("orthanc"))),
                 (f"{prefix}nginx process", partial(self._running, h.process("nginx"))),
-                (f"{prefix}web/REST https://127.0.0.1:{https}", partial(self._check_rest, https)),
-                (f"{prefix}DICOM TLS 127.0.0.1:{dicom}", partial(self._check_dicom, dicom)),
+                (f"{prefix}web/REST https://127.0.0.1:{https}", partial(self.check_rest, https)),
+                (f"{prefix}DICOM TLS 127.0.0.1:{dicom}", partial(self.check_dicom, dicom)),
             ]
         if several:
             https, dicom = self.ports["https"], self.ports["dicom_tls"]
             checks += [
                 ("balancer (HAProxy) process", partial(self._running, "haproxy")),
                 ("balancer health checks", self._check_balanced),
-                (f"balancer web/REST https://127.0.0.1:{https}", partial(self._check_rest, https)),
-                (f"balancer DICOM TLS 127.0.0.1:{dicom}", partial(self._check_dicom, dicom)),
+                (f"balancer web/REST https://127.0.0.1:{https}", partial(self.check_rest, https)),
+                (f"balancer DICOM TLS 127.0.0.1:{dicom}", partial(self.check_dicom, dicom)),
             ]
         lines = []
         for label, check in checks:
@@ -674,7 +691,7 @@ class LocalSite:
             with self.tls_context().wrap_socket(raw, server_hostname="localhost") as tls:
                 return tls.version() or "?"
 
-    def _check_rest(self, port: int) -> str:
+    def check_rest(self, port: int) -> str:
         version = self._handshake(port)
         status, body = self._request(
             f"https://127.0.0.1:{port}/system", self.tls_context(), (ORTHANC_ADMIN_USER, self.admin()["password"])
@@ -686,7 +703,7 @@ class LocalSite:
             raise RuntimeError(f"answered as AE title {aet!r}, not {self.ae_title!r}")
         return f"{version}, REST answers as {aet}"
 
-    def _check_dicom(self, port: int) -> str:
+    def check_dicom(self, port: int) -> str:
         from pynetdicom import AE
         from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 

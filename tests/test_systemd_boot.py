@@ -1,0 +1,145 @@
+"""The host boots under real systemd: a Debian root booted as a container (tools/harness/systemd_host.py),
+cloud-init reading the real rendered user data from a NoCloud seed, the real units, the real
+boot bundle fetched from the emulator's config bucket and checked, the real bootstrap. What cannot
+run off EC2 is a named stand-in there (instance metadata, dnf, the compose download, the CloudWatch
+agent, Docker: nginx and Orthanc run natively as transient units).
+
+One host for the module, in order: a first boot with AWS unreachable fails and the unit retries it
+until AWS answers; the site then answers HTTPS and DICOM TLS; the refresh timer runs the refresh
+under its unit; a reboot brings the same site back. Every wait is bounded: a hung boot (the lock
+deadlock of issue 18) fails the test instead of hanging CI."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import time
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+
+from config import ROOT
+from tools.harness.localsite import LocalSite
+from tools.harness.systemd_host import (
+    SOURCE_MOUNT,
+    Machine,
+    Relay,
+    host_root,
+    install_standins,
+    seed_cloud_init,
+)
+from tools.proc import free_port
+from userdata import AppValues, bundle_files, pack_bundle, render_user_data
+
+pytestmark = pytest.mark.systemd
+
+# A boot that has not brought the site up within this long is hung (a healthy one takes ~20 s here).
+BOOT_BOUND = 150
+CONFIG_BUCKET = "orthweb-config-systemd"
+UNITS = ("orthweb-boot.service", "orthweb.service", "orthweb-refresh.timer")
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("systemd-host")
+    root = host_root()
+    site = LocalSite(workdir / "site")
+    site.provision()
+    site.s3.create_bucket(Bucket=CONFIG_BUCKET)
+    files = bundle_files(AppValues())
+    # STAND-IN: the local database's CA in place of Amazon's RDS CAs (the database is not RDS).
+    files["etc/orthweb/rds-ca.pem"] = (0o644, site.rds_ca.cert.read_text())
+    bundle = pack_bundle(files)
+    site.s3.put_object(Bucket=CONFIG_BUCKET, Key=bundle.key, Body=bundle.data)
+    user_data = render_user_data(replace(site.host_values(), config_bucket=CONFIG_BUCKET), bundle)
+    relay = Relay(free_port(), site.emulator.port)
+    machine = Machine(root, workdir / "machine", binds={str(ROOT): SOURCE_MOUNT}).mount()
+    aws_env = {k: v for k, v in site.emulator.client_env().items() if k != "AWS_ENDPOINT_URL"}
+    install_standins(
+        machine,
+        aws_endpoint=f"http://127.0.0.1:{relay.port}",
+        aws_env=aws_env,
+        ports=site.ports,
+        s3_endpoint=site.emulator.endpoint,
+    )
+    seed_cloud_init(machine, user_data)
+    try:
+        machine.boot()
+        yield SimpleNamespace(site=site, machine=machine, relay=relay, bundle=bundle)
+    finally:
+        machine.close()
+        relay.close()
+        site.stop()
+
+
+def _served_certificate(port: int) -> bytes:
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw) as tls:
+            cert = tls.getpeercert(binary_form=True)
+    assert cert
+    return cert
+
+
+def _site_answers(host) -> list[str]:
+    site = host.site
+    # The site CA the host made, as a PACS would be given it.
+    site.run.mkdir(parents=True, exist_ok=True)
+    site.ca_path.write_text(json.loads(site.sm.get_secret_value(SecretId=site.arns["ca"])["SecretString"])["ca_cert"])
+    inside = host.machine.run(
+        "curl", "-sf", "--cacert", "/run/orthweb/site-ca.pem", f"https://localhost:{site.ports['https']}/nginx-health"
+    )
+    return [site.check_rest(site.ports["https"]), site.check_dicom(site.ports["dicom_tls"]), inside.stdout]
+
+
+def test_a_first_boot_without_aws_is_retried_by_its_unit_until_the_site_is_up(host):
+    m = host.machine
+    # cloud-init (NoCloud) wrote the user data's files and enabled the boot unit.
+    assert "BUNDLE_SHA256='" + host.bundle.sha256 in m.run("cat", "/etc/orthweb/site.env").stdout
+    deadline = time.monotonic() + 90
+    while int(m.unit("orthweb-boot.service").get("NRestarts", "0")) < 1:
+        assert time.monotonic() < deadline, "the boot did not fail and restart without AWS:\n" + m.journal(tail=40)
+        time.sleep(0.5)
+    assert "orthweb-fetch" in m.journal("orthweb-boot.service")
+    host.relay.open()  # AWS answers from now on
+    m.wait_unit("orthweb-boot.service", ("active",), timeout=BOOT_BOUND)
+    m.wait_unit("orthweb.service", ("active",), timeout=30)
+    enabled = m.run("systemctl", "is-enabled", *UNITS).stdout.split()
+    assert enabled == ["enabled"] * len(UNITS), enabled
+    assert m.unit("orthweb-refresh.timer")["ActiveState"] == "active"
+
+
+def test_the_booted_site_answers_https_and_dicom_tls(host):
+    rest, dicom, inside = _site_answers(host)
+    assert "REST answers as ORTHANC" in rest and "C-ECHO to ORTHANC" in dicom
+    assert inside == "ok\n", "nginx answers inside the host, with the site CA the host wrote"
+
+
+def test_the_refresh_timer_runs_the_refresh_under_its_unit(host):
+    m = host.machine
+    deadline = time.monotonic() + 120
+    while "done: refresh" not in m.journal("orthweb-refresh.service"):
+        assert time.monotonic() < deadline, "no refresh within 120 s:\n" + m.journal(tail=40)
+        time.sleep(1)
+    assert m.unit("orthweb-refresh.service")["Result"] == "success"
+    assert m.unit("orthweb.service")["ActiveState"] == "active"
+
+
+def test_a_reboot_brings_the_same_site_back(host):
+    site, m = host.site, host.machine
+    before = _served_certificate(site.ports["https"])
+    versions = {
+        name: len(site.sm.list_secret_version_ids(SecretId=site.arns[name])["Versions"])
+        for name in ("admin", "tls", "ca")
+    }
+    m.poweroff()
+    m.boot()
+    m.wait_unit("orthweb-boot.service", ("active",), timeout=BOOT_BOUND)
+    m.wait_unit("orthweb.service", ("active",), timeout=30)
+    assert "REST answers as ORTHANC" in _site_answers(host)[0]
+    assert _served_certificate(site.ports["https"]) == before, "the same certificate after the reboot"
+    after = {name: len(site.sm.list_secret_version_ids(SecretId=site.arns[name])["Versions"]) for name in versions}
+    assert after == versions, "no secret was made again"
