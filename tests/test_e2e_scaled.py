@@ -4,23 +4,23 @@ own nginx front door, and in front of them HAProxy in ``mode tcp`` standing wher
 (TLS passes through; HTTPS health checks of ``/orthanc-health`` take a host out). Real programs
 only: the S3 plugin STAND-IN is the one part that is not what a host runs (see test_e2e.py).
 
-The bootstrap tests race three hosts' bootstraps on purpose. A wrapper put first on the bootstrap's
-PATH passes every call to the real AWS CLI (and so to the emulator) unchanged; it only holds some
-calls back until other hosts have reached a point, so the interleaving under test happens every
-time instead of now and then."""
+The bootstrap tests race three hosts' bootstraps on purpose. Each host talks to the emulator
+through a proxy of its own (tools/harness/awsproxy.py) that passes every call unchanged; it only
+holds some calls back until other hosts have reached a point, so the interleaving under test
+happens every time instead of now and then."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
-import shutil
-import stat
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,10 @@ from pydicom import dcmread
 from config import ROOT
 from config.inputs import DicomModality
 from tests.test_e2e import all_present, auth, count_instances, dcm_objects, stored
+from tools.harness.awsproxy import Answer, AwsProxy, Call, Forward, Rendezvous
 from tools.harness.dicom_sender import SendReport, make_instances, make_study, send
-from tools.harness.localsite import BOOTSTRAP, LocalSite
+from tools.harness.hostsim import install_host_program
+from tools.harness.localsite import LocalSite
 from tools.proc import alive
 
 pytestmark = pytest.mark.e2e
@@ -217,53 +219,51 @@ def test_local_up_with_two_hosts_prints_the_balancer_and_down_stops_everything(t
 
 # -- three hosts booting at once ------------------------------------------------------------------
 
-# The wrapper: all calls go to the real CLI; "barrier" holds every put-secret-value until every host
+# The proxies: all calls reach the emulator; "barrier" holds every PutSecretValue until every host
 # has reached its own put of that secret (each host read "no value" and made its own first value: the
 # worst case for create-once secrets); "late-store" lets host-0 store the server certificate only
 # after every host has read the empty secret, and holds the others after their read until host-0
 # has stored (the interleaving in which two hosts each stored a certificate before 2026-11-29).
-AWS_WRAPPER = r"""#!/bin/bash
-# Test wrapper around the real AWS CLI: orders calls between hosts, changes none.
-dir=@DIR@; hosts=@HOSTS@; mode=@MODE@; real=@REAL@
-op=""; secret=""; prev=""
-for a in "$@"; do
-  case "$a" in put-secret-value|get-secret-value|describe-secret) op=$a ;; esac
-  [ "$prev" = --secret-id ] && secret=$a
-  prev=$a
-done
-kind=$(printf '%s' "${secret##*/}" | sed 's/-[A-Za-z0-9]\{6\}$//')
-me=$(basename "$(dirname "$ORTHWEB_RUN")")
-arrive() { mkdir -p "$dir/$1"; : >"$dir/$1/$me"; }
-wait_for() {  # wait_for FOLDER COUNT: until COUNT hosts arrived (gives up after 60 s: the test then fails)
-  for _ in $(seq 600); do [ "$(ls "$dir/$1" 2>/dev/null | wc -l)" -ge "$2" ] && return 0; sleep 0.1; done
-}
-[ -n "$op" ] && [ -n "$kind" ] || exec "$real" "$@"
-if [ "$mode" = barrier ] && [ "$op" = put-secret-value ]; then
-  arrive "put-$kind"; wait_for "put-$kind" "$hosts"; exec "$real" "$@"
-fi
-if [ "$mode" = late-store ] && [ "$kind" = site-tls ]; then
-  # Every host reads the (empty) certificate secret; host-0 stores its certificate only once all
-  # have read, and the others go on only after that: each of them then stores what it made.
-  case "$op/$me" in
-    get-secret-value/host-0) "$real" "$@"; rc=$?; arrive seen; exit $rc ;;
-    get-secret-value/*) "$real" "$@"; rc=$?; arrive seen; wait_for stored 1; exit $rc ;;
-    put-secret-value/host-0) wait_for seen "$hosts"; "$real" "$@"; rc=$?; arrive stored; exit $rc ;;
-  esac
-fi
-exec "$real" "$@"
-"""
+def ordering(target: str, hosts: int, mode: str) -> tuple[Rendezvous, list[AwsProxy]]:
+    """One proxy per host in front of the emulator (tools/harness/awsproxy.py): orders calls between
+    hosts, changes none. ``barrier``: every host's PutSecretValue of a secret waits until all hosts
+    have made theirs. ``late-store``: every host reads the (empty) certificate secret; host-0 stores
+    its certificate only once all have read, and the others go on only after that: each of them
+    then stores what it made."""
+    meeting = Rendezvous()
+
+    def handler(call: Call, forward: Forward) -> Answer:
+        me = call.host
+        if mode == "barrier" and call.operation == "PutSecretValue":
+            meeting.arrive(f"put-{call.kind}", me)
+            meeting.wait(f"put-{call.kind}", hosts)
+        if mode == "late-store" and call.kind == "site-tls":
+            if call.operation == "GetSecretValue":
+                answer = forward()
+                meeting.arrive("seen", me)
+                if me != "host-0":
+                    meeting.wait("stored", 1)
+                return answer
+            if call.operation == "PutSecretValue" and me == "host-0":
+                meeting.wait("seen", hosts)
+                answer = forward()
+                meeting.arrive("stored", me)
+                return answer
+        return forward()
+
+    return meeting, [AwsProxy(target, f"host-{i}", handler) for i in range(hosts)]
 
 
-def aws_wrapper(folder: Path, hosts: int, mode: str) -> Path:
-    real = shutil.which("aws", path="/usr/bin:/bin")
-    assert real, "awscli is needed (apt-get install awscli)"
-    folder.mkdir(parents=True)
-    (folder / "arrivals").mkdir()
-    script = folder / "aws"
-    values = {"@DIR@": str(folder / "arrivals"), "@HOSTS@": str(hosts), "@MODE@": mode, "@REAL@": real}
-    script.write_text(re.sub("|".join(values), lambda m: values[m.group(0)], AWS_WRAPPER))
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return folder
+@contextlib.contextmanager
+def ordered(site: LocalSite, mode: str) -> Iterator[tuple[Rendezvous, list[str]]]:
+    meeting, proxies = ordering(site.emulator.endpoint, site.hosts, mode)
+    for proxy in proxies:
+        proxy.start()
+    try:
+        yield meeting, [p.endpoint for p in proxies]
+    finally:
+        for proxy in proxies:
+            proxy.stop()
 
 
 @pytest.fixture
@@ -278,15 +278,11 @@ def versions(s: LocalSite, label: str) -> int:
     return len(s.sm.list_secret_version_ids(SecretId=s.arns[label])["Versions"])
 
 
-def arrived(wrapper: Path, point: str) -> int:
-    return len(list((wrapper / "arrivals" / point).iterdir()))
-
-
 def test_three_concurrent_bootstraps_agree_on_one_admin_secret_ca_and_certificate(three_hosts, tmp_path):
-    wrapper = aws_wrapper(tmp_path / "bin", 3, "barrier")
-    logs = three_hosts.bootstrap_hosts(extra_path=[wrapper])
+    with ordered(three_hosts, "barrier") as (meeting, endpoints):
+        logs = three_hosts.bootstrap_hosts(aws_endpoints=endpoints)
     # The worst case happened: every host made its own first value of each and tried to store it.
-    assert [arrived(wrapper, f"put-{kind}") for kind in ("orthanc-admin", "site-ca", "site-tls")] == [3, 3, 3]
+    assert [meeting.count(f"put-{kind}") for kind in ("orthanc-admin", "site-ca", "site-tls")] == [3, 3, 3]
     assert three_hosts.runtime_disagreements() == []
     assert [versions(three_hosts, label) for label in ("admin", "ca", "tls")] == [1, 1, 1]
     text = "\n".join(logs)
@@ -310,22 +306,23 @@ def test_three_concurrent_bootstraps_agree_on_one_admin_secret_ca_and_certificat
 def test_control_without_the_fixed_token_the_same_race_stores_three_admin_secrets(three_hosts, tmp_path):
     """Negative control: the race above is real. A copy of the bootstrap that stores its first
     value with a token of its own per run (instead of the fixed one) ends with three values."""
-    script = tmp_path / "bootstrap-own-token.sh"
-    text = BOOTSTRAP.read_text()
-    fixed = re.search(r"^FIRST_VALUE_TOKEN=.*$", text, re.M)
-    assert fixed, "the bootstrap no longer has FIRST_VALUE_TOKEN: update this control"
-    script.write_text(text.replace(fixed.group(0), 'FIRST_VALUE_TOKEN="orthweb-first-value-$(openssl rand -hex 8)"'))
-    wrapper = aws_wrapper(tmp_path / "bin", 3, "barrier")
-    logs = three_hosts.bootstrap_hosts(script=script, extra_path=[wrapper])
-    assert arrived(wrapper, "put-orthanc-admin") == 3
+    program = install_host_program(tmp_path / "own-token")
+    module = program.parent.parent / "lib" / "orthweb" / "orthweb_host" / "bootstrap.py"
+    text = module.read_text()
+    fixed = re.search(r"^FIRST_VALUE_TOKEN = .*$", text, re.M)
+    assert fixed, "the host's program no longer has FIRST_VALUE_TOKEN: update this control"
+    module.write_text(text.replace(fixed.group(0), 'FIRST_VALUE_TOKEN = "orthweb-first-value-" + secrets.token_hex(8)'))
+    with ordered(three_hosts, "barrier") as (meeting, endpoints):
+        logs = three_hosts.bootstrap_hosts(program=program, aws_endpoints=endpoints)
+    assert meeting.count("put-orthanc-admin") == 3
     assert versions(three_hosts, "admin") == 3
     assert len(re.findall(r"secret orthanc-admin-\w+: created", "\n".join(logs))) == 3
 
 
 def test_a_host_that_read_the_empty_certificate_secret_before_another_stored_one_agrees(three_hosts, tmp_path):
-    wrapper = aws_wrapper(tmp_path / "bin", 3, "late-store")
-    three_hosts.bootstrap_hosts(extra_path=[wrapper])
-    assert arrived(wrapper, "stored") == 1, "the interleaving under test did not happen"
+    with ordered(three_hosts, "late-store") as (meeting, endpoints):
+        three_hosts.bootstrap_hosts(aws_endpoints=endpoints)
+    assert meeting.count("stored") == 1, "the interleaving under test did not happen"
     assert three_hosts.runtime_disagreements() == []
     assert versions(three_hosts, "tls") == 1
 

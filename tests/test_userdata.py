@@ -154,6 +154,7 @@ def test_bundle_is_deterministic_and_unpacks_where_the_host_expects():
         members = {m.name: m for m in tar.getmembers()}
     assert set(members) == {
         "usr/local/sbin/orthweb-bootstrap",
+        *(f"usr/local/lib/orthweb/orthweb_host/{m}.py" for m in ("__init__", "aws", "bootstrap", "pki")),
         "etc/orthweb/docker-compose.yml",
         "etc/orthweb/nginx.conf",
         "etc/orthweb/orthanc.template.json",
@@ -196,7 +197,9 @@ def test_fetch_checks_the_sha256_and_unpacks(tmp_path):
         proc = fetch()
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "fetched and verified" in proc.stdout
-        assert (root / "usr/local/sbin/orthweb-bootstrap").read_text() == (ROOT / "userdata/bootstrap.sh").read_text()
+        assert (root / "usr/local/sbin/orthweb-bootstrap").read_text() == (ROOT / "userdata/orthweb-bootstrap").read_text()
+        host = root / "usr/local/lib/orthweb/orthweb_host"
+        assert (host / "bootstrap.py").read_text() == (ROOT / "userdata/host/bootstrap.py").read_text()
         assert (root / "usr/local/sbin/orthweb-bootstrap").stat().st_mode & 0o111
         assert "present" in fetch().stdout, "a retry or reboot uses the verified copy"
         # Someone replaces the object in the bucket: the host refuses it.
@@ -208,7 +211,7 @@ def test_fetch_checks_the_sha256_and_unpacks(tmp_path):
 
 
 def shell_scripts() -> list[Path]:
-    return [ROOT / "userdata" / "bootstrap.sh", ROOT / "userdata" / "orthweb-fetch.sh", ROOT / ".ci" / "run"]
+    return [ROOT / "userdata" / "orthweb-fetch.sh", ROOT / ".ci" / "run"]
 
 
 @pytest.mark.parametrize("script", shell_scripts(), ids=lambda p: p.name)
@@ -408,16 +411,14 @@ def test_images_are_pinned_to_exact_release_tags(files):
 
 
 def test_downloads_are_checksummed_and_nothing_unsafe():
-    for script in ("bootstrap.sh", "orthweb-fetch.sh"):
+    for script in ("host/bootstrap.py", "orthweb-fetch.sh"):
         text = (ROOT / "userdata" / script).read_text()
         downloads = [
             line
             for line in text.splitlines()
-            if re.search(r"\b(curl|wget)\b", line)
-            and not line.lstrip().startswith("#")
-            and "169.254.169.254" not in line
+            if re.search(r"\b(curl|wget)\b", line) and not line.lstrip().startswith("#") and "--" in line
         ]
-        assert len(downloads) == (1 if script == "bootstrap.sh" else 0), downloads
+        assert len(downloads) == (1 if script == "host/bootstrap.py" else 0), downloads
         for bad in (
             r"chmod 666",
             r"\|\s*(ba)?sh\b",
@@ -426,10 +427,10 @@ def test_downloads_are_checksummed_and_nothing_unsafe():
             r"ORTHANC__POSTGRESQL__PASSWORD",
         ):
             assert not re.search(bad, text), bad
-    text = (ROOT / "userdata" / "bootstrap.sh").read_text()
-    body = text[text.index("step_compose() {") : text.index("\n}\n", text.index("step_compose() {"))]
-    assert body.index("sha256sum -c") < body.index("install -D")
-    assert re.search(r"^COMPOSE_SHA256=[0-9a-f]{64}$", text, re.M)
+    text = (ROOT / "userdata" / "host" / "bootstrap.py").read_text()
+    body = text[text.index("def step_compose(") : text.index("def step_rds_ca(")]
+    assert body.index("sha256_of(tmp) != COMPOSE_SHA256") < body.index("shutil.move")
+    assert re.search(r'^COMPOSE_SHA256 = "[0-9a-f]{64}"$', text, re.M)
     fetch = (ROOT / "userdata" / "orthweb-fetch.sh").read_text()
     assert fetch.index("sha256sum -c") < fetch.index("tar ")
 

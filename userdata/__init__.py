@@ -2,9 +2,9 @@
 
 Two parts, so the host can grow without outgrowing EC2's 16 KB user-data limit:
 
-- the **boot bundle**: a deterministic tar.gz of the bootstrap script, the compose file, the nginx
-  and Orthanc configuration, the region's RDS CAs and the systemd units; stored (KMS-encrypted) in
-  the config bucket under its SHA-256;
+- the **boot bundle**: a deterministic tar.gz of the host's program (``orthweb-bootstrap`` and
+  userdata/host), the compose file, the nginx and Orthanc configuration, the region's RDS CAs and
+  the systemd units; stored (KMS-encrypted) in the config bucket under its SHA-256;
 - the **user data**: a short cloud-config with ``site.env`` (deploy-time values: ARNs, endpoints,
   names, and the bundle's location and SHA-256), ``orthweb-fetch`` and ``orthweb-boot.service``,
   which fetches the bundle, checks its SHA-256, unpacks it and runs the bootstrap, retrying with
@@ -53,6 +53,8 @@ USER_DATA_LIMIT = 16 * 1024
 # What the user data may use of it: the rest is room for the host to grow (a test holds it).
 USER_DATA_BUDGET = 4 * 1024
 BUNDLE_PREFIX = "bundles/"
+# Where the host's program (userdata/host, as the package orthweb_host) lives on the host.
+HOST_LIB = "usr/local/lib/orthweb"
 _SAFE_ENV_VALUE = re.compile(r"^[^'\n\\]*$")
 
 
@@ -118,7 +120,11 @@ def bundle_files(a: AppValues) -> dict[str, tuple[int, str]]:
     nginx = NginxValues(client_ca_path=client_ca, client_crl_path=client_crl)
     unit = 0o644
     return {
-        "usr/local/sbin/orthweb-bootstrap": (0o755, (HERE / "bootstrap.sh").read_text()),
+        "usr/local/sbin/orthweb-bootstrap": (0o755, (HERE / "orthweb-bootstrap").read_text()),
+        **{
+            f"{HOST_LIB}/orthweb_host/{module.name}": (0o644, module.read_text())
+            for module in sorted((HERE / "host").glob("*.py"))
+        },
         "etc/orthweb/docker-compose.yml": (
             unit,
             render_compose(

@@ -1,7 +1,7 @@
 """The world of one host for the bootstrap tests (test_bootstrap*.py here): the AWS API emulator
 on loopback holding the secrets, a local PostgreSQL 15 that accepts TLS logins only (like RDS with
-rds.force_ssl), the host's /etc and /run folders, and a recording ``docker`` stand-in (Docker cannot
-run here)."""
+rds.force_ssl), the host's /etc and /run folders, the host's program as the boot bundle installs
+it, and a recording ``docker`` stand-in (Docker cannot run here)."""
 
 import json
 import os
@@ -14,7 +14,6 @@ from typing import Any
 import boto3
 import pytest
 
-from config import ROOT
 from config.facts import (
     ADMIN_SECRET,
     CA_SECRET,
@@ -24,16 +23,15 @@ from config.facts import (
     TLS_SECRET,
 )
 from tools.harness.emulator import Emulator
-from tools.harness.hostsim import bootstrap_env, run_bootstrap
+from tools.harness.hostsim import bootstrap_env, host_program, run_bootstrap
 from tools.harness.localpg import PG_BIN, LocalPostgres
 from tools.harness.pki import make_ca, make_server_cert
 from userdata import HostValues, site_env
 
-BOOTSTRAP = ROOT / "userdata" / "bootstrap.sh"
 SITE_DNS = "ec2-203-0-113-10.compute-1.amazonaws.com"
 SITE_IP = "203.0.113.10"
-# Every program the bootstrap runs: the recording PATH wraps each of them.
-PROGRAMS = ("aws", "psql", "python3", "openssl", "curl", "docker", "sha256sum", "cmp", "flock", "mktemp", "tar")
+# Every program the host's program may run: the recording PATH wraps each of them.
+PROGRAMS = ("psql", "docker", "systemctl", "rpm", "dnf", "curl", "openssl", "aws", "python3")
 
 
 @pytest.fixture(scope="module")
@@ -49,20 +47,22 @@ def pki(tmp_path_factory):
     return ca, make_server_cert(folder, ca, "db")
 
 
-def _recorder(folder: Path, log: Path) -> None:
+def _recorder(folder: Path, log: Path, path: str) -> None:
     """STAND-IN wrappers: each records its arguments and environment (NUL-separated), then runs the real program."""
     folder.mkdir()
     for name in PROGRAMS:
-        real = shutil.which(name, path=f"/usr/bin:/bin:{PG_BIN}")
+        real = shutil.which(name, path=path)
         if not real:
             continue
-        wrapper = folder / name
-        wrapper.write_text(
-            "#!/bin/bash\n"
-            f'{{ printf "%s\\0" "ARGV" "$0" "$@"; env -0; printf "\\n"; }} >> "{log}"\n'
-            f'exec "{real}" "$@"\n'
-        )
-        wrapper.chmod(0o755)
+        _record_wrapper(folder / name, real, log)
+
+
+def _record_wrapper(wrapper: Path, real: str, log: Path) -> None:
+    """STAND-IN wrapper: records its arguments and environment (NUL-separated), then runs ``real``."""
+    wrapper.write_text(
+        f'#!/bin/bash\n{{ printf "%s\\0" "ARGV" "$0" "$@"; env -0; printf "\\n"; }} >> "{log}"\nexec "{real}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +137,11 @@ def site(tmp_path, emulator, pki, cluster):
     s: Any = Site()
     s.sm, s.arns, s.pg, s.etc, s.run, s.env, s.tmp = sm, arns, pg, etc, run, env, tmp_path
     s.master_pw, s.values, s.scratch, s.prefix = master_pw, values, scratch, prefix
+    s.emulator_endpoint = emulator.endpoint
+    s.program = host_program()
 
     def bootstrap(step: str = "secrets", ok: bool = True, **extra: str) -> str:
-        proc = run_bootstrap(BOOTSTRAP, step, {**s.env, **extra})
+        proc = run_bootstrap(s.program, step, {**s.env, **extra})
         assert (proc.returncode == 0) is ok, proc.stdout + proc.stderr
         return proc.stdout + proc.stderr
 
@@ -164,9 +166,13 @@ def site(tmp_path, emulator, pki, cluster):
         (etc / "site.env").write_text(text)
 
     def recording() -> Path:
+        """From now on every program run records its arguments and environment, the host's program
+        itself included."""
         log = tmp_path / "calls.log"
-        _recorder(tmp_path / "recbin", log)
+        _recorder(tmp_path / "recbin", log, s.env["PATH"])
         s.env = {**s.env, "PATH": f"{tmp_path / 'recbin'}:{s.env['PATH']}"}
+        s.program = tmp_path / "recbin" / "orthweb-bootstrap"
+        _record_wrapper(s.program, str(host_program()), log)
         return log
 
     s.bootstrap, s.secret, s.versions, s.connect = bootstrap, secret, versions, connect_with_runtime_uri

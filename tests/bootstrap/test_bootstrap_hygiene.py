@@ -1,13 +1,16 @@
-"""The host bootstrap's failure paths, run for real (tests/bootstrap_site.py): no secret in any
-program's arguments or environment (a recording PATH), no secret-bearing file left when the
-database, the AWS API or a write fails, the master secret read only when needed, and the boot unit
-retrying with backoff after an injected failure (the Elastic IP never attached)."""
+"""The host's program on its failure paths, run for real (tests/bootstrap/conftest.py): no secret in
+any program's arguments or environment (a recording PATH), no secret-bearing file left when the
+database, the AWS API or a write fails (a proxy in front of the emulator refuses a call the way IAM
+does), the master secret read only when needed, and the boot's backoff after a failed attempt (the
+Elastic IP never attached; a stand-in answers as instance metadata). The boot unit's retries
+themselves run under real systemd in tests/test_systemd_boot.py."""
 
+import http.server
 import json
 import os
-import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,10 @@ from config import ROOT
 from config.facts import (
     APP_DB_USER,
 )
-from tests.bootstrap.conftest import BOOTSTRAP, SITE_IP, secret_values
+from tests.bootstrap.conftest import SITE_IP, secret_values
+from tools.harness.awsproxy import AwsProxy, refuse
+from tools.harness.hostsim import host_program
+from tools.proc import free_port
 
 pytestmark = pytest.mark.programs
 
@@ -35,7 +41,8 @@ def test_no_secret_in_any_process_argument_or_environment(site):
     )
     site.bootstrap("refresh")
     recorded = calls.read_text()
-    assert recorded.count("ARGV\0") > 50, "the recorder saw the programs run"
+    ran = {Path(entry.split("\0")[0]).name for entry in recorded.split("ARGV\0")[1:]}
+    assert {"orthweb-bootstrap", "psql", "docker"} <= ran, f"the recorder saw the programs run: {ran}"
     leaked = [value[:6] + "..." for value in secret_values(site) if value in recorded]
     assert not leaked, f"secret values in process arguments or environments: {leaked}"
 
@@ -68,20 +75,11 @@ def test_an_unreachable_aws_api_leaves_no_secret_file(site):
     assert _leftovers(site, [site.master_pw, site.secret("admin")["password"]]) == []
 
 
-def test_a_refused_write_is_not_taken_for_another_host(site, tmp_path):
+def test_a_refused_write_is_not_taken_for_another_host(site):
     """PutSecretValue refused (AccessDenied): the old bootstrap said "another host stored it first"."""
-    real = shutil.which("aws")
-    fake = tmp_path / "denybin"
-    fake.mkdir()
-    (fake / "aws").write_text(
-        "#!/bin/bash\n# STAND-IN: refuses put-secret-value the way IAM does.\n"
-        'for a in "$@"; do if [ "$a" = put-secret-value ]; then\n'
-        '  echo "An error occurred (AccessDeniedException) when calling the PutSecretValue operation" >&2; exit 254\n'
-        "fi; done\n"
-        f'exec "{real}" "$@"\n'
-    )
-    (fake / "aws").chmod(0o755)
-    log = site.bootstrap(ok=False, PATH=f"{fake}:{site.env['PATH']}")
+    with AwsProxy(site.emulator_endpoint, handler=refuse("PutSecretValue")) as proxy:
+        log = site.bootstrap(ok=False, ORTHWEB_AWS_ENDPOINT=proxy.endpoint)
+    assert "PutSecretValue" in proxy.operations()
     assert "another host stored it first" not in log
     assert "AccessDeniedException" in log and "cannot store secret" in log
     assert _leftovers(site, [site.master_pw]) == []
@@ -89,82 +87,65 @@ def test_a_refused_write_is_not_taken_for_another_host(site, tmp_path):
 
 def test_the_master_secret_is_read_only_when_the_role_needs_it(site):
     site.bootstrap()
-    calls = site.recording()
-    site.bootstrap()
-    reads = [c for c in calls.read_text().split("ARGV\0") if "get-secret-value" in c]
-    assert reads and not any(site.arns["db"] in c for c in reads), "a run with a working role reads no master secret"
-    site.pg.psql_superuser(f"ALTER ROLE {APP_DB_USER} PASSWORD NULL")
-    site.bootstrap()
-    assert any(site.arns["db"] in c for c in calls.read_text().split("ARGV\0") if "get-secret-value" in c)
+    with AwsProxy(site.emulator_endpoint) as proxy:
+        site.bootstrap(ORTHWEB_AWS_ENDPOINT=proxy.endpoint)
+        reads = [c.secret for c in proxy.calls if c.operation == "GetSecretValue"]
+        assert reads and site.arns["db"] not in reads, "a run with a working role reads no master secret"
+        site.pg.psql_superuser(f"ALTER ROLE {APP_DB_USER} PASSWORD NULL")
+        site.bootstrap(ORTHWEB_AWS_ENDPOINT=proxy.endpoint)
+        assert site.arns["db"] in [c.secret for c in proxy.calls if c.operation == "GetSecretValue"]
 
 
-# -- booting: retried, with backoff, cleaning up every time --------------------------------------------------
+# -- booting: backoff after a failed attempt, cleaning up every time ------------------------------------
 
 
-def _fake_imds(folder: Path, counter: Path, attach_on: int) -> None:
-    """STAND-IN for the instance metadata service: the Elastic IP shows up on the Nth boot attempt."""
-    folder.mkdir(exist_ok=True)
-    (folder / "curl").write_text(
-        "#!/bin/bash\n# STAND-IN for curl against instance metadata.\n"
-        'case "$*" in\n'
-        "  *api/token*) echo token ;;\n"
-        f'  *public-ipv4*) n=$(cat "{counter}" 2>/dev/null || echo 0); '
-        f'if [ "$n" -ge {attach_on} ]; then echo {SITE_IP}; else echo 198.51.100.7; fi ;;\n'
-        "  *) exit 7 ;;\nesac\n"
-    )
-    (folder / "curl").chmod(0o755)
+class _Metadata(http.server.BaseHTTPRequestHandler):
+    """STAND-IN for EC2 instance metadata (IMDSv2): a token, then the public address, which is the
+    site's Elastic IP once ``attached`` is set."""
+
+    attached = False
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._answer("token" if self.path == "/latest/api/token" else None)
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.headers.get("X-aws-ec2-metadata-token") != "token":
+            self._answer(None)
+        elif self.path == "/latest/meta-data/public-ipv4":
+            self._answer(SITE_IP if _Metadata.attached else "198.51.100.7")
+        else:
+            self._answer(None)
+
+    def _answer(self, text: str | None) -> None:
+        self.send_response(200 if text is not None else 404)
+        self.end_headers()
+        self.wfile.write((text or "").encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
-def run_unit_like_systemd(unit: Path, env: dict[str, str], counter: Path, max_attempts: int = 5) -> list[int]:
-    """STAND-IN for systemd (not running here): runs the unit's ExecStart lines in order and, as
-    Restart=on-failure says, starts again after a failure; returns each attempt's exit code."""
-    text = unit.read_text()
-    assert re.search(r"^Restart=on-failure$", text, re.M) and re.search(r"^StartLimitIntervalSec=0$", text, re.M)
-    commands = re.findall(r"^ExecStart=(.+)$", text, re.M)
-    codes = []
-    for attempt in range(1, max_attempts + 1):
-        counter.write_text(str(attempt))
-        code = 0
-        for command in commands:
-            program, *args = command.split()
-            if program.endswith("systemctl"):
-                continue
-            local = {"/usr/local/sbin/orthweb-bootstrap": str(BOOTSTRAP)}.get(program)
-            if local is None:
-                continue  # orthweb-fetch has its own test (the rehearsal fetches the deployed bundle)
-            code = subprocess.run(["bash", local, *args], env=env, capture_output=True, text=True).returncode
-            if code:
-                break
-        codes.append(code)
-        if code == 0:
-            return codes
-    return codes
-
-
-def test_the_boot_unit_retries_after_a_failure_with_backoff(site, tmp_path):
-    unit = ROOT / "userdata" / "orthweb-boot.service"
-    counter = tmp_path / "attempt"
-    _fake_imds(tmp_path / "imdsbin", counter, attach_on=2)
+def test_a_failed_boot_waits_longer_before_the_next_attempt(site):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Metadata)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     env = {
-        **site.env,
-        "PATH": f"{tmp_path / 'imdsbin'}:{site.env['PATH']}",
+        "ORTHWEB_IMDS_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
         "ORTHWEB_EIP_ATTEMPTS": "1",
-        "ORTHWEB_BOOT_STEPS": "network secrets",
+        "ORTHWEB_BOOT_STEPS": "network",
         "ORTHWEB_BACKOFF_SLEEP": "0",
     }
-    codes = run_unit_like_systemd(unit, env, counter)
-    assert codes == [1, 0], "the first attempt fails (no Elastic IP yet), the retry succeeds"
-    assert not (site.run / "boot-attempts").exists(), "a successful boot resets the backoff"
-    assert (site.run / "nginx" / "site-cert.pem").exists() and list(site.run.glob("work.*")) == []
-    # The backoff: a failed attempt is remembered, the next one waits first.
-    counter.write_text("0")
-    env["ORTHWEB_EIP_ATTEMPTS"] = "1"
-    _fake_imds(tmp_path / "imdsbin", counter, attach_on=99)
-    first = subprocess.run(["bash", str(BOOTSTRAP), "boot"], env=env, capture_output=True, text=True)
-    second = subprocess.run(["bash", str(BOOTSTRAP), "boot"], env=env, capture_output=True, text=True)
-    assert first.returncode == second.returncode == 1
-    assert "Elastic IP 203.0.113.10 was not attached" in first.stdout
-    assert "boot attempt 2: waiting 15s first" in second.stdout
+    try:
+        first = site.bootstrap("boot", ok=False, **env)
+        second = site.bootstrap("boot", ok=False, **env)
+        assert "Elastic IP 203.0.113.10 was not attached" in first
+        assert "boot attempt 2: waiting 15s first" in second
+        _Metadata.attached = True
+        third = site.bootstrap("boot", **env)
+        assert "boot attempt 3: waiting 30s first" in third and "Elastic IP 203.0.113.10 attached" in third
+        assert not (site.run / "boot-attempts").exists(), "a successful boot resets the backoff"
+    finally:
+        _Metadata.attached = False
+        server.shutdown()
     assert _leftovers(site, [site.master_pw]) == []
 
 
@@ -192,7 +173,7 @@ def test_units_pass_systemd_analyze(tmp_path):
 
 def test_missing_site_env_fails_clearly(tmp_path):
     proc = subprocess.run(
-        ["bash", str(BOOTSTRAP), "secrets"],
+        [str(host_program()), "secrets"],
         capture_output=True,
         text=True,
         env={"PATH": "/usr/bin:/bin", "ORTHWEB_ETC": str(tmp_path), "ORTHWEB_RUN": str(tmp_path / "r")},
@@ -202,5 +183,10 @@ def test_missing_site_env_fails_clearly(tmp_path):
 
 
 def test_unknown_step_is_refused(site):
-    proc = subprocess.run(["bash", str(BOOTSTRAP), "deploy"], env=site.env, capture_output=True, text=True)
-    assert proc.returncode == 1 and "usage: orthweb-bootstrap [boot|secrets|refresh]" in proc.stdout
+    proc = subprocess.run([str(site.program), "deploy"], env=site.env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "usage: orthweb-bootstrap [boot|secrets|refresh]" in proc.stdout
+
+
+def test_unknown_boot_step_is_refused_naming_the_setting(site):
+    log = site.bootstrap("boot", ok=False, ORTHWEB_BOOT_STEPS="network deploy")
+    assert "ORTHWEB_BOOT_STEPS: unknown step(s) deploy; allowed: network packages" in log

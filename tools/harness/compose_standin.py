@@ -103,7 +103,9 @@ def start_nginx() -> None:
         )
     )
     (prefix / "nginx.conf").write_text(conf)
-    _run_unit("nginx", ["/usr/sbin/nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"], {})
+    _run_unit(
+        "nginx", ["/usr/sbin/nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"], {}
+    )
     wait_for_port(s["https"], timeout=30)
 
 

@@ -4,7 +4,7 @@ loopback ports, from the same rendered templates and bootstrap as on EC2.
 - PostgreSQL 15 accepting TLS logins only (like RDS with ``rds.force_ssl``), superuser = the
   "RDS master" whose credentials sit in the emulator's RDS-style secret;
 - the AWS API emulator holding the DICOM bucket and the secrets;
-- per host, ``userdata/bootstrap.sh secrets`` run against the emulator exactly as on the host (app
+- per host, ``orthweb-bootstrap secrets`` (the host's program) run against the emulator as on the host (app
   secrets, site certificate for localhost/127.0.0.1, the ``orthanc`` database role, runtime secret
   files) in the host's own /etc and /run folders;
 - per host, Orthanc (Debian 1.10 + PostgreSQL index plugin) with the rendered ``orthanc.json``, the
@@ -63,14 +63,13 @@ from config.facts import (
 )
 from config.inputs import DicomModality
 from tools.harness.emulator import Emulator
-from tools.harness.hostsim import bootstrap_env, run_bootstrap
+from tools.harness.hostsim import bootstrap_env, host_program, run_bootstrap
 from tools.harness.localpg import LocalPostgres
 from tools.harness.pki import make_ca, make_server_cert
 from tools.proc import free_ports, stop_pid, stop_process, wait_for_port
 from userdata import HostValues, site_env
 from userdata.site import NginxValues, OrthancValues, client_files, render_nginx, render_orthanc
 
-BOOTSTRAP = ROOT / "userdata" / "bootstrap.sh"
 PLUGIN = Path(__file__).resolve().parent / "s3_storage_plugin.py"
 ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
@@ -383,23 +382,25 @@ class LocalSite:
             dicom_client_auth=self.dicom_client_auth,
         )
 
-    def bootstrap(self, host: int = 0, *, script: Path = BOOTSTRAP, extra_path: Sequence[Path] = ()) -> str:
-        """The host bootstrap, as on EC2 (secrets step), against the emulator, in the host's own
-        /etc and /run. ``script`` and ``extra_path`` (programs found first on its PATH) serve tests
-        that race bootstraps on purpose."""
+    def bootstrap(self, host: int = 0, *, program: Path | None = None, aws_endpoint: str = "") -> str:
+        """The host's program, as on EC2 (secrets step), against the emulator, in the host's own
+        /etc and /run. ``program`` (another copy of it) and ``aws_endpoint`` (a proxy in front of the
+        emulator, tools/harness/awsproxy.py) serve tests that race bootstraps on purpose."""
         h = self.host(host)
         h.etc.mkdir(parents=True, exist_ok=True)
         (h.etc / "rds-ca.pem").write_text(self.rds_ca.cert.read_text())
         (h.etc / "site.env").write_text(site_env(self.host_values()))
-        env = bootstrap_env(h.etc, h.run, self.emulator, extra_path)
+        env = bootstrap_env(h.etc, h.run, self.emulator)
+        if aws_endpoint:
+            env["ORTHWEB_AWS_ENDPOINT"] = aws_endpoint
         # The RDS CA as Orthanc sees it: one path on every host, like the container's /etc/orthweb/rds-ca.pem.
         env["RDS_CA_CONTAINER_PATH"] = str(self.rds_ca.cert)
-        proc = run_bootstrap(script, "secrets", env, log_file=h.logs / "bootstrap.log")
+        proc = run_bootstrap(program or host_program(), "secrets", env, log_file=h.logs / "bootstrap.log")
         if proc.returncode != 0:
             raise RuntimeError(f"bootstrap of {h.name} failed:\n{proc.stdout}{proc.stderr}")
         return proc.stdout
 
-    def bootstrap_hosts(self, *, script: Path = BOOTSTRAP, extra_path: Sequence[Path] = ()) -> list[str]:
+    def bootstrap_hosts(self, *, program: Path | None = None, aws_endpoints: Sequence[str] = ()) -> list[str]:
         """Every host's bootstrap at the same time, as hosts launched together boot. Raises naming
         the first host whose bootstrap failed; returns the logs. Whether the hosts agree is
         ``runtime_disagreements()``."""
@@ -407,7 +408,8 @@ class LocalSite:
 
         def boot(index: int) -> None:
             try:
-                logs[index] = self.bootstrap(index, script=script, extra_path=extra_path)
+                endpoint = aws_endpoints[index] if aws_endpoints else ""
+                logs[index] = self.bootstrap(index, program=program, aws_endpoint=endpoint)
             except BaseException as exc:  # noqa: BLE001 - reported below, naming the host
                 logs[index] = exc
 

@@ -1,19 +1,16 @@
-"""Small test PKI built in code with ``cryptography``: a CA and certificates it issues, written as
-PEM files, for local servers (PostgreSQL, nginx) and for tests."""
+"""Test PKI as PEM files, for local servers (PostgreSQL, nginx) and for tests: a thin layer over
+Orthweb's one PKI module (userdata/host/pki.py), which the host and ``make modality-cert`` use too."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-VALIDITY = datetime.timedelta(days=30)
+from userdata.host import pki
+
+VALIDITY_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -22,74 +19,28 @@ class Certificate:
     key: Path
 
 
-def _key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _write(folder: Path, name: str, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> Certificate:
+def _write(folder: Path, name: str, cert: x509.Certificate, key: pki.SigningKey) -> Certificate:
     folder.mkdir(parents=True, exist_ok=True)
     out = Certificate(folder / f"{name}.crt", folder / f"{name}.key")
-    out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    out.key.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    out.cert.write_text(pki.cert_pem(cert))
+    out.key.write_text(pki.key_pem(key))
     out.key.chmod(0o600)
     return out
 
 
-def _load(cert: Certificate) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
-    key = serialization.load_pem_private_key(cert.key.read_bytes(), password=None)
-    assert isinstance(key, rsa.RSAPrivateKey)
-    return x509.load_pem_x509_certificate(cert.cert.read_bytes()), key
-
-
-def _builder(subject: str, issuer: x509.Name | None, public_key: rsa.RSAPublicKey) -> x509.CertificateBuilder:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer or name)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
-    )
-
-
 def make_ca(folder: Path, name: str = "Orthweb test CA") -> Certificate:
-    key = _key()
-    cert = (
-        _builder(name, None, key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )  # keyCertSign, cRLSign
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = pki.make_ca(pki.subject(name), VALIDITY_DAYS, bits=2048)
     return _write(folder, "ca", cert, key)
-
-
-def _san(entry: str) -> x509.GeneralName:
-    kind, _, value = entry.partition(":")
-    return x509.IPAddress(ipaddress.ip_address(value)) if kind == "IP" else x509.DNSName(value)
 
 
 def issue(
     folder: Path, ca: Certificate, name: str, sans: str = "DNS:localhost,IP:127.0.0.1", *, client: bool = False
 ) -> Certificate:
     """A certificate for ``name`` issued by ``ca``: serverAuth with ``sans``, or clientAuth."""
-    ca_cert, ca_key = _load(ca)
-    key = _key()
-    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-    builder = (
-        _builder(name, ca_cert.subject, key.public_key())
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    )
-    if sans and not client:
-        builder = builder.add_extension(x509.SubjectAlternativeName([_san(e) for e in sans.split(",")]), critical=False)
-    return _write(folder, name, builder.sign(ca_key, hashes.SHA256()), key)
+    ca_cert, ca_key = pki.load_cert(ca.cert.read_text()), pki.load_key(ca.key.read_text())
+    names = sans.split(",") if sans and not client else []
+    cert, key = pki.issue(ca_cert, ca_key, pki.subject(name), VALIDITY_DAYS, names=names, client=client)
+    return _write(folder, name, cert, key)
 
 
 def make_server_cert(folder: Path, ca: Certificate, name: str, sans: str = "DNS:localhost,IP:127.0.0.1") -> Certificate:

@@ -224,7 +224,7 @@ class Machine:
 
 # Every step of ``orthweb-bootstrap boot`` that can run off EC2 (the others are named in the module
 # docstring, with what stands in for them).
-OFF_EC2_BOOT_STEPS = "rds_ca secrets services"
+OFF_EC2_BOOT_STEPS = "rds_ca services"
 
 
 def install_standins(
@@ -252,14 +252,16 @@ def install_standins(
     )
     machine.write(
         "/usr/bin/docker",
-        "#!/bin/sh\n# STAND-IN for docker: compose starts the real nginx and Orthanc (tools/harness/compose_standin.py).\n"
+        "#!/bin/sh\n# STAND-IN for docker: compose starts the real nginx and Orthanc\n"
+        "# (tools/harness/compose_standin.py).\n"
         f'PYTHONPATH={SOURCE_MOUNT} exec python3 -m tools.harness.compose_standin "$@"\n',
         mode=0o755,
     )
     machine.write("/etc/orthweb-standin.json", json.dumps({**ports, "s3_endpoint": s3_endpoint}))
     machine.write(
         "/etc/systemd/system/orthweb-refresh.timer.d/test-timing.conf",
-        "[Timer]\nOnBootSec=\nOnActiveSec=15s\nOnUnitActiveSec=\nOnUnitActiveSec=60s\nRandomizedDelaySec=0\n",
+        # An empty OnBootSec= resets every trigger of the unit (systemd.timer), then the test's own.
+        "[Timer]\nOnBootSec=\nOnActiveSec=15s\nOnUnitActiveSec=60s\nRandomizedDelaySec=0\n",
     )
     machine.write("/etc/systemd/system/orthweb-boot.service.d/test-timing.conf", "[Service]\nRestartSec=1s\n")
 

@@ -35,13 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from config.facts import CLIENT_CA_SECRET as CA_SECRET
 from config.facts import CLIENTS_SECRET
 from config.inputs import allowed, field_problems
+from userdata.host import pki
 
 MODALITY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MODALITY_RULE = "1-64 characters: letters A-Z a-z, digits, '_', '.', '-'"
@@ -54,9 +53,6 @@ MAX_DAYS = 3650  # no client certificate outlives a new CA; an older CA's remain
 # the CA's own end) outlasts a default certificate (825 days) twice over, and every issue or revoke
 # starts it afresh.
 CRL_LIFETIME = datetime.timedelta(days=1826)
-# Certificates and CRLs start an hour in the past: the operator's clock and the host's may differ,
-# and nginx refuses a certificate or CRL that is "not yet valid".
-BACKDATE = datetime.timedelta(hours=1)
 # RSA rather than EC: every DICOM TLS stack a modality may run (dcmtk, dcm4che, vendor Windows and
 # Java stacks) handles RSA client keys; ECDSA support is not universal.
 KEY_BITS = 3072
@@ -64,7 +60,7 @@ KEY_BITS = 3072
 
 # The CA key this command signs with: it creates RSA; an EC P-256 CA (the contract allows either)
 # signs just as well.
-CAKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+CAKey = pki.SigningKey
 
 
 class UsageError(Exception):
@@ -88,93 +84,20 @@ class Issued:
 # -- certificates ---------------------------------------------------------------------------------
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-def _pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _key_pem(key: rsa.RSAPrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-
-
 def ca_subject(site: str) -> str:
     return f"Orthweb {site} DICOM client CA"
 
 
-def make_ca(site: str) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+def make_ca(site: str) -> tuple[x509.Certificate, pki.SigningKey]:
     """The site's client CA: signs client certificates and the CRL, nothing below it can sign."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_subject(site))])
-    now = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + CA_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
+    return pki.make_ca(pki.subject(ca_subject(site)), CA_LIFETIME.days, bits=KEY_BITS)
 
 
 def issue_client(
     ca_cert: x509.Certificate, ca_key: CAKey, modality: str, days: int
-) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+) -> tuple[x509.Certificate, pki.SigningKey]:
     """A clientAuth certificate for ``modality`` (CN) and its new key."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
-    now = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, modality)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return cert, key
+    return pki.issue(ca_cert, ca_key, pki.subject(modality), days, client=True, bits=KEY_BITS)
 
 
 def sign_crl(ca_cert: x509.Certificate, ca_key: CAKey, issued: list[Issued], previous: str | None) -> str:
@@ -183,38 +106,23 @@ def sign_crl(ca_cert: x509.Certificate, ca_key: CAKey, issued: list[Issued], pre
     Revocation dates come from the previous CRL (the record of when each was revoked); a serial
     revoked just now gets the current time. The CRL number counts up from the previous one.
     """
-    now = _now()
+    now = pki.now()
     dates: dict[int, datetime.datetime] = {}
     number = 1
     if previous:
         try:
-            old = x509.load_pem_x509_crl(previous.encode())
+            old = pki.load_crl(previous)
         except ValueError:
             raise StateError("the stored CRL is not a PEM CRL; refusing to drop the revocations it may hold") from None
-        if not old.is_signature_valid(ca_key.public_key()):
+        if not pki.crl_signed_by(old, ca_cert):
             raise StateError("the stored CRL is not signed by the stored client CA; refusing to carry it over")
-        dates = {r.serial_number: r.revocation_date_utc for r in old}
+        dates = {r.serial_number: pki.revocation_date(r) for r in old}
         try:
             number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
         except x509.ExtensionNotFound:
             pass
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca_cert.subject)
-        .last_update(now - BACKDATE)
-        .next_update(min(now + CRL_LIFETIME, ca_cert.not_valid_after_utc))
-        .add_extension(x509.CRLNumber(number), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-    )
-    for entry in issued:
-        if entry.revoked:
-            serial = int(entry.serial, 16)
-            revoked = (
-                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(dates.get(serial, now)).build()
-            )
-            builder = builder.add_revoked_certificate(revoked)
-    crl = builder.sign(ca_key, hashes.SHA256())
-    return crl.public_bytes(serialization.Encoding.PEM).decode()
+    revoked = {int(e.serial, 16): dates.get(int(e.serial, 16), now) for e in issued if e.revoked}
+    return pki.crl_pem(pki.sign_crl(ca_cert, ca_key, revoked, days=CRL_LIFETIME.days, number=number))
 
 
 # -- the two secrets ------------------------------------------------------------------------------
@@ -323,19 +231,19 @@ def load_ca(secrets: Secrets, clients: Stored) -> tuple[Stored, tuple[x509.Certi
             raise StateError(f"{ca_id} is empty but {clients_id} is not: restore the CA secret's previous version")
         return stored, None
     try:
-        cert = x509.load_pem_x509_certificate(stored.value["ca_cert"].encode())
-        key = serialization.load_pem_private_key(stored.value["ca_key"].encode(), password=None)
+        cert = pki.load_cert(stored.value["ca_cert"])
+        key = pki.load_key(stored.value["ca_key"])
     except (KeyError, ValueError, TypeError, AttributeError):
         raise StateError(f"{ca_id} does not hold a PEM ca_cert and an unencrypted PEM ca_key") from None
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
         raise StateError(f"{ca_id}: ca_key is not the RSA or EC key of ca_cert")
-    if clients.value is not None and str(clients.value.get("ca_cert", "")).strip() != _pem(cert).strip():
+    if clients.value is not None and str(clients.value.get("ca_cert", "")).strip() != pki.cert_pem(cert).strip():
         raise StateError(f"{clients_id} names a different CA than {ca_id}; restore the matching versions")
     return stored, (cert, key)
 
 
 def clients_value(ca_cert: x509.Certificate, crl: str, issued: list[Issued]) -> dict[str, Any]:
-    return {"ca_cert": _pem(ca_cert), "crl": crl, "issued": [asdict(e) for e in issued]}
+    return {"ca_cert": pki.cert_pem(ca_cert), "crl": crl, "issued": [asdict(e) for e in issued]}
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -383,25 +291,25 @@ def cmd_issue(secrets: Secrets, modality: str, out: Path, days: int) -> list[str
         new_cert, new_key = make_ca(secrets.site)
         # The CA is stored before anything it signs exists: a certificate must never outlive the
         # only copy of the key that can revoke it.
-        secrets.write(CA_SECRET, {"ca_cert": _pem(new_cert), "ca_key": _key_pem(new_key)}, stored_ca.version)
+        secrets.write(CA_SECRET, {"ca_cert": pki.cert_pem(new_cert), "ca_key": pki.key_pem(new_key)}, stored_ca.version)
         lines.append(f"created the client CA {ca_subject(secrets.site)!r} in {secrets.secret_id(CA_SECRET)}")
         loaded = new_cert, new_key
     ca_cert, ca_key = loaded
-    room = (ca_cert.not_valid_after_utc - _now()).days
+    room = (pki.not_after(ca_cert) - pki.now()).days
     if days > room:
         raise UsageError(allowed("--days", days, f"at most {room} (the client CA's remaining life)"))
     cert, key = issue_client(ca_cert, ca_key, modality, days)
-    entry = Issued(modality, format(cert.serial_number, "x"), cert.not_valid_after_utc.date().isoformat(), False)
+    entry = Issued(modality, format(cert.serial_number, "x"), pki.not_after(cert).date().isoformat(), False)
     issued.append(entry)
     previous_crl = clients.value.get("crl") if clients.value else None
     crl = sign_crl(ca_cert, ca_key, issued, previous_crl)
     # Recorded before the key file exists, so every certificate that exists can be revoked by name.
     secrets.write(CLIENTS_SECRET, clients_value(ca_cert, crl, issued), clients.version)
     out.mkdir(parents=True, exist_ok=True)
-    _write_private(files["key"], _key_pem(key))
-    files["cert"].write_text(_pem(cert))
-    files["chain"].write_text(_pem(cert) + _pem(ca_cert))
-    files["ca"].write_text(_pem(ca_cert))
+    _write_private(files["key"], pki.key_pem(key))
+    files["cert"].write_text(pki.cert_pem(cert))
+    files["chain"].write_text(pki.cert_pem(cert) + pki.cert_pem(ca_cert))
+    files["ca"].write_text(pki.cert_pem(ca_cert))
     lines += [
         f"issued {modality}: serial {entry.serial}, valid until {entry.not_after}",
         f"  {files['key']} (private key, 0600), {files['cert']}, {files['chain']} (certificate + client CA)",
