@@ -26,10 +26,13 @@ CDKTF := $(PY) -m tools.harness.terraform cdktf
 PYTEST_WORKERS ?= 6
 # Debian packages the test suite drives for real: cloud-init schema, shellcheck, nginx -t, compose
 # config, and the bootstrap against the emulator (awscli v2, PostgreSQL 15 with TLS, openssl).
+# The host's program runs on the system python3 with its cryptography (as on Amazon Linux); systemd-nspawn
+# and mmdebstrap boot a host under real systemd (tests/test_systemd_boot.py).
 APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose awscli postgresql-15 openssl \
-	orthanc orthanc-postgresql orthanc-python orthanc-dicomweb python3-boto3 dcmtk graphviz haproxy
+	orthanc orthanc-postgresql orthanc-python orthanc-dicomweb python3-boto3 python3-cryptography dcmtk graphviz haproxy \
+	systemd-container mmdebstrap
 
-.PHONY: test-deps security-deps bench check compile cost diagram state-bucket validate db-tunnel modality-cert recover local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
+.PHONY: test-deps systemd-root security-deps bench check compile cost diagram state-bucket validate db-tunnel modality-cert recover local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
 	pytest pytest-unit cli cli-synth diff deploy destroy output snapshot clean
 
 ## synth: install runtime dependencies and synthesize cdktf.out/stacks/<name> (no AWS account needed)
@@ -41,9 +44,13 @@ test: test-deps
 	$(MAKE) --no-print-directory -j3 -Otarget compile lint typecheck
 	$(MAKE) --no-print-directory pytest
 
-# The installs are independent (pipenv, npm, apt, checkov's own virtualenv): side by side.
+# The installs are independent (pipenv, npm, apt then the systemd host's root, checkov's own virtualenv): side by side.
 test-deps:
-	$(MAKE) --no-print-directory -j4 setup-dev cli system-deps security-deps
+	$(MAKE) --no-print-directory -j4 setup-dev cli systemd-root security-deps
+
+# The Debian root the systemd lane boots (mmdebstrap, about 45 s; cached under build/systemd-root).
+systemd-root: system-deps
+	$(PYTHON) -m tools.harness.systemd_host
 
 security-deps:
 	$(PYTHON) -m tools.ci.security --install
