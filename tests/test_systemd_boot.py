@@ -6,8 +6,8 @@ agent, Docker: nginx and Orthanc run natively as transient units).
 
 One host for the module, in order: a first boot with AWS unreachable fails and the unit retries it
 until AWS answers; the site then answers HTTPS and DICOM TLS; the refresh timer runs the refresh
-under its unit and follows a rotated password; a reboot brings the same site back. Every wait is bounded: a hung boot (the lock
-deadlock of issue 18) fails the test instead of hanging CI."""
+under its unit and follows a rotated password; a reboot brings the same site back. Every wait is
+bounded: a hung boot (the lock deadlock of issue 18) fails the test instead of hanging CI."""
 
 from __future__ import annotations
 
@@ -133,12 +133,12 @@ def test_the_refresh_timer_follows_a_rotated_password_under_its_unit(host):
     while "Orthanc's configuration changed: recreating orthanc" not in m.journal("orthweb-refresh.service"):
         assert time.monotonic() < deadline, "no refresh followed the rotation within 120 s:\n" + m.journal(tail=40)
         time.sleep(1)
-    journal = m.journal("orthweb-refresh.service")
-    assert "reloading nginx" in journal and "done: refresh" in journal
     deadline = time.monotonic() + 30
     while m.unit("orthweb-refresh.service")["ActiveState"] != "inactive":
         assert time.monotonic() < deadline, "the refresh did not end"
         time.sleep(0.5)
+    journal = m.journal("orthweb-refresh.service")
+    assert "reloading nginx" in journal and "done: refresh" in journal
     assert m.unit("orthweb-refresh.service")["Result"] == "success"
     assert m.unit("orthweb-standin-orthanc.service")["ActiveState"] == "active"
     assert "REST answers as ORTHANC" in _site_answers(host)[0]
