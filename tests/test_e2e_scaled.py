@@ -219,6 +219,7 @@ def test_local_up_with_two_hosts_prints_the_balancer_and_down_stops_everything(t
 
 # -- three hosts booting at once ------------------------------------------------------------------
 
+
 # The proxies: all calls reach the emulator; "barrier" holds every PutSecretValue until every host
 # has reached its own put of that secret (each host read "no value" and made its own first value: the
 # worst case for create-once secrets); "late-store" lets host-0 store the server certificate only

@@ -37,6 +37,7 @@ from tools.harness.pki import issue as pki_issue
 from tools.ops import modalities
 from tools.ops.modalities import CA_SECRET, CLIENTS_SECRET, DEFAULT_DAYS, MODALITY_NAME
 from tools.proc import free_ports, stop_process, wait_for_port
+from userdata.host import pki
 
 pytestmark = pytest.mark.programs
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
@@ -347,24 +348,10 @@ def test_a_write_that_raced_another_is_reported(site: Site, tmp_path: Path, monk
 
 def test_an_ec_p256_client_ca_signs_too(site: Site, tmp_path: Path):
     """The contract allows an EC P-256 CA (the command creates RSA): one put there by hand works."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Orthweb {site.name} DICOM client CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
+    ca, key = pki.make_ca(
+        pki.subject(f"Orthweb {site.name} DICOM client CA"), 3650, key=ec.generate_private_key(ec.SECP256R1())
     )
-    ca_pem = ca.public_bytes(serialization.Encoding.PEM).decode()
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    ca_pem, key_pem = pki.cert_pem(ca), pki.key_pem(key)
     site.sm.put_secret_value(
         SecretId=f"{site.name}/{CA_SECRET}", SecretString=json.dumps({"ca_cert": ca_pem, "ca_key": key_pem})
     )

@@ -197,7 +197,9 @@ def test_fetch_checks_the_sha256_and_unpacks(tmp_path):
         proc = fetch()
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "fetched and verified" in proc.stdout
-        assert (root / "usr/local/sbin/orthweb-bootstrap").read_text() == (ROOT / "userdata/orthweb-bootstrap").read_text()
+        assert (root / "usr/local/sbin/orthweb-bootstrap").read_text() == (
+            ROOT / "userdata/orthweb-bootstrap"
+        ).read_text()
         host = root / "usr/local/lib/orthweb/orthweb_host"
         assert (host / "bootstrap.py").read_text() == (ROOT / "userdata/host/bootstrap.py").read_text()
         assert (root / "usr/local/sbin/orthweb-bootstrap").stat().st_mode & 0o111

@@ -23,9 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from tools.harness.localsite import client_files, local_nginx, native_orthanc_config
+from tools.harness.localsite import native_nginx_conf, native_orthanc_config
 from tools.proc import wait_for_port
-from userdata.site import render_nginx
 
 SETTINGS = Path("/etc/orthweb-standin.json")
 STATE = Path("/var/lib/orthweb-standin")
@@ -88,20 +87,7 @@ def start_nginx() -> None:
     prefix = _nginx_prefix()
     (prefix / "temp").mkdir(parents=True, exist_ok=True)
     files = RUN / "nginx"
-    client_ca, client_crl = client_files(str(files), (files / "client-ca.pem").exists())
-    conf = render_nginx(
-        local_nginx(
-            prefix,
-            http_upstream=f"127.0.0.1:{s['orthanc_http']}",
-            dicom_upstream=f"127.0.0.1:{s['orthanc_dicom']}",
-            https_listen=f"127.0.0.1:{s['https']}",
-            dicom_listen=f"127.0.0.1:{s['dicom_tls']}",
-            cert_path=str(files / "site-cert.pem"),
-            key_path=str(files / "site-key.pem"),
-            client_ca_path=client_ca,
-            client_crl_path=client_crl,
-        )
-    )
+    conf = native_nginx_conf(prefix, s, files, (files / "client-ca.pem").exists())
     (prefix / "nginx.conf").write_text(conf)
     _run_unit(
         "nginx", ["/usr/sbin/nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"], {}

@@ -140,6 +140,26 @@ def native_orthanc_config(
     return config
 
 
+def native_nginx_conf(prefix: Path, ports: dict[str, int], files: Path, client_certificates: bool) -> str:
+    """A host's nginx.conf for Debian's nginx running natively under ``prefix``: the front door on
+    the ``https`` and ``dicom_tls`` loopback ports, Orthanc on its own two, the certificate files
+    (and, with ``client_certificates``, the client CA and CRL) in ``files``."""
+    client_ca, client_crl = client_files(str(files), client_certificates)
+    return render_nginx(
+        local_nginx(
+            prefix,
+            http_upstream=f"127.0.0.1:{ports['orthanc_http']}",
+            dicom_upstream=f"127.0.0.1:{ports['orthanc_dicom']}",
+            https_listen=f"127.0.0.1:{ports['https']}",
+            dicom_listen=f"127.0.0.1:{ports['dicom_tls']}",
+            cert_path=str(files / "site-cert.pem"),
+            key_path=str(files / "site-key.pem"),
+            client_ca_path=client_ca,
+            client_crl_path=client_crl,
+        )
+    )
+
+
 def render_haproxy(
     listen: dict[str, int], hosts: Sequence[dict[str, int]], admin_socket: Path, check_timing: str = CHECK_TIMING
 ) -> str:
@@ -528,21 +548,7 @@ class LocalSite:
         prefix = h.nginx_prefix
         (prefix / "temp").mkdir(parents=True, exist_ok=True)
         h.logs.mkdir(parents=True, exist_ok=True)
-        files = h.run / "nginx"
-        client_ca, client_crl = client_files(str(files), self.dicom_client_auth == "certificate")
-        conf = render_nginx(
-            local_nginx(
-                prefix,
-                http_upstream=f"127.0.0.1:{h.ports['orthanc_http']}",
-                dicom_upstream=f"127.0.0.1:{h.ports['orthanc_dicom']}",
-                https_listen=f"127.0.0.1:{h.ports['https']}",
-                dicom_listen=f"127.0.0.1:{h.ports['dicom_tls']}",
-                cert_path=str(files / "site-cert.pem"),
-                key_path=str(files / "site-key.pem"),
-                client_ca_path=client_ca,
-                client_crl_path=client_crl,
-            )
-        )
+        conf = native_nginx_conf(prefix, h.ports, h.run / "nginx", self.dicom_client_auth == "certificate")
         (prefix / "nginx.conf").write_text(conf)
         log = open(h.logs / "nginx.log", "ab")
         self.processes[h.process("nginx")] = subprocess.Popen(
