@@ -106,19 +106,21 @@ class Imds:
 
     def __init__(self, endpoint: str = IMDS) -> None:
         self.endpoint = endpoint.rstrip("/")
+        # Never through a proxy from the environment (as the AWS SDKs do): metadata is link-local.
+        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def _token(self) -> str:
         request = urllib.request.Request(  # noqa: S310 - the link-local metadata service
             f"{self.endpoint}/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}
         )
-        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - the link-local metadata service
+        with self.opener.open(request, timeout=5) as answer:
             return str(answer.read().decode())
 
     def get(self, path: str) -> str:
         request = urllib.request.Request(  # noqa: S310 - the link-local metadata service
             f"{self.endpoint}/latest/meta-data/{path}", headers={"X-aws-ec2-metadata-token": self._token()}
         )
-        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - the link-local metadata service
+        with self.opener.open(request, timeout=5) as answer:
             return str(answer.read().decode())
 
     def role_credentials(self) -> Credentials:
