@@ -3,8 +3,10 @@ and an AWS Backup plan for the database."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cdktf import TerraformResource
 from cdktf_cdktf_provider_aws.backup_plan import BackupPlan, BackupPlanRule, BackupPlanRuleLifecycle
 from cdktf_cdktf_provider_aws.backup_selection import BackupSelection
 from cdktf_cdktf_provider_aws.backup_vault import BackupVault
@@ -21,8 +23,11 @@ from modules.logs import encrypted_log_group, encrypted_topic
 from modules.policy import Statement, service_role
 
 BACKUP_POLICY = "service-role/AWSBackupServiceRolePolicyForBackup"
-# Daily at 05:00 UTC, after the RDS backup window AWS picks by default.
+# Daily at 05:00 UTC, after the database's own backup window (DB_BACKUP_WINDOW, 03:00-03:30) and
+# before its maintenance window; it must start within an hour and finish within three.
 BACKUP_SCHEDULE = "cron(0 5 * * ? *)"
+BACKUP_START_MINUTES = 60
+BACKUP_COMPLETION_MINUTES = 180
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,9 @@ class TrailProps:
     log_bucket_name: str
     dicom_bucket_arn: str
     log_retention_days: int
+    # Policies the trail's delivery needs in place first (CreateTrail checks them when it runs and
+    # fails with InsufficientS3BucketPolicyException otherwise): the log bucket's policy.
+    delivery_policies: Sequence[TerraformResource] = ()
 
 
 class DataEventTrail(Construct):
@@ -75,7 +83,7 @@ class DataEventTrail(Construct):
             ],
             inline_name="write-trail-logs",
         )
-        self.topic = encrypted_topic(
+        self.topic, topic_policy = encrypted_topic(
             self,
             name=f"{props.name}-cloudtrail",
             key_arn=props.key_arn,
@@ -107,6 +115,8 @@ class DataEventTrail(Construct):
                     ],
                 )
             ],
+            # The topic's policy too: CreateTrail fails with InsufficientSnsTopicPolicyException without it.
+            depends_on=[*props.delivery_policies, topic_policy],
         )
 
 
@@ -134,6 +144,8 @@ class DatabaseBackup(Construct):
                     rule_name="daily",
                     target_vault_name=self.vault.name,
                     schedule=BACKUP_SCHEDULE,
+                    start_window=BACKUP_START_MINUTES,
+                    completion_window=BACKUP_COMPLETION_MINUTES,
                     lifecycle=BackupPlanRuleLifecycle(delete_after=props.retention_days),
                 )
             ],

@@ -42,6 +42,12 @@ NO_PHI_LOGGING = {
 }
 
 
+# UTC. The automated backup, then AWS Backup's snapshot (BACKUP_SCHEDULE, 05:00 with an hour to
+# start); maintenance on Sunday after both.
+DB_BACKUP_WINDOW = "03:00-03:30"
+DB_MAINTENANCE_WINDOW = "sun:06:30-sun:07:30"
+
+
 @dataclass(frozen=True)
 class DatabaseProps:
     name: str
@@ -158,6 +164,11 @@ class Database(Construct):
             multi_az=props.multi_az,
             iam_database_authentication_enabled=True,
             backup_retention_period=props.backup_retention_days,
+            # Stated, not left to AWS (which picks 30 minutes anywhere in an 8-hour block of the
+            # region): the daily AWS Backup job (modules/audit.py) starts after this window ends, and
+            # changes wait for the maintenance window, which must not overlap it.
+            backup_window=DB_BACKUP_WINDOW,
+            maintenance_window=DB_MAINTENANCE_WINDOW,
             copy_tags_to_snapshot=True,
             deletion_protection=props.deletion_protection,
             performance_insights_enabled=True,

@@ -20,6 +20,7 @@ from cdktf_cdktf_provider_aws.autoscaling_policy import (
 )
 from cdktf_cdktf_provider_aws.data_aws_ssm_parameter import DataAwsSsmParameter
 from cdktf_cdktf_provider_aws.eip_association import EipAssociation
+from cdktf_cdktf_provider_aws.iam_service_linked_role import IamServiceLinkedRole
 from cdktf_cdktf_provider_aws.instance import Instance
 from cdktf_cdktf_provider_aws.key_pair import KeyPair
 from cdktf_cdktf_provider_aws.launch_template import (
@@ -248,6 +249,18 @@ class Host(Construct):
 
     def _group(self, fleet: Fleet) -> None:
         props = self.props
+        # The group launches hosts as this role: the site key's policy must let it use the key for
+        # the encrypted root volume (SiteKey.allow_autoscaling), or every launch fails with
+        # Client.InternalError. A role of the site's own (a suffix on AWS's name) rather than the
+        # account's shared AWSServiceRoleForAutoScaling, which may or may not exist yet: a key policy
+        # naming a principal that does not exist is refused.
+        self.autoscaling_role = IamServiceLinkedRole(
+            self,
+            "autoscaling-role",
+            aws_service_name="autoscaling.amazonaws.com",
+            custom_suffix=props.name,
+            description=f"{props.name}: launches the site's hosts (uses the site key for their volumes)",
+        )
         self.group = AutoscalingGroup(
             self,
             "group",
@@ -262,6 +275,7 @@ class Host(Construct):
                 id=self.launch_template.id, version=Fn.tostring(self.launch_template.latest_version)
             ),
             target_group_arns=list(fleet.target_group_arns),
+            service_linked_role_arn=self.autoscaling_role.arn,
             # Replaced when the load balancer finds Orthanc not answering, not only when EC2 fails.
             health_check_type="ELB",
             health_check_grace_period=HEALTH_CHECK_GRACE_SECONDS,

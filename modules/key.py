@@ -131,6 +131,25 @@ class SiteKey(Construct):
             )
         )
 
+    def allow_autoscaling(self, role_arn: str) -> None:
+        """Let an Auto Scaling group's service-linked role use the key for the encrypted volumes of
+        the hosts it launches: the key operations, and grants only for AWS resources (EC2 attaches
+        the volume through one). AWS: "Required KMS key policy for use with encrypted volumes"
+        (https://docs.aws.amazon.com/autoscaling/ec2/userguide/key-policy-requirements-EBS-encryption.html)."""
+        self._allow(
+            Statement(
+                sid="AutoScalingUsesKeyForHostVolumes",
+                actions=["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"],
+                principals={"AWS": [role_arn]},
+            ),
+            Statement(
+                sid="AutoScalingGrantsForHostVolumes",
+                actions=["kms:CreateGrant"],
+                principals={"AWS": [role_arn]},
+                conditions=[("Bool", "kms:GrantIsForAWSResource", ["true"])],
+            ),
+        )
+
     def allow_cloudtrail(self) -> None:
         """Let CloudTrail encrypt this account's trail logs with the key and publish to encrypted topics."""
         acct = self.account

@@ -19,11 +19,12 @@ def encrypted_log_group(
 
 def encrypted_topic(
     scope: Construct, *, name: str, key_arn: str, publisher: str, sid: str, account_id: str
-) -> SnsTopic:
+) -> tuple[SnsTopic, SnsTopicPolicy]:
     """An SNS topic encrypted with the site key, to which only the AWS service ``publisher``
-    (for example ``cloudwatch.amazonaws.com``), acting for this account, may publish."""
+    (for example ``cloudwatch.amazonaws.com``), acting for this account, may publish; and its policy
+    (a publisher that checks the policy when it is set up must come after it)."""
     topic = SnsTopic(scope, "topic", name=name, kms_master_key_id=key_arn)
-    SnsTopicPolicy(
+    policy = SnsTopicPolicy(
         scope,
         "topic-policy",
         arn=topic.arn,
@@ -39,4 +40,4 @@ def encrypted_topic(
             ]
         ),
     )
-    return topic
+    return topic, policy

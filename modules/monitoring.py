@@ -56,7 +56,7 @@ class Monitoring(Construct):
         super().__init__(scope, id_)
         self.props = props
         acct = props.account
-        self.topic = encrypted_topic(
+        self.topic, _ = encrypted_topic(
             self,
             name=f"{props.name}-alarms",
             key_arn=props.key_arn,

@@ -193,6 +193,8 @@ class OrthwebStack(TerraformStack):
         self.database.allow_client("host", self.host.security_group.id)
         if config.scaled:
             self.balancer.allow_targets("hosts", self.host.security_group.id)
+            # The group's role launches the hosts; their root volumes are encrypted with the site key.
+            self.key.allow_autoscaling(self.host.autoscaling_role.arn)
         self._monitoring(config, name)
         if config.cloudtrail:
             self._trail(config, name)
@@ -299,12 +301,14 @@ class OrthwebStack(TerraformStack):
                 log_bucket_name=self.storage.log_bucket.bucket,
                 dicom_bucket_arn=self.storage.bucket.arn,
                 log_retention_days=config.log_retention_days,
+                # CreateTrail checks the log bucket's policy when it runs (the grant below adds the
+                # trail's statement to it): the trail is made after the policy.
+                delivery_policies=[self.storage.log_bucket_policy],
             ),
         )
         # Each owner grants the trail what it needs on its own resource.
         self.key.allow_cloudtrail()
         self.storage.allow_trail_delivery(self.trail.key_prefix)
-        self.trail.trail.node.add_dependency(self.storage.log_bucket_policy)
 
     def _backup(self, config: OrthwebConfig, name: str) -> None:
         self.backup = DatabaseBackup(

@@ -1,5 +1,6 @@
 """Security gate: checkov (pinned, own virtualenv, offline) with Orthweb's custom policies on the
-synthesized default and prod stacks and on the plan of the default stack.
+synthesized default, prod and scaled stacks and on the plan of the default stack, and the AWS
+requirement checks (tools/ci/aws_rules.py) on the same stacks.
 
 ``python -m tools.ci.security`` (``make security``) prints one line per scan and exits 1 on any
 failed check; ``--install`` only installs checkov (``make test-deps`` runs it beside the other installs).
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from config import ROOT
+from tools.ci import aws_rules
 from tools.profiles import PROD, SCALED
 
 CONFIG = ROOT / "security" / "checkov.yaml"
@@ -121,16 +123,26 @@ def main(argv: list[str] | None = None) -> int:
     if args:
         print("usage: python -m tools.ci.security [--install]", file=sys.stderr)
         return 2
-    scans = [
-        run_checkov(synth({}, WORK / "default"), "default stack (terraform_json)"),
-        run_checkov(synth(PROD, WORK / "prod"), "prod stack (terraform_json)"),
-        run_checkov(synth(SCALED, WORK / "scaled"), "scaled stack (terraform_json)"),
-        run_checkov(plan_json(WORK / "plan"), "default plan (terraform_plan)", framework="terraform_plan"),
-    ]
+    stacks = {
+        "default": synth({}, WORK / "default"),
+        "prod": synth(PROD, WORK / "prod"),
+        "scaled": synth(SCALED, WORK / "scaled"),
+    }
+    scans = [run_checkov(stack, f"{label} stack (terraform_json)") for label, stack in stacks.items()]
+    scans.append(run_checkov(plan_json(WORK / "plan"), "default plan (terraform_plan)", framework="terraform_plan"))
     for scan in scans:
         print(f"[security] {scan.line()}")
     print(f"[security] public reference: {REFERENCE[0]} passed, {REFERENCE[1]} failed, {REFERENCE[2]} skipped")
-    return 1 if any(scan.failed for scan in scans) else 0
+    # What AWS requires that the emulator and checkov do not see (tools/ci/aws_rules.py).
+    found = [
+        f"{label}: {line}"
+        for label, stack in stacks.items()
+        for line in aws_rules.problems(json.loads((stack / "cdk.tf.json").read_text()))
+    ]
+    print(f"[security] AWS requirement checks ({len(aws_rules.RULES)} rules): {len(found)} problems")
+    for line in found:
+        print(f"[security]   {line}")
+    return 1 if any(scan.failed for scan in scans) or found else 0
 
 
 if __name__ == "__main__":
