@@ -39,6 +39,11 @@ CA_SECRET = "site-ca"  # noqa: S105
 CLIENT_CA_SECRET = "dicom-client-ca"  # noqa: S105
 CLIENTS_SECRET = "dicom-clients"  # noqa: S105
 TRAIL_PREFIX = "cloudtrail"  # key prefix of CloudTrail log files in the log bucket
+# unique_suffix: "-" and this many random bytes as hex after the name (unknown until apply).
+NAME_SUFFIX_BYTES = 3
+# The scaled profile's target groups, "<name>-<label>": AWS allows at most 32 characters.
+TARGET_GROUP_LABELS = ("https", "dicom")
+TARGET_GROUP_NAME_LIMIT = 32
 
 # -- images -------------------------------------------------------------------------------------
 # orthancteam/orthanc 26.8.1 (2026-08-19): Orthanc 1.13.0, PostgreSQL plugin 10.3, AWS S3 plugin 2.5.4,

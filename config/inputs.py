@@ -216,7 +216,8 @@ class OrthwebConfig:
 
     name: str = setting(
         "orthweb",
-        "Name prefix of every resource; 3-20 chars, lowercase letters, digits, hyphens.",
+        "Name prefix of every resource; 3-20 chars, lowercase letters, digits, hyphens (at most 19 with hosts >= 2"
+        " and unique_suffix: target group names).",
         matching(_NAME, "3-20 chars: lowercase letters, digits, hyphens; starts with a letter"),
     )
     environment: str = setting(
@@ -428,6 +429,26 @@ def field_problems(field: str, value: Any, shown: str | None = None) -> list[str
     return [problem for check in checks for problem in check(shown or field, value)]
 
 
+def _name_length_problems(c: OrthwebConfig) -> list[str]:
+    """The longest name built from ``name`` must fit AWS's limit; checked here because the random
+    suffix is unknown until apply (a plan would pass and the apply fail)."""
+    if not (isinstance(c.hosts, int) and c.hosts >= 2 and isinstance(c.name, str)):
+        return []
+    suffix = 1 + 2 * facts.NAME_SUFFIX_BYTES if c.unique_suffix else 0
+    room = facts.TARGET_GROUP_NAME_LIMIT - suffix - 1 - max(len(label) for label in facts.TARGET_GROUP_LABELS)
+    if len(c.name) > room:
+        return [
+            allowed(
+                "name",
+                c.name,
+                f"at most {room} characters with hosts >= 2{' and unique_suffix' if suffix else ''}: the load "
+                f"balancer's target group names (<name>{'-<6 random hex>' if suffix else ''}-dicom) may have at "
+                f"most {facts.TARGET_GROUP_NAME_LIMIT}",
+            )
+        ]
+    return []
+
+
 def cross_field_problems(c: OrthwebConfig) -> list[str]:
     """Rules that involve more than one field."""
     problems = []
@@ -465,6 +486,7 @@ def cross_field_problems(c: OrthwebConfig) -> list[str]:
                 "state_bucket and state_kms_key together (both printed by make state-bucket), or neither",
             )
         )
+    problems += _name_length_problems(c)
     if isinstance(c.hosts, int) and isinstance(c.hosts_max, int) and 0 < c.hosts_max < c.hosts:
         problems.append(allowed("hosts_max", c.hosts_max, f"0 (as many as hosts), or at least hosts ({c.hosts})"))
     sizes = (c.db_allocated_storage_gb, c.db_max_allocated_storage_gb)

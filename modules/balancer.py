@@ -14,7 +14,7 @@ from cdktf_cdktf_provider_aws.vpc_security_group_egress_rule import VpcSecurityG
 from cdktf_cdktf_provider_aws.vpc_security_group_ingress_rule import VpcSecurityGroupIngressRule
 from constructs import Construct
 
-from config.facts import DICOM_TLS_PORT, HTTPS_PORT
+from config.facts import DICOM_TLS_PORT, HTTPS_PORT, TARGET_GROUP_LABELS
 from modules.network import allow_site_clients
 
 # The nginx path that answers 200 only while Orthanc answers (docker/nginx.conf): the target is
@@ -71,7 +71,7 @@ class LoadBalancer(Construct):
                 for subnet, allocation in zip(props.subnet_ids, self.allocation_ids, strict=True)
             ],
         )
-        ports = {"https": HTTPS_PORT, "dicom": DICOM_TLS_PORT}
+        ports = dict(zip(TARGET_GROUP_LABELS, (HTTPS_PORT, DICOM_TLS_PORT), strict=True))
         self.target_groups = {label: self._target_group(label, port) for label, port in ports.items()}
         for label, group in self.target_groups.items():
             LbListener(

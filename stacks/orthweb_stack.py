@@ -16,7 +16,7 @@ from cdktf import Fn, TerraformOutput, TerraformStack
 from cdktf_cdktf_provider_aws.provider import AwsProvider, AwsProviderDefaultTags, AwsProviderEndpoints
 from constructs import Construct
 
-from config.facts import DB_NAME, DICOM_TLS_PORT, HOST_METRICS_NAMESPACE, POSTGRES_PORT
+from config.facts import DB_NAME, DICOM_TLS_PORT, HOST_METRICS_NAMESPACE, NAME_SUFFIX_BYTES, POSTGRES_PORT
 from config.inputs import OrthwebConfig
 from modules.access import HostAccess, HostAccessProps
 from modules.account import Account
@@ -287,7 +287,7 @@ class OrthwebStack(TerraformStack):
         from cdktf_cdktf_provider_random.provider import RandomProvider
 
         RandomProvider(self, "random")
-        suffix = Id(self, "name-suffix", byte_length=3)
+        suffix = Id(self, "name-suffix", byte_length=NAME_SUFFIX_BYTES)
         return f"{config.name}-{suffix.hex}"
 
     def _trail(self, config: OrthwebConfig, name: str) -> None:

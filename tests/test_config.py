@@ -184,3 +184,15 @@ def test_real_process_exit_code_and_no_partial_output(tmp_path):
     assert proc.returncode == 2
     assert "az_count: 0 is not allowed; allowed: a whole number from 1 to 3" in proc.stderr
     assert not out.exists()
+
+
+def test_a_name_too_long_for_the_scaled_target_groups_is_refused_at_synth(monkeypatch, tmp_path, capsys):
+    """A 20-character name with unique_suffix and hosts >= 2 gives target group names of 33
+    characters (AWS allows 32); the random suffix is unknown at plan time, so only apply would fail."""
+    long = {"NAME": "radiology-department", "UNIQUE_SUFFIX": "true", "HOSTS": "2"}
+    code, err = run_main(monkeypatch, tmp_path, capsys, long)
+    assert code == EXIT_CONFIG_ERROR and not (tmp_path / "out").exists()
+    assert "name: 'radiology-department' is not allowed; allowed: at most 19 characters with hosts >= 2" in err
+    assert "may have at most 32" in err
+    assert load_config(tmp_path, {f"ORTHWEB_{k}": v for k, v in {**long, "NAME": "radiology-departmen"}.items()})
+    assert load_config(tmp_path, {"ORTHWEB_NAME": "radiology-department", "ORTHWEB_HOSTS": "2"}), "no suffix: 20 fit"
