@@ -235,14 +235,16 @@ class Monitoring(Construct):
         )
 
     def front_door(self, container_log_group: str) -> None:
-        """5xx answers of nginx, counted from its access log in the container log group."""
+        """5xx answers of nginx (HTTPS requests and DICOM associations), counted from its JSON access log
+        in the container log group."""
         CloudwatchLogMetricFilter(
             self,
             "front-door-5xx-filter",
             name=f"{self.props.name}-front-door-5xx",
             log_group_name=container_log_group,
-            # nginx's "combined" format: address, -, user, [time], "request", status, bytes, ...
-            pattern="[address, dash, user, time, request, status=5*, bytes, ...]",
+            # nginx logs JSON (docker/nginx.conf): HTTPS requests and DICOM associations both carry
+            # "status" as a number; Orthanc's own lines in the same group are not JSON and never match.
+            pattern="{ $.status >= 500 }",
             metric_transformation=CloudwatchLogMetricFilterMetricTransformation(
                 name="FrontDoor5xx", namespace=SITE_NAMESPACE, value="1", default_value="0", dimensions=None
             ),

@@ -126,8 +126,12 @@ def test_an_issued_certificate_stores_with_dcmtk_and_pynetdicom(site, certs, tmp
     # Each association is logged with the certificate it presented (the front door's audit trail;
     # a scaled site's load balancer passes TCP through and logs nothing of its own).
     log = (site.workdir / "nginx" / "access.log").read_text()
-    lines = [line for line in log.splitlines() if " dicom-tls 200 " in line and "CN=CT1" in line]
+    entries = [json.loads(line) for line in log.splitlines()]  # every line is one JSON object
+    lines = [
+        e for e in entries if e["kind"] == "dicom-tls" and e["status"] == 200 and "CN=CT1" in e["client_certificate"]
+    ]
     assert len(lines) >= 2, log[-2000:]
+    assert all(isinstance(e["status"], int) for e in entries), "the 5xx alarm filters on a numeric status"
 
 
 def test_a_revoked_certificate_is_refused_after_the_refresh(site, certs, tmp_path):
