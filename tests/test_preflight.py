@@ -117,6 +117,15 @@ def test_decisions_left_to_a_person_are_warnings_saying_what(prod_stack, item_id
     assert finding.status == WARN and words in finding.detail, finding
 
 
+def test_a_site_needing_more_elastic_ips_than_the_default_quota_is_warned(tmp_path):
+    """Scaled over three zones: the site's address, two more balancer addresses, three NAT gateways."""
+    config = OrthwebConfig(**PROD, hosts=3, az_count=3).validate()
+    finding = next(f for f in run(Site(config, synth_json(config, tmp_path))) if f.id == "elastic-ips")
+    assert finding.status == WARN and "needs 6 Elastic IPs" in finding.detail and "L-0263D0A3" in finding.detail
+    single = next(f for f in run(Site(OrthwebConfig(**PROD), None)) if f.id == "elastic-ips")
+    assert single.status == PASS and "needs 1 Elastic IP of" in single.detail
+
+
 def test_a_site_with_every_item_done_passes_them_all(tmp_path):
     config = OrthwebConfig(
         **PROD,

@@ -38,6 +38,8 @@ DOC = ROOT / "docs" / "production.md"
 LOG_DAYS_ENOUGH = 365  # a year of flow, container and session logs
 LOG_DAYS_MINIMUM = 90  # less cannot cover a quarter's access review
 NONCURRENT_DAYS_ENOUGH = 30  # a deleted study can be recovered for a month at least
+# EC2's default quota of Elastic IP addresses per region (Service Quotas: ec2, L-0263D0A3).
+EIP_DEFAULT_QUOTA = 5
 
 
 @dataclass
@@ -205,6 +207,22 @@ def _log_retention(site: Site) -> Verdict:
     return PASS, f"logs kept {days} days, container logs and CloudTrail data events on"
 
 
+def _elastic_ips(site: Site) -> Verdict:
+    needed = len(site.stack.get("resource", {}).get("aws_eip", {}))
+    check = "aws service-quotas get-service-quota --service-code ec2 --quota-code L-0263D0A3"
+    if needed > EIP_DEFAULT_QUOTA:
+        return (
+            WARN,
+            f"needs {needed} Elastic IPs, more than the default quota of {EIP_DEFAULT_QUOTA} a region: request an "
+            f"increase first ({check}), or fewer zones (az_count)",
+        )
+    return (
+        PASS,
+        f"needs {needed} Elastic IP{'s' if needed > 1 else ''} of the region's quota (default {EIP_DEFAULT_QUOTA}); "
+        "addresses the account already holds count against it",
+    )
+
+
 def _cost(site: Site) -> Verdict:
     from tools.maint.cost import CostError, estimate
     from tools.maint.tfjson import Stack, TfJsonError
@@ -254,6 +272,7 @@ ITEMS: tuple[Item, ...] = (
     Item("image-digests", "Image digests pinned", ("orthanc_image", "nginx_image"), _image_digests),
     Item("session-manager-only", "Session Manager only", ("ssh_public_key",), _session_manager_only),
     Item("log-retention", "Log retention", ("log_retention_days", "container_logs", "cloudtrail"), _log_retention),
+    Item("elastic-ips", "Elastic IP addresses within the quota", ("hosts", "az_count"), _elastic_ips),
     Item(
         "cost",
         "Cost",
