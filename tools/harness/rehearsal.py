@@ -43,6 +43,8 @@ EMULATOR_GAPS: dict[str, set[str]] = {
         "performance_insights_retention_period",
     },
     "aws_autoscaling_policy": {"enabled", "predictive_scaling_configuration"},
+    # The emulator answers with the account's default Auto Scaling role, not the one the group was given.
+    "aws_autoscaling_group": {"service_linked_role_arn"},
     "aws_db_parameter_group": {"parameter"},  # DescribeDBParameters does not return user parameters by source
     "aws_s3_bucket_notification": {"eventbridge"},
     "aws_vpc_security_group_ingress_rule": {"description", "referenced_security_group_id"},
