@@ -5,12 +5,10 @@ imports on Python 3.9 (Amazon Linux 2023's python3)."""
 from __future__ import annotations
 
 import datetime
-import http.server
 import json
 import os
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 
 from tools.harness.hostsim import install_host_program
+from tools.harness.imds import InstanceMetadata
 from userdata.host import pki
 from userdata.host.aws import Aws, AwsError, Credentials, Imds, _error, credentials_from, sign
 from userdata.host.bootstrap import BOOT_STEPS, BootError, Settings, Site, read_site_env
@@ -137,45 +136,19 @@ def test_the_program_imports_on_python_3_9(tmp_path):
     assert proc.returncode == 0 and proc.stdout.startswith("3.9"), proc.stderr
 
 
-class _InstanceMetadata(http.server.BaseHTTPRequestHandler):
-    """STAND-IN for EC2 instance metadata (IMDSv2): a session token, then the role's credentials."""
-
-    def do_PUT(self) -> None:  # noqa: N802
-        ok = self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
-        self._send("session" if ok else None)
-
-    def do_GET(self) -> None:  # noqa: N802
-        answers = {
-            "/latest/meta-data/iam/security-credentials/": "orthweb-host-role\n",
-            "/latest/meta-data/iam/security-credentials/orthweb-host-role": json.dumps(
-                {"AccessKeyId": "ASIAHOST", "SecretAccessKey": "host-secret", "Token": "host-token"}
-            ),
-        }
-        self._send(answers.get(self.path) if self.headers.get("X-aws-ec2-metadata-token") == "session" else None)
-
-    def _send(self, text: str | None) -> None:
-        self.send_response(200 if text is not None else 401)
-        self.end_headers()
-        self.wfile.write((text or "").encode())
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_credentials_come_from_the_instance_role_never_through_a_proxy(monkeypatch):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _InstanceMetadata)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    role = {"AccessKeyId": "ASIAHOST", "SecretAccessKey": "host-secret", "Token": "host-token"}
+    answers = {"iam/security-credentials/": "orthweb-host-role\n"}
+    answers["iam/security-credentials/orthweb-host-role"] = json.dumps(role)
     # A proxy set for the whole host must not see metadata requests (nothing listens there).
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
-    try:
-        imds = Imds(f"http://127.0.0.1:{server.server_address[1]}")
+    with InstanceMetadata(answers) as metadata:
+        imds = Imds(metadata.endpoint)
         creds = credentials_from({}, imds)()
         assert (creds.access_key, creds.secret_key, creds.token) == ("ASIAHOST", "host-secret", "host-token")
         assert "host-secret" not in repr(creds)
         keys = credentials_from({"AWS_ACCESS_KEY_ID": "AKIAENV", "AWS_SECRET_ACCESS_KEY": "s"}, imds)()
         assert keys.access_key == "AKIAENV", "keys in the environment come first (off EC2: the emulator's)"
-    finally:
-        server.shutdown()
     with pytest.raises(AwsError, match="NoCredentials"):
         credentials_from({}, Imds("http://127.0.0.1:9"))()

@@ -5,12 +5,10 @@ does), the master secret read only when needed, and the boot's backoff after a f
 Elastic IP never attached; a stand-in answers as instance metadata). The boot unit's retries
 themselves run under real systemd in tests/test_systemd_boot.py."""
 
-import http.server
 import json
 import os
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from config.facts import (
 from tests.bootstrap.conftest import SITE_IP, secret_values
 from tools.harness.awsproxy import AwsProxy, refuse
 from tools.harness.hostsim import host_program
-from tools.proc import free_port
+from tools.harness.imds import InstanceMetadata
 
 pytestmark = pytest.mark.programs
 
@@ -99,53 +97,22 @@ def test_the_master_secret_is_read_only_when_the_role_needs_it(site):
 # -- booting: backoff after a failed attempt, cleaning up every time ------------------------------------
 
 
-class _Metadata(http.server.BaseHTTPRequestHandler):
-    """STAND-IN for EC2 instance metadata (IMDSv2): a token, then the public address, which is the
-    site's Elastic IP once ``attached`` is set."""
-
-    attached = False
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self._answer("token" if self.path == "/latest/api/token" else None)
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.headers.get("X-aws-ec2-metadata-token") != "token":
-            self._answer(None)
-        elif self.path == "/latest/meta-data/public-ipv4":
-            self._answer(SITE_IP if _Metadata.attached else "198.51.100.7")
-        else:
-            self._answer(None)
-
-    def _answer(self, text: str | None) -> None:
-        self.send_response(200 if text is not None else 404)
-        self.end_headers()
-        self.wfile.write((text or "").encode())
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_a_failed_boot_waits_longer_before_the_next_attempt(site):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Metadata)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {
-        "ORTHWEB_IMDS_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
-        "ORTHWEB_EIP_ATTEMPTS": "1",
-        "ORTHWEB_BOOT_STEPS": "network",
-        "ORTHWEB_BACKOFF_SLEEP": "0",
-    }
-    try:
+    with InstanceMetadata({"public-ipv4": "198.51.100.7"}) as metadata:
+        env = {
+            "ORTHWEB_IMDS_ENDPOINT": metadata.endpoint,
+            "ORTHWEB_EIP_ATTEMPTS": "1",
+            "ORTHWEB_BOOT_STEPS": "network",
+            "ORTHWEB_BACKOFF_SLEEP": "0",
+        }
         first = site.bootstrap("boot", ok=False, **env)
         second = site.bootstrap("boot", ok=False, **env)
         assert "Elastic IP 203.0.113.10 was not attached" in first
         assert "boot attempt 2: waiting 15s first" in second
-        _Metadata.attached = True
+        metadata.answers["public-ipv4"] = SITE_IP  # Terraform attaches the Elastic IP
         third = site.bootstrap("boot", **env)
-        assert "boot attempt 3: waiting 30s first" in third and "Elastic IP 203.0.113.10 attached" in third
-        assert not (site.run / "boot-attempts").exists(), "a successful boot resets the backoff"
-    finally:
-        _Metadata.attached = False
-        server.shutdown()
+    assert "boot attempt 3: waiting 30s first" in third and "Elastic IP 203.0.113.10 attached" in third
+    assert not (site.run / "boot-attempts").exists(), "a successful boot resets the backoff"
     assert _leftovers(site, [site.master_pw]) == []
 
 
