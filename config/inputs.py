@@ -24,7 +24,7 @@ import ipaddress
 import json
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -62,6 +62,45 @@ DICOM_RIGHTS = ("echo", "find", "move", "get", "store")
 DEFAULT_MODALITY_RIGHTS = ("echo", "find", "get", "store")
 DICOM_CLIENT_AUTH = ("none", "certificate")
 WORLD = "0.0.0.0/0"
+# In prod, a client allow-list may cover at most this many public IPv4 addresses (a /8: a large
+# hospital group or a national research network, never the Internet) unless the port has a control
+# of its own: DICOM client certificates on the DICOM port. The web port has none yet (one shared
+# admin login), so prod holds it to the bound. Counted on what the list covers, not how it is
+# written: 0.0.0.0/1 + 128.0.0.0/1 is the whole Internet too.
+PUBLIC_ADDRESS_BOUND = 2**24
+_NOT_PUBLIC = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/3",
+    )
+)
+
+
+def public_addresses(cidrs: Iterable[str]) -> int:
+    """How many public IPv4 addresses a list of networks covers together (overlaps counted once;
+    private, shared, loopback, link-local, documentation, multicast and reserved space not at all)."""
+    networks = list(ipaddress.collapse_addresses(ipaddress.IPv4Network(c) for c in cidrs))
+    total = sum(n.num_addresses for n in networks)
+    for n in networks:
+        for other in _NOT_PUBLIC:  # two CIDR blocks either nest or do not meet
+            if n.subnet_of(other):
+                total -= n.num_addresses
+            elif other.subnet_of(n):
+                total -= other.num_addresses
+    return total
+
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$")
@@ -449,6 +488,37 @@ def _name_length_problems(c: OrthwebConfig) -> list[str]:
     return []
 
 
+def _prod_client_problems(c: OrthwebConfig) -> list[str]:
+    """Prod: the client allow-lists by what they cover (PUBLIC_ADDRESS_BOUND)."""
+    if not c.is_prod:
+        return []
+    problems = []
+    bound = f"at most {PUBLIC_ADDRESS_BOUND:,} public addresses (a /8) together"
+    try:
+        dicom, web = public_addresses(c.dicom_client_cidrs), public_addresses(c.web_client_cidrs)
+    except (ValueError, TypeError):
+        return []  # a malformed network is reported by its own check
+    if dicom > PUBLIC_ADDRESS_BOUND and c.dicom_client_auth != "certificate":
+        problems.append(
+            allowed(
+                "dicom_client_cidrs",
+                ",".join(c.dicom_client_cidrs),
+                f"in prod, your modalities' networks, {bound} (this list covers {dicom:,}); or any networks "
+                'with dicom_client_auth = "certificate"',
+            )
+        )
+    if web > PUBLIC_ADDRESS_BOUND:
+        problems.append(
+            allowed(
+                "web_client_cidrs",
+                ",".join(c.web_client_cidrs),
+                f"in prod, your users' networks, {bound} (this list covers {web:,}); the web port has no "
+                "second control (one shared admin login)",
+            )
+        )
+    return problems
+
+
 def cross_field_problems(c: OrthwebConfig) -> list[str]:
     """Rules that involve more than one field."""
     problems = []
@@ -470,14 +540,7 @@ def cross_field_problems(c: OrthwebConfig) -> list[str]:
             )
     elif c.emulator_endpoint:
         problems.append(allowed("emulator_endpoint", c.emulator_endpoint, "empty unless target is emulator"))
-    if c.is_prod and WORLD in c.dicom_client_cidrs and c.dicom_client_auth != "certificate":
-        problems.append(
-            allowed(
-                "dicom_client_cidrs",
-                WORLD,
-                'in prod, your modalities\' networks; or the whole Internet with dicom_client_auth = "certificate"',
-            )
-        )
+    problems += _prod_client_problems(c)
     if bool(c.state_bucket) != bool(c.state_kms_key):
         problems.append(
             allowed(

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from config import ROOT
-from config.inputs import ConfigError, DicomModality, OrthwebConfig, load_config
+from config.inputs import ConfigError, DicomModality, OrthwebConfig, load_config, public_addresses
 from main import EXIT_CONFIG_ERROR, main
 
 BAD_INPUTS = [
@@ -100,9 +100,10 @@ def test_bad_input_is_refused_with_a_clear_line(monkeypatch, tmp_path, capsys, f
         ({"TARGET": "emulator", "EMULATOR_ENDPOINT": "http://127.0.0.1"}, "(loopback only)"),
         # The whole Internet on the DICOM port in prod only with client certificates: both fields named.
         (
-            {"ENVIRONMENT": "prod"},
-            "dicom_client_cidrs: '0.0.0.0/0' is not allowed; allowed: in prod, your modalities' networks;"
-            ' or the whole Internet with dicom_client_auth = "certificate"',
+            {"ENVIRONMENT": "prod", "WEB_CLIENT_CIDRS": "10.20.0.0/16"},
+            "dicom_client_cidrs: '0.0.0.0/0' is not allowed; allowed: in prod, your modalities' networks, at most"
+            " 16,777,216 public addresses (a /8) together (this list covers 3,702,258,688); or any networks with"
+            ' dicom_client_auth = "certificate"',
         ),
         (
             {"DICOM_MODALITIES": '[{"aet": "PACS", "host": "pacs.example.org", "rights": ["find", "move"]}]'},
@@ -121,13 +122,46 @@ def test_cross_field_rules(monkeypatch, tmp_path, capsys, env, message):
 
 
 def test_prod_with_the_whole_internet_on_dicom_needs_client_certificates(monkeypatch, tmp_path, capsys):
-    code, err = run_main(monkeypatch, tmp_path, capsys, {"ENVIRONMENT": "prod", "DICOM_CLIENT_CIDRS": "0.0.0.0/0"})
+    web = {"WEB_CLIENT_CIDRS": "10.20.0.0/16"}
+    code, err = run_main(
+        monkeypatch, tmp_path, capsys, {**web, "ENVIRONMENT": "prod", "DICOM_CLIENT_CIDRS": "0.0.0.0/0"}
+    )
     assert code == EXIT_CONFIG_ERROR and "dicom_client_cidrs" in err and "dicom_client_auth" in err
     assert not (tmp_path / "out").exists()
-    env = {"ENVIRONMENT": "prod", "DICOM_CLIENT_AUTH": "certificate"}
+    env = {**web, "ENVIRONMENT": "prod", "DICOM_CLIENT_AUTH": "certificate"}
     assert load_config(tmp_path, {f"ORTHWEB_{k}": v for k, v in env.items()}).dicom_client_auth == "certificate"
-    narrowed = {"ORTHWEB_ENVIRONMENT": "prod", "ORTHWEB_DICOM_CLIENT_CIDRS": "10.20.0.0/16"}
+    narrowed = {
+        "ORTHWEB_ENVIRONMENT": "prod",
+        "ORTHWEB_DICOM_CLIENT_CIDRS": "10.20.0.0/16",
+        "ORTHWEB_WEB_CLIENT_CIDRS": "10.0.0.0/8",
+    }
     assert load_config(tmp_path, narrowed).dicom_client_auth == "none"
+
+
+def test_prod_counts_what_a_client_list_covers_not_how_it_is_written(monkeypatch, tmp_path, capsys):
+    """0.0.0.0/1 + 128.0.0.0/1 is the whole Internet: refused on both ports, each field named."""
+    split = "0.0.0.0/1,128.0.0.0/1"
+    code, err = run_main(monkeypatch, tmp_path, capsys, {"ENVIRONMENT": "prod", "DICOM_CLIENT_CIDRS": split})
+    assert code == EXIT_CONFIG_ERROR and not (tmp_path / "out").exists()
+    assert f"dicom_client_cidrs: '{split}' is not allowed" in err and "covers 3,702,258,688" in err
+    assert "web_client_cidrs: '0.0.0.0/0' is not allowed" in err and "no second control" in err
+    prod = {"ORTHWEB_ENVIRONMENT": "prod"}
+
+    def fits(dicom: str, web: str = "10.0.0.0/8") -> bool:
+        try:
+            load_config(tmp_path, {**prod, "ORTHWEB_DICOM_CLIENT_CIDRS": dicom, "ORTHWEB_WEB_CLIENT_CIDRS": web})
+        except ConfigError:
+            return False
+        return True
+
+    assert fits("8.0.0.0/8,8.0.0.0/9"), "overlapping networks count once: exactly a /8"
+    assert not fits("8.0.0.0/8,9.0.0.0/24"), "a /8 and a little more"
+    assert not fits("8.0.0.0/9,8.128.0.0/9,9.0.0.0/24"), "split halves of a /8 and a little more"
+    assert fits("10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,8.0.0.0/8"), "private space is not public"
+    assert not fits("10.0.0.0/8", web="64.0.0.0/2"), "the web port holds to the bound too"
+    assert public_addresses(["0.0.0.0/0"]) == public_addresses(["0.0.0.0/1", "128.0.0.0/1"]) > 3_000_000_000
+    with pytest.raises(ConfigError, match="dicom_client_cidrs: '::/0' is not allowed; allowed: an IPv4 network"):
+        load_config(tmp_path, {"ORTHWEB_DICOM_CLIENT_CIDRS": "::/0"})
 
 
 def test_every_problem_is_reported_at_once(monkeypatch, tmp_path, capsys):

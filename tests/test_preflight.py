@@ -103,7 +103,7 @@ def test_outside_prod_a_fail_is_advice(default_stack):
 WARNED: list[tuple[str, dict[str, Any], str]] = [
     ("replica-region", {"replica_region": "none"}, "losing the region loses the DICOM archive"),
     ("replica-region", {"replica_region": "eu-west-1"}, "PHI leaves us for eu"),
-    ("client-networks", {"dicom_client_cidrs": ("0.0.0.0/0",)}, "narrow 0.0.0.0/0"),
+    ("client-networks", {"dicom_client_cidrs": ("0.0.0.0/0",)}, "narrow the DICOM networks"),
     ("scaled-profile", {"db_multi_az": False}, "db_multi_az"),
     ("backups", {"backup_retention_days": 35, "noncurrent_version_expiration_days": 7}, "less than 30 days"),
     ("image-digests", {"orthanc_image": f"orthancteam/orthanc:26.8.1{DIGEST}"}, "nginx:1.30.4"),

@@ -53,7 +53,12 @@ def test_on_in_prod_to_the_paired_region_off_elsewhere_unless_named():
         ),
         ({"REPLICA_REGION": "off"}, "replica_region: 'off' is not allowed"),
         (
-            {"ENVIRONMENT": "prod", "DICOM_CLIENT_AUTH": "certificate", "REGION": "eu-west-2"},
+            {
+                "ENVIRONMENT": "prod",
+                "DICOM_CLIENT_AUTH": "certificate",
+                "REGION": "eu-west-2",
+                "WEB_CLIENT_CIDRS": "10.0.0.0/8",
+            },
             "replica_region: '' is not allowed; allowed: in prod in eu-west-2 (no other region under the same law),"
             " a region you choose or none",
         ),
@@ -69,6 +74,7 @@ def test_a_wrong_replica_region_is_refused_naming_the_field(monkeypatch, tmp_pat
 
 def test_a_region_without_a_partner_takes_an_explicit_choice(tmp_path):
     base = {"ORTHWEB_ENVIRONMENT": "prod", "ORTHWEB_DICOM_CLIENT_AUTH": "certificate", "ORTHWEB_REGION": "eu-west-2"}
+    base["ORTHWEB_WEB_CLIENT_CIDRS"] = "10.0.0.0/8"
     with pytest.raises(ConfigError):
         load_config(tmp_path, base)
     assert load_config(tmp_path, {**base, "ORTHWEB_REPLICA_REGION": "none"}).replication is None

@@ -27,7 +27,7 @@ from typing import Any
 
 from config import ROOT, regions
 from config.facts import SSH_PORT
-from config.inputs import WORLD, ConfigError, OrthwebConfig, load_config
+from config.inputs import PUBLIC_ADDRESS_BOUND, ConfigError, OrthwebConfig, load_config, public_addresses
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 EXIT_FAIL = 1
@@ -96,10 +96,14 @@ class Finding:
 def _client_networks(site: Site) -> Verdict:
     c = site.config
     shown = f"web {', '.join(c.web_client_cidrs)}; DICOM {', '.join(c.dicom_client_cidrs)}"
-    if WORLD in c.dicom_client_cidrs and c.dicom_client_auth != "certificate":
-        return FAIL, f"{shown}: the whole Internet may send and query DICOM with any AE title"
-    if WORLD in c.web_client_cidrs or WORLD in c.dicom_client_cidrs:
-        return WARN, f"{shown}: narrow 0.0.0.0/0 to the hospital's networks where you can"
+    wide = PUBLIC_ADDRESS_BOUND
+    dicom, web = public_addresses(c.dicom_client_cidrs), public_addresses(c.web_client_cidrs)
+    if dicom > wide and c.dicom_client_auth != "certificate":
+        return FAIL, f"{shown}: {dicom:,} public addresses may send and query DICOM with any AE title"
+    if web > wide:
+        return FAIL, f"{shown}: {web:,} public addresses may reach the web login"
+    if dicom > wide:
+        return WARN, f"{shown}: narrow the DICOM networks to your modalities' where you can"
     return PASS, shown
 
 
