@@ -71,11 +71,13 @@ DEFAULT_PLAN = {
     "aws_vpc_security_group_ingress_rule": 3,
 }
 # The scaled profile: an Auto Scaling group behind a Network Load Balancer instead of one instance
-# with its Elastic IP association; the balancer's group, rules and second address; per zone a NAT
+# with its Elastic IP association, launching as a service-linked role of its own (the site key lets
+# it encrypt the hosts' volumes); the balancer's group, rules and second address; per zone a NAT
 # gateway with its address, route table and default route (the hosts have no public address).
 SCALED_PLAN = {
     **{k: v for k, v in DEFAULT_PLAN.items() if k not in ("aws_instance", "aws_eip_association")},
     "aws_autoscaling_group": 1,
+    "aws_iam_service_linked_role": 1,
     "aws_lb": 1,
     "aws_lb_listener": 2,
     "aws_lb_target_group": 2,
