@@ -102,6 +102,9 @@ def test_boot_steps_are_checked_by_name():
     assert Settings.from_env({}).boot_steps == BOOT_STEPS
     with pytest.raises(BootError, match="ORTHWEB_BOOT_STEPS: unknown step\\(s\\) secrets; allowed: network"):
         Settings.from_env({"ORTHWEB_BOOT_STEPS": "secrets"})
+    with pytest.raises(BootError, match="ORTHWEB_RENEW_DAYS: '90d' is not allowed; allowed: a whole number such as 90"):
+        Settings.from_env({"ORTHWEB_RENEW_DAYS": "90d"})
+    assert Settings.from_env({"ORTHWEB_BACKOFF_SLEEP": "0", "ORTHWEB_EIP_ATTEMPTS": "1"}).eip_attempts == 1
 
 
 def test_the_site_ca_vouches_only_for_its_names_and_issues_what_the_host_checks():

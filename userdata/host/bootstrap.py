@@ -138,6 +138,14 @@ class Site:
         return ",".join(sorted(self.names()))
 
 
+def _number(env: Mapping[str, str], name: str, default: str) -> float:
+    """A whole number of ``name`` (or its default); a BootError naming it otherwise."""
+    text = env.get(name, default)
+    if not text.isdigit():
+        raise BootError(f"{name}: {text!r} is not allowed; allowed: a whole number such as {default}")
+    return float(text)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where the host keeps its files, and the few settings a run off EC2 changes (tests and the
@@ -163,14 +171,16 @@ class Settings:
                 f"ORTHWEB_BOOT_STEPS: unknown step(s) {', '.join(unknown)}; allowed: {' '.join(BOOT_STEPS)}"
             )
         backoff = env.get("ORTHWEB_BACKOFF_SLEEP")
+        if backoff:
+            _number(env, "ORTHWEB_BACKOFF_SLEEP", "0")
         return cls(
             etc=Path(env.get("ORTHWEB_ETC", "/etc/orthweb")),
             run=Path(env.get("ORTHWEB_RUN", "/run/orthweb")),
             aws_endpoint=env.get("ORTHWEB_AWS_ENDPOINT", ""),
             imds_endpoint=env.get("ORTHWEB_IMDS_ENDPOINT", "http://169.254.169.254"),
-            renew_days=int(env.get("ORTHWEB_RENEW_DAYS", "90")),
+            renew_days=int(_number(env, "ORTHWEB_RENEW_DAYS", "90")),
             boot_steps=steps,
-            eip_attempts=int(env.get("ORTHWEB_EIP_ATTEMPTS", "60")),
+            eip_attempts=int(_number(env, "ORTHWEB_EIP_ATTEMPTS", "60")),
             backoff_sleep=float(backoff) if backoff else None,
             rds_ca_container_path=env.get("RDS_CA_CONTAINER_PATH", "/etc/orthweb/rds-ca.pem"),
             env=env,
