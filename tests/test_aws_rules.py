@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from typing import Any
 
 import pytest
@@ -93,6 +94,29 @@ def test_the_backup_job_runs_after_an_explicit_database_window(synth_profile):
         del _only(data, "aws_backup_plan")["rule"][0]["start_window"]
 
     assert "no explicit start and completion windows" in " ".join(_broken(extras, no_start_window))
+
+
+def test_user_data_over_16_kb_is_caught_with_every_value_filled_in(synth_profile):
+    default = synth_profile("default")
+
+    def grow(data: dict[str, Any]) -> None:
+        template = _only(data, "aws_launch_template")
+        inner = json.loads(template["user_data"][len("${base64gzip(") : -len(")}")])
+        # Incompressible text: the boot bundle's contents pasted into the user data by mistake.
+        template["user_data"] = "${base64gzip(" + json.dumps(inner + os.urandom(20_000).hex()) + ")}"
+
+    found = _broken(default, grow)
+    assert len(found) == 1 and found[0].startswith("user_data_within_16_kb: ") and "over EC2's 16384" in found[0]
+
+
+def test_a_parameter_group_of_another_family_is_caught(synth_profile):
+    default = synth_profile("default")
+
+    def older_family(data: dict[str, Any]) -> None:
+        _only(data, "aws_db_parameter_group")["family"] = "postgres16"
+
+    found = _broken(default, older_family)
+    assert len(found) == 1 and "family postgres16" in found[0] and "want postgres17" in found[0]
 
 
 def test_no_dependency_is_declared_where_the_json_cannot_see_it():

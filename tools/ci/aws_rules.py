@@ -13,11 +13,16 @@ Rules so far (issue 19 lists the rest):
   when it runs, so the trail must depend on them in the JSON (cdktf's node.add_dependency does not
   reach it; only ``depends_on`` does);
 - ``backup_job_after_the_database_window``: the AWS Backup job of the database is scheduled after
-  an explicit database backup window, with explicit start and completion windows.
+  an explicit database backup window, with explicit start and completion windows;
+- ``user_data_within_16_kb``: EC2 refuses user data over 16 KB; each value Terraform fills in is
+  counted as 256 characters (an ARN or endpoint is shorter);
+- ``parameter_group_family_matches_the_engine``: RDS refuses a parameter group of another family
+  than the instance's engine and major version.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -141,10 +146,45 @@ def backup_job_after_the_database_window(stack: Stack) -> Iterator[str]:
                     )
 
 
+USER_DATA_DOC = "https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/user-data.html"
+RDS_FAMILY_DOC = "https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/USER_WorkingWithParamGroups.html"
+USER_DATA_LIMIT = 16 * 1024
+# Every ${...} Terraform fills in at apply, counted at this length (ARNs, endpoints, DNS names are shorter).
+TOKEN_LENGTH = 256
+_INTERPOLATION = re.compile(r"\$\{[^{}]*\}")
+
+
+def user_data_within_16_kb(stack: Stack) -> Iterator[str]:
+    for template, body in stack.of_type("aws_launch_template").items():
+        text = str(body.get("user_data", ""))
+        gzipped = text.startswith("${base64gzip(") and text.endswith(")}")
+        if gzipped:  # the JSON string literal inside base64gzip("...")
+            text = json.loads(text[len("${base64gzip(") : -len(")}")])
+        filled = _INTERPOLATION.sub("x" * TOKEN_LENGTH, text).encode()
+        size = len(gzip.compress(filled, 9)) if gzipped else len(filled)  # otherwise: as written, at most
+        if size > USER_DATA_LIMIT:
+            yield f"{template.stable}: user data of {size} bytes, over EC2's {USER_DATA_LIMIT} ({USER_DATA_DOC})"
+
+
+def parameter_group_family_matches_the_engine(stack: Stack) -> Iterator[str]:
+    for db, body in stack.of_type("aws_db_instance").items():
+        engine, version = str(body.get("engine", "")), str(body.get("engine_version", ""))
+        for group in stack.targets(body.get("parameter_group_name", ""), "aws_db_parameter_group"):
+            family = str(stack.body(group).get("family", ""))
+            want = f"{engine}{version.split('.')[0]}"
+            if engine == "postgres" and family != want:
+                yield (
+                    f"{group.stable}: family {family} for {db.stable}'s {engine} {version}; RDS refuses it "
+                    f"(want {want}) ({RDS_FAMILY_DOC})"
+                )
+
+
 RULES: dict[str, Callable[[Stack], Iterator[str]]] = {
     "autoscaling_role_can_use_the_volume_key": autoscaling_role_can_use_the_volume_key,
     "trail_comes_after_its_delivery_policies": trail_comes_after_its_delivery_policies,
     "backup_job_after_the_database_window": backup_job_after_the_database_window,
+    "user_data_within_16_kb": user_data_within_16_kb,
+    "parameter_group_family_matches_the_engine": parameter_group_family_matches_the_engine,
 }
 
 
