@@ -122,6 +122,15 @@ class HostAccess(Construct):
             key_arn=props.key_arn,
             retention_days=props.log_retention_days,
         )
+        # The host's own program (boot, secrets, refresh), shipped by the CloudWatch agent: its errors
+        # and warnings (CA and CRL expiry) raise alarms (Monitoring.host_program).
+        self.host_log_group = encrypted_log_group(
+            self,
+            "host",
+            name=f"/{props.name}/host",
+            key_arn=props.key_arn,
+            retention_days=props.log_retention_days,
+        )
 
     def _session_key(self) -> None:
         """A key of its own for Session Manager's channel encryption: the agent decrypts session data
@@ -168,9 +177,14 @@ class HostAccess(Construct):
                     resources=[self.admin_secret.arn, self.tls_secret.arn, self.ca_secret.arn],
                 ),
                 Statement(
-                    sid="WriteContainerLogs",
+                    sid="WriteContainerAndHostLogs",
                     actions=LOG_WRITE_ACTIONS,
-                    resources=[self.log_group.arn, f"{self.log_group.arn}:*"],
+                    resources=[
+                        self.log_group.arn,
+                        f"{self.log_group.arn}:*",
+                        self.host_log_group.arn,
+                        f"{self.host_log_group.arn}:*",
+                    ],
                 ),
                 Statement(
                     sid="SessionManagerAgent",

@@ -17,11 +17,13 @@ from cdktf_cdktf_provider_aws.sns_topic_subscription import SnsTopicSubscription
 from constructs import Construct
 
 from config.facts import HOST_METRICS_NAMESPACE as HOST_NAMESPACE
+from config.facts import HOST_PROGRAM_LOG_TAG
 from modules.account import Account
 from modules.logs import encrypted_topic
 
 SITE_NAMESPACE = "Orthweb/Site"
 MINUTE = 60
+HOUR = 60 * MINUTE
 # AWS's advice for recover alarms (2 x 1 minute) and reboot alarms (3 x 1 minute).
 RECOVER_PERIODS, REBOOT_PERIODS = 2, 3
 DB_CPU_PERCENT = 80
@@ -233,6 +235,38 @@ class Monitoring(Construct):
         self._widget(
             "Database free storage (bytes)", [["AWS/RDS", "FreeStorageSpace", "DBInstanceIdentifier", identifier]]
         )
+
+    def host_program(self, host_log_group: str) -> None:
+        """The host's program failing (a boot or refresh that ends in ERROR: a revoked certificate
+        would keep working, a rotated password would not be followed) and its warnings (the site CA
+        or the DICOM client CRL near expiry, a new site CA), counted from its log."""
+        for id_, level, description, period in (
+            ("host-program-errors", "ERROR", "A boot or refresh of a host failed", 5 * MINUTE),
+            ("host-program-warnings", "WARNING", "A host warns: CA or CRL near expiry, or a new site CA", HOUR),
+        ):
+            metric = "HostProgram" + level.capitalize() + "s"
+            CloudwatchLogMetricFilter(
+                self,
+                f"{id_}-filter",
+                name=f"{self.props.name}-{id_}",
+                log_group_name=host_log_group,
+                pattern=f'"{HOST_PROGRAM_LOG_TAG} {level}"',
+                metric_transformation=CloudwatchLogMetricFilterMetricTransformation(
+                    name=metric, namespace=SITE_NAMESPACE, value="1", default_value="0", dimensions=None
+                ),
+            )
+            self._alarm(
+                id_,
+                f"{description} (orthweb-bootstrap {level} in {host_log_group})",
+                namespace=SITE_NAMESPACE,
+                metric_name=metric,
+                statistic="Sum",
+                period=period,
+                evaluation_periods=1,
+                threshold=0,
+                comparison_operator="GreaterThanThreshold",
+                treat_missing_data="notBreaching",
+            )
 
     def front_door(self, container_log_group: str) -> None:
         """5xx answers of nginx (HTTPS requests and DICOM associations), counted from its JSON access log

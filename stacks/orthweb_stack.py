@@ -237,6 +237,7 @@ class OrthwebStack(TerraformStack):
         else:
             self.monitoring.single_host(self.host.instance.id)
         self.monitoring.database(self.database.instance.identifier, config.db_allocated_storage_gb, config.hosts)
+        self.monitoring.host_program(self.access.host_log_group.name)
         if config.container_logs:
             self.monitoring.front_door(self.access.log_group.name)
         if config.replication:
@@ -350,6 +351,7 @@ class OrthwebStack(TerraformStack):
             site_mode="scaled" if config.scaled else "single",
             name=self.name,
             log_group=self.access.log_group.name,
+            host_log_group=self.access.host_log_group.name,
             orthanc_role_arn=self.access.orthanc_role.arn,
             config_bucket=self.storage.config_bucket.bucket,
             site_name=config.site_name,

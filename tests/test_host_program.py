@@ -155,3 +155,23 @@ def test_credentials_come_from_the_instance_role_never_through_a_proxy(monkeypat
         assert keys.access_key == "AKIAENV", "keys in the environment come first (off EC2: the emulator's)"
     with pytest.raises(AwsError, match="NoCredentials"):
         credentials_from({}, Imds("http://127.0.0.1:9"))()
+
+
+def test_the_alarms_filter_on_what_the_program_writes_where_the_agent_reads_it(default_stack, tmp_path, capsys):
+    """Under systemd (LogsDirectory=) the program's lines also go to host.log, which the CloudWatch
+    agent ships; the alarms' filters must match its real ERROR and WARNING lines."""
+    from userdata.host import bootstrap
+
+    try:
+        assert bootstrap.main(["deploy"], {"LOGS_DIRECTORY": str(tmp_path)}) == 2
+        bootstrap.log("WARNING: the site CA expires within 180 days; plan a new CA (README: Trust the site CA)")
+    finally:
+        bootstrap._log_to.clear()
+    written = (tmp_path / bootstrap.LOG_FILE).read_text().splitlines()
+    assert written == capsys.readouterr().out.splitlines() and len(written) == 2
+    filters = default_stack.resources("aws_cloudwatch_log_metric_filter")
+    on_host_log = [f for f in filters.values() if "host_" in f["log_group_name"] or "/host" in f["log_group_name"]]
+    phrases = sorted(f["pattern"].strip('"') for f in on_host_log)
+    assert phrases == ["orthweb-bootstrap: ERROR", "orthweb-bootstrap: WARNING"]
+    for phrase, line in zip(phrases, written, strict=True):
+        assert phrase in line, (phrase, line)

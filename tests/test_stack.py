@@ -312,6 +312,7 @@ def test_log_groups_have_finite_retention(default_stack):
         "/aws/rds/instance/orthweb-db/postgresql",
         "/aws/rds/instance/orthweb-db/upgrade",
         "/orthweb/sessions",
+        "/orthweb/host",
     }
     assert all(g["retention_in_days"] == 365 for g in groups)
 

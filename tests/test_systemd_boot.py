@@ -109,6 +109,9 @@ def test_a_first_boot_without_aws_is_retried_by_its_unit_until_the_site_is_up(ho
     host.relay.open()  # AWS answers from now on
     m.wait_unit("orthweb-boot.service", ("active",), timeout=BOOT_BOUND)
     m.wait_unit("orthweb.service", ("active",), timeout=30)
+    # The program's own log, for the CloudWatch agent (LogsDirectory=orthweb in the units).
+    shipped = m.run("cat", "/var/log/orthweb/host.log").stdout
+    assert "done: boot" in shipped and "done: secrets" in shipped
     enabled = m.run("systemctl", "is-enabled", *UNITS).stdout.split()
     assert enabled == ["enabled"] * len(UNITS), enabled
     assert m.unit("orthweb-refresh.timer")["ActiveState"] == "active"
@@ -139,6 +142,7 @@ def test_the_refresh_timer_follows_a_rotated_password_under_its_unit(host):
         time.sleep(0.5)
     journal = m.journal("orthweb-refresh.service")
     assert "reloading nginx" in journal and "done: refresh" in journal
+    assert "recreating orthanc" in m.run("cat", "/var/log/orthweb/host.log").stdout
     assert m.unit("orthweb-refresh.service")["Result"] == "success"
     assert m.unit("orthweb-standin-orthanc.service")["ActiveState"] == "active"
     assert "REST answers as ORTHANC" in _site_answers(host)[0]

@@ -27,9 +27,9 @@ PLANNED = ("az3", "default", "hosts2", "prod", "replica", "scaled")
 # Resource types and counts the default single-host profile must plan.
 DEFAULT_PLAN = {
     "aws_cloudwatch_dashboard": 1,
-    "aws_cloudwatch_log_group": 5,
-    "aws_cloudwatch_log_metric_filter": 1,
-    "aws_cloudwatch_metric_alarm": 7,
+    "aws_cloudwatch_log_group": 6,
+    "aws_cloudwatch_log_metric_filter": 3,
+    "aws_cloudwatch_metric_alarm": 9,
     "aws_db_instance": 1,
     "aws_db_parameter_group": 1,
     "aws_db_subnet_group": 1,

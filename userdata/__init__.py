@@ -86,6 +86,8 @@ class HostValues:
     site_extra_names: str = ""
     # The site's name: the host's CloudWatch agent reports its disk use under it.
     name: str = "orthweb"
+    # Where the CloudWatch agent ships the host program's own log (empty: not shipped).
+    host_log_group: str = ""
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ def site_env(v: HostValues, bundle: Bundle | None = None) -> str:
         "ORTHANC_ROLE_ARN": v.orthanc_role_arn,
         "DICOM_CLIENT_AUTH": v.dicom_client_auth,
         "LOG_GROUP": v.log_group,
+        "HOST_LOG_GROUP": v.host_log_group,
         "SITE_MODE": v.site_mode,
         "SITE_EXTRA_NAMES": v.site_extra_names,
         "NAME": v.name,

@@ -66,9 +66,22 @@ class BootError(Exception):
     """The run cannot go on; the message says why (logged as ERROR, exit 1)."""
 
 
+# Under systemd (LogsDirectory=orthweb in the units) the log also goes to a file the CloudWatch
+# agent ships to /<name>/host, where errors and warnings raise alarms.
+LOG_FILE = "host.log"
+_log_to: list[Path] = []
+
+
 def log(message: str) -> None:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    print(f"{stamp} orthweb-bootstrap: {message}", flush=True)
+    line = f"{stamp} orthweb-bootstrap: {message}"
+    print(line, flush=True)
+    for path in _log_to:
+        try:
+            with open(path, "a") as out:
+                out.write(line + "\n")
+        except OSError:
+            pass  # the journal has it
 
 
 def short(arn: str) -> str:
@@ -650,14 +663,22 @@ COMMIT;
             "drop_device": True,
             "append_dimensions": {"Site": site},
         }
-        document = {
-            "agent": {"metrics_collection_interval": 60},
+        document: dict[str, Any] = {
+            # root: the host log is root's alone (0600 in a 0700 folder).
+            "agent": {"metrics_collection_interval": 60, "run_as_user": "root"},
             "metrics": {
                 "namespace": namespace,
                 "metrics_collected": {"disk": disk},
                 "aggregation_dimensions": [["Site"]],
             },
         }
+        if self.site["HOST_LOG_GROUP"]:
+            shipped = {
+                "file_path": f"/var/log/orthweb/{LOG_FILE}",
+                "log_group_name": self.site["HOST_LOG_GROUP"],
+                "log_stream_name": "{instance_id}",
+            }
+            document["logs"] = {"logs_collected": {"files": {"collect_list": [shipped]}}}
         config.parent.mkdir(parents=True, exist_ok=True)
         install_file(config, json.dumps(document, indent=1), mode=0o644)
         ctl = "/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl"
@@ -665,7 +686,8 @@ COMMIT;
             [ctl, "-a", "fetch-config", "-m", "ec2", "-s", "-c", f"file:{config}"], capture_output=True
         ).returncode:
             raise BootError("starting the CloudWatch agent failed")
-        log(f"CloudWatch agent: root volume use reported to {namespace} (Site={site})")
+        shipped_to = f"; this program's log to {self.site['HOST_LOG_GROUP']}" if self.site["HOST_LOG_GROUP"] else ""
+        log(f"CloudWatch agent: root volume use reported to {namespace} (Site={site}){shipped_to}")
 
     def step_services(self) -> None:
         """Start the site. No lock is held here: orthweb.service's start runs ``secrets``, which
@@ -710,12 +732,15 @@ def run_checked(command: list[str]) -> None:
 
 def main(argv: list[str], env: Mapping[str, str] | None = None) -> int:
     os.umask(0o077)
+    environment = os.environ if env is None else env
+    logs = environment.get("LOGS_DIRECTORY", "").split(":")[0]  # set by systemd for LogsDirectory=
+    _log_to[:] = [Path(logs) / LOG_FILE] if logs else []
     step = argv[0] if argv else "boot"
     if step not in ("boot", "secrets", "refresh") or len(argv) > 1:
         log(f"ERROR: {USAGE}")
         return 2
     try:
-        host = Host(Settings.from_env(os.environ if env is None else env))
+        host = Host(Settings.from_env(environment))
         {"boot": host.boot, "secrets": host.secrets, "refresh": host.refresh}[step]()
     except BootError as exc:
         log(f"ERROR: {exc}")
