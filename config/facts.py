@@ -61,9 +61,6 @@ HOST_METRICS_NAMESPACE = "Orthweb/Host"
 # How the host's program starts its error and warning lines ("<tag> ERROR: ...", "<tag> WARNING: ...");
 # the alarms on its log filter on it (tests/test_host_program.py runs the program to hold the two together).
 HOST_PROGRAM_LOG_TAG = "orthweb-bootstrap:"
-# Where the host's program also writes its log (systemd's LogsDirectory=orthweb), which the CloudWatch
-# agent ships to /<name>/host.
-HOST_PROGRAM_LOG = "/var/log/orthweb/host.log"
 
 # -- the host -----------------------------------------------------------------------------------
 HOST_ETC = "/etc/orthweb"  # deploy-time configuration written by cloud-init (no secrets)

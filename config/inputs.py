@@ -475,14 +475,15 @@ def _name_length_problems(c: OrthwebConfig) -> list[str]:
         return []
     suffix = 1 + 2 * facts.NAME_SUFFIX_BYTES if c.unique_suffix else 0
     room = facts.TARGET_GROUP_NAME_LIMIT - suffix - 1 - max(len(label) for label in facts.TARGET_GROUP_LABELS)
+    random_part = f"-<{suffix - 1} random hex>" if suffix else ""
     if len(c.name) > room:
         return [
             allowed(
                 "name",
                 c.name,
                 f"at most {room} characters with hosts >= 2{' and unique_suffix' if suffix else ''}: the load "
-                f"balancer's target group names (<name>{'-<6 random hex>' if suffix else ''}-dicom) may have at "
-                f"most {facts.TARGET_GROUP_NAME_LIMIT}",
+                f"balancer's target group names (<name>{random_part}-dicom) may have at most "
+                f"{facts.TARGET_GROUP_NAME_LIMIT}",
             )
         ]
     return []

@@ -112,10 +112,8 @@ def compose(args: list[str]) -> int:
         for service in ("orthanc", "nginx"):
             if service not in targets:
                 continue
-            if recreate and _active(service):
-                _stop(service)
-            if not _active(service):
-                _stop(service)  # a failed unit of the same name is cleared first
+            if recreate or not _active(service):
+                _stop(service)  # the running one, or a failed unit of the same name
                 {"orthanc": start_orthanc, "nginx": start_nginx}[service]()
         return 0
     if rest == ["exec", "-T", "nginx", "nginx", "-s", "reload"]:

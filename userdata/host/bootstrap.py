@@ -183,9 +183,6 @@ class Settings:
             raise BootError(
                 f"ORTHWEB_BOOT_STEPS: unknown step(s) {', '.join(unknown)}; allowed: {' '.join(BOOT_STEPS)}"
             )
-        backoff = env.get("ORTHWEB_BACKOFF_SLEEP")
-        if backoff:
-            _number(env, "ORTHWEB_BACKOFF_SLEEP", "0")
         return cls(
             etc=Path(env.get("ORTHWEB_ETC", "/etc/orthweb")),
             run=Path(env.get("ORTHWEB_RUN", "/run/orthweb")),
@@ -194,7 +191,7 @@ class Settings:
             renew_days=int(_number(env, "ORTHWEB_RENEW_DAYS", "90")),
             boot_steps=steps,
             eip_attempts=int(_number(env, "ORTHWEB_EIP_ATTEMPTS", "60")),
-            backoff_sleep=float(backoff) if backoff else None,
+            backoff_sleep=_number(env, "ORTHWEB_BACKOFF_SLEEP", "0") if env.get("ORTHWEB_BACKOFF_SLEEP") else None,
             rds_ca_container_path=env.get("RDS_CA_CONTAINER_PATH", "/etc/orthweb/rds-ca.pem"),
             env=env,
         )
