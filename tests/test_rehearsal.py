@@ -3,6 +3,8 @@ emulator, shared by the checks below, then a second plan (must be empty) and `te
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tools.harness import checks
@@ -44,6 +46,28 @@ def test_checks_can_fail(deployment):
 
 def test_bootstrap_meets_the_deployment(deployed):
     assert deployed.bootstrap_meets_deployment()
+
+
+def test_the_host_refresh_fails_without_one_of_its_permissions(deployed):
+    """The host's calls are held to its role: with the permission to read its secrets removed from the
+    deployed host role, the refresh fails with AccessDenied (the same refresh passed with it, just before)."""
+    import boto3
+
+    iam = boto3.client("iam", **deployed.emulator.boto_kwargs())
+    role, name = f"{deployed.name}-host", "orthweb-host"
+    policy = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+    reduced = {**policy, "Statement": [s for s in policy["Statement"] if s["Sid"] != "ReadSecrets"]}
+    assert len(reduced["Statement"]) == len(policy["Statement"]) - 1
+    iam.put_role_policy(RoleName=role, PolicyName=name, PolicyDocument=json.dumps(reduced))
+    try:
+        with deployed.emulator.iam_enforced():
+            denied = deployed.run_host("refresh", "refresh-without-read")
+    finally:
+        iam.put_role_policy(RoleName=role, PolicyName=name, PolicyDocument=json.dumps(policy))
+    assert denied.returncode != 0
+    said = denied.stdout + denied.stderr
+    assert "AccessDeniedException" in said and "not authorized to perform: secretsmanager:GetSecretValue" in said
+    assert f"assumed-role/{role}/" in said
 
 
 def test_validator_reads_the_deployment_outputs_and_secrets(deployed, tmp_path, monkeypatch):

@@ -6,14 +6,16 @@ account. It is never used for a real deployment (config refuses non-loopback end
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
+from config import ROOT
 from config.facts import EMULATOR_PLACEHOLDER_KEY
 from tools.proc import free_port, stop_process
 
@@ -57,17 +59,20 @@ class Emulator:
 
     def start(self, timeout: float = 60) -> Emulator:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        server = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
-        if not server:
-            raise RuntimeError("moto_server not found: install the dev dependencies (pipenv sync --dev)")
         env = {
             **os.environ,
+            "PYTHONPATH": str(ROOT),
             "MOTO_IAM_LOAD_MANAGED_POLICIES": str(self.managed_policies).lower(),
             **FAKE_CREDENTIALS,
         }
         log = open(self.log_dir / "emulator.log", "ab")
+        # moto's server with its IAM checks brought closer to AWS's (tools/harness/moto_server.py).
         self.process = subprocess.Popen(
-            [server, "-H", "127.0.0.1", "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT, env=env
+            [sys.executable, "-m", "tools.harness.moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -83,6 +88,28 @@ class Emulator:
 
     def stop(self) -> None:
         stop_process(self.process, timeout=10)
+
+    def enforce_iam(self, on: bool = True) -> None:
+        """Check every request against the caller's IAM identity policies (``on``), or accept all.
+
+        With it on, the placeholder keys are refused like any unknown key: callers need credentials
+        of a role from the emulated account (STS AssumeRole while it is off)."""
+        request = urllib.request.Request(  # noqa: S310 - loopback http
+            f"{self.endpoint}/moto-api/reset-auth",
+            data=b"0" if on else b"inf",
+            method="POST",
+            headers={"Content-Type": "text/plain"},  # a form body would be parsed away before moto reads it
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback http
+            answer.read()
+
+    @contextlib.contextmanager
+    def iam_enforced(self) -> Iterator[None]:
+        self.enforce_iam(True)
+        try:
+            yield
+        finally:
+            self.enforce_iam(False)
 
     def __enter__(self) -> Emulator:
         return self.start()

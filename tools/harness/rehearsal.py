@@ -186,7 +186,7 @@ class Rehearsal:
         import boto3
         import yaml
 
-        from tools.harness.hostsim import bootstrap_env, run_bootstrap
+        from tools.harness.hostsim import bootstrap_env
         from tools.harness.localpg import LocalPostgres
         from tools.harness.pki import make_ca, make_server_cert
 
@@ -213,34 +213,94 @@ class Rehearsal:
             (etc / "site.env").write_text(
                 files["/etc/orthweb/site.env"] + f"DB_HOST='localhost'\nDB_PORT='{pg.port}'\n"
             )
+            # The host's calls are made as the host role, with the emulator checking every request
+            # against the role's IAM policies: a missing permission fails here, not at the first boot.
             env = {
                 **bootstrap_env(etc, run, self.emulator),
+                **self.host_role_credentials(),
                 "ORTHWEB_ROOT": str(root),
                 "ORTHWEB_BUNDLES": str(host / "bundles"),
             }
-            fetch = subprocess.run(["bash", str(host / "orthweb-fetch")], env=env, capture_output=True, text=True)
-            (self.workdir / "logs" / "fetch.log").write_text(fetch.stdout + fetch.stderr)
-            if fetch.returncode != 0 or "fetched and verified" not in fetch.stdout:
-                raise PhaseError(f"orthweb-fetch failed:\n{fetch.stdout[-2000:]}{fetch.stderr[-2000:]}")
-            (etc / "rds-ca.pem").write_text(ca.cert.read_text())
-            bootstrap = root / "usr" / "local" / "sbin" / "orthweb-bootstrap"
-            logs = []
-            for attempt in (1, 2):
-                log_file = self.workdir / "logs" / f"bootstrap-{attempt}.log"
-                proc = run_bootstrap(bootstrap, "secrets", env, log_file=log_file)
-                if proc.returncode != 0:
-                    raise PhaseError(f"bootstrap run {attempt} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-                logs.append(proc.stdout)
+            self.host_env = env
+            with self.emulator.iam_enforced():
+                fetch = subprocess.run(["bash", str(host / "orthweb-fetch")], env=env, capture_output=True, text=True)
+                (self.workdir / "logs" / "fetch.log").write_text(fetch.stdout + fetch.stderr)
+                if fetch.returncode != 0 or "fetched and verified" not in fetch.stdout:
+                    raise PhaseError(f"orthweb-fetch failed:\n{fetch.stdout[-2000:]}{fetch.stderr[-2000:]}")
+                (etc / "rds-ca.pem").write_text(ca.cert.read_text())
+                logs = []
+                # The first boot's step, then the refresh the timer runs every 5 minutes.
+                for attempt, step in ((1, "secrets"), (2, "refresh")):
+                    proc = self.run_host(step, f"bootstrap-{attempt}")
+                    if proc.returncode != 0:
+                        raise PhaseError(f"bootstrap {step} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+                    logs.append(proc.stdout)
+                bucket = self.orthanc_round_trip(run / "aws" / "credentials")
         if "runtime files: unchanged" not in logs[1] or "created" in logs[1]:
-            raise PhaseError("the second bootstrap run changed something")
+            raise PhaseError("the refresh right after the first boot changed something")
         orthanc = json.loads((etc / "orthanc.json").read_text())["AwsS3Storage"]
-        if orthanc["BucketName"] != self.outputs["s3bucket"].split(".")[0]:
+        if orthanc["BucketName"] != bucket:
             raise PhaseError(f"orthanc.json names bucket {orthanc['BucketName']}")
         return [
-            "boot bundle: fetched from the config bucket, SHA-256 as the user data names, unpacked",
-            "bootstrap: secrets and site CA created in the deployed secrets, database role created, Orthanc's"
-            " role assumed, orthanc.json written for the deployed bucket, second run unchanged",
+            "boot bundle: fetched from the config bucket as the host role, SHA-256 as the user data names, unpacked",
+            "bootstrap as the host role (IAM enforced): secrets and site CA created in the deployed secrets,"
+            " database role created, Orthanc's role assumed, orthanc.json written for the deployed bucket,"
+            " refresh unchanged",
+            "Orthanc's role (IAM enforced): an object written, listed, read and deleted in the DICOM bucket",
         ]
+
+    def host_role_credentials(self) -> dict[str, str]:
+        """Credentials of a session of the deployed host role, as EC2 hands them to the instance.
+
+        STAND-IN for the instance profile: the session is made with the emulator's placeholder keys
+        while IAM is not enforced (on AWS, EC2 assumes the role for the instance)."""
+        import boto3
+
+        role = next(
+            r["instances"][0]["attributes"]["arn"]
+            for r in self.state["resources"]
+            if r["type"] == "aws_iam_role" and r["instances"][0]["attributes"]["name"] == f"{self.name}-host"
+        )
+        sts = boto3.client("sts", **self.emulator.boto_kwargs())
+        c = sts.assume_role(RoleArn=role, RoleSessionName="i-rehearsal")["Credentials"]
+        return {
+            "AWS_ACCESS_KEY_ID": c["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": c["SecretAccessKey"],
+            "AWS_SESSION_TOKEN": c["SessionToken"],
+        }
+
+    def run_host(self, step: str, label: str) -> Any:
+        """One run of the deployed host program (``secrets``, ``refresh``) as the host role."""
+        from tools.harness.hostsim import run_bootstrap
+
+        program = self.workdir / "host" / "root" / "usr" / "local" / "sbin" / "orthweb-bootstrap"
+        return run_bootstrap(program, step, self.host_env, log_file=self.workdir / "logs" / f"{label}.log")
+
+    def orthanc_round_trip(self, credentials_file: Path) -> str:
+        """What Orthanc's storage plugin does, with the credentials the host handed it: write, list,
+        read and delete an object in the DICOM bucket (IAM enforced by the caller)."""
+        import configparser
+
+        import boto3
+
+        bucket = self.outputs["s3bucket"].split(".")[0]
+        profile = configparser.ConfigParser()
+        profile.read_string(credentials_file.read_text())
+        s3 = boto3.client(
+            "s3",
+            region_name=self.region,
+            endpoint_url=self.emulator.endpoint,
+            aws_access_key_id=profile["default"]["aws_access_key_id"],
+            aws_secret_access_key=profile["default"]["aws_secret_access_key"],
+            aws_session_token=profile["default"]["aws_session_token"],
+        )
+        key = "rehearsal/iam-check.dcm"
+        s3.put_object(Bucket=bucket, Key=key, Body=b"DICM")
+        listed = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="rehearsal/").get("Contents", [])]
+        if listed != [key] or s3.get_object(Bucket=bucket, Key=key)["Body"].read() != b"DICM":
+            raise PhaseError(f"Orthanc's role: the object written is not what is listed or read back ({listed})")
+        s3.delete_object(Bucket=bucket, Key=key)
+        return bucket
 
     def unprotect(self) -> None:
         """What a user does before destroying a site for good: allow it, then apply."""
