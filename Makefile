@@ -143,6 +143,10 @@ SITE ?= aws
 validate: setup-dev
 	if [ "$(SITE)" = local ]; then $(PY) -m tools.ops.validate --local $(ARGS); else $(PY) main.py >/dev/null && $(PY) -m tools.ops.validate $(ARGS); fi
 
+## aws-smoke: on your AWS account: deploy the default profile as orthweb-smoke, validate it (C-STORE, DICOMweb), destroy it; about one hour of the default profile's cost; ARGS="--cidr a.b.c.d/32 --keep"
+aws-smoke: setup-dev cli
+	$(PY) -m tools.ops.aws_smoke $(ARGS)
+
 ## db-tunnel: a Session Manager tunnel from 127.0.0.1:15432 through a host to the database, and the psql line (ARGS="--local-port N")
 db-tunnel: setup-dev
 	$(PY) main.py >/dev/null
@@ -164,7 +168,7 @@ cost: setup-dev
 recover: setup-dev
 	$(PY) -m tools.ops.recover $(RECOVER_ARGS)
 
-## preflight: the configured site against docs/production.md, item by item (PASS/WARN/FAIL; exit 1 on a FAIL in prod)
+## preflight: the configured site against docs/production.md, item by item (PASS/WARN/FAIL; exit 1 on a FAIL in prod); ARGS=--account also asks your AWS account (Elastic IP quota)
 .PHONY: preflight
 preflight: setup
 	$(PY) -m tools.ops.preflight $(ARGS)

@@ -6,11 +6,16 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cdktf import Fn
+from cdktf import Fn, Op, Precondition, TerraformResourceLifecycle
 from cdktf_cdktf_provider_aws.data_aws_availability_zones import (
     DataAwsAvailabilityZones,
     DataAwsAvailabilityZonesFilter,
 )
+from cdktf_cdktf_provider_aws.data_aws_ec2_instance_type_offerings import (
+    DataAwsEc2InstanceTypeOfferings,
+    DataAwsEc2InstanceTypeOfferingsFilter,
+)
+from cdktf_cdktf_provider_aws.data_aws_rds_orderable_db_instance import DataAwsRdsOrderableDbInstance
 from cdktf_cdktf_provider_aws.default_security_group import DefaultSecurityGroup
 from cdktf_cdktf_provider_aws.eip import Eip
 from cdktf_cdktf_provider_aws.flow_log import FlowLog
@@ -74,6 +79,10 @@ class NetworkProps:
     account: Account
     vpc_cidr: str
     az_count: int
+    # The subnets go to zones that offer both (in us-east-1 one zone lacks t3 and t4g, and which
+    # letter it is differs per account).
+    host_instance_type: str
+    db_instance_class: str
     key_arn: str
     log_retention_days: int
     interface_endpoints: tuple[str, ...] = ()
@@ -135,6 +144,34 @@ class Network(Construct):
             ],
         )
 
+        host_zones = DataAwsEc2InstanceTypeOfferings(
+            self,
+            "host-type-zones",
+            location_type="availability-zone",
+            filter=[DataAwsEc2InstanceTypeOfferingsFilter(name="instance-type", values=[props.host_instance_type])],
+        )
+        db_zones = DataAwsRdsOrderableDbInstance(
+            self,
+            "db-class-zones",
+            engine="postgres",
+            instance_class=props.db_instance_class,
+            storage_type="gp3",
+            # One class asked for; several versions may answer: any of them names the class's zones.
+            preferred_instance_classes=[props.db_instance_class],
+        )
+        usable = Fn.sort(Fn.setintersection(zones.names, [host_zones.locations, db_zones.availability_zones]))
+        needed = max(props.az_count, MIN_DB_SUBNET_AZS)
+        # Fn.element wraps around: with fewer usable zones than subnets, two subnets would share a
+        # zone (and RDS refuse the subnet group) without this check at plan time.
+        enough_zones = Precondition(
+            condition=Op.gte(Fn.length_of(usable), needed),
+            error_message=(
+                f"The site needs {needed} availability zones of {props.account.region} that offer both "
+                f"{props.host_instance_type} and {props.db_instance_class} (PostgreSQL); fewer do. Choose "
+                "other classes (instance_type, db_instance_class), a smaller az_count, or another region."
+            ),
+        )
+
         def subnets(tier: str, count: int, offset: int = 0) -> list[Subnet]:
             return [
                 Subnet(
@@ -142,9 +179,10 @@ class Network(Construct):
                     f"{tier}-{i}",
                     vpc_id=self.vpc.id,
                     cidr_block=cidr,
-                    availability_zone=Fn.element(zones.names, i),
+                    availability_zone=Fn.element(usable, i),
                     map_public_ip_on_launch=False,
                     tags={"Name": f"{props.name}-{tier}-{i}", "Tier": tier},
+                    lifecycle=TerraformResourceLifecycle(precondition=[enough_zones]),
                 )
                 for i, cidr in enumerate(subnet_cidrs(props.vpc_cidr, count, offset))
             ]

@@ -126,6 +126,34 @@ def test_a_site_needing_more_elastic_ips_than_the_default_quota_is_warned(tmp_pa
     assert single.status == PASS and "needs 1 Elastic IP of" in single.detail
 
 
+def test_the_account_is_asked_for_its_elastic_ip_quota_and_use(tmp_path, monkeypatch, capsys):
+    """``--account`` asks the account (here the emulator; its quota answer is a stand-in of AWS's
+    default, 5): addresses held for other things count against the quota, the site's own do not
+    (a redeploy), and a scaled site over two zones (4 addresses) no longer fits beside 2 others."""
+    from tools.harness.emulator import Emulator
+
+    config = {**PROD, "name": "quota", "hosts": 2, "az_count": 2}
+    for key, value in config.items():
+        monkeypatch.setenv(f"ORTHWEB_{key.upper()}", ",".join(value) if isinstance(value, tuple) else str(value))
+    with Emulator(tmp_path / "emulator") as emulator:
+        for key, value in emulator.client_env().items():
+            monkeypatch.setenv(key, value)
+        import boto3
+
+        ec2 = boto3.client("ec2", **emulator.boto_kwargs())
+        tags = [{"ResourceType": "elastic-ip", "Tags": [{"Key": "Name", "Value": "quota-site"}]}]
+        ec2.allocate_address(Domain="vpc", TagSpecifications=tags)  # the site's own, from an earlier deploy
+        ec2.allocate_address(Domain="vpc")
+        assert preflight.main(["--json", "--account"]) == 0
+        fits = {i["id"]: i for i in json.loads(capsys.readouterr().out)["items"]}["elastic-ips"]
+        assert fits["status"] == PASS and "holds 1 others of its quota of 5" in fits["detail"], fits
+        ec2.allocate_address(Domain="vpc")
+        assert preflight.main(["--json", "--account"]) == preflight.EXIT_FAIL
+        over = {i["id"]: i for i in json.loads(capsys.readouterr().out)["items"]}["elastic-ips"]
+        assert over["status"] == FAIL and "needs 4 Elastic IPs; the account holds 2 others" in over["detail"], over
+        assert "AddressLimitExceeded" in over["detail"]
+
+
 def test_a_site_with_every_item_done_passes_them_all(tmp_path):
     config = OrthwebConfig(
         **PROD,

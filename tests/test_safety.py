@@ -63,7 +63,9 @@ def _bad_interpolations(value: str) -> list[str]:
     bad = []
     for match in re.finditer(r"(?<!\$)\$\{", value):
         rest = value[match.end() :]
-        if not re.match(r"(aws_|data\.|var\.|local\.|random_|(tostring|element|base64gzip|jsonencode)\()", rest):
+        if not re.match(
+            r"(aws_|data\.|var\.|local\.|random_|(tostring|element|base64gzip|jsonencode)\(|\(length\()", rest
+        ):
             bad.append(value[max(0, match.start() - 20) : match.end() + 30])
     return bad
 

@@ -216,6 +216,33 @@ def test_plan_against_emulator(emulator, scratch, tmp_path, profile):
         _replication_planned(plan, managed, config.replication, emulator.endpoint)
 
 
+def _subnet_zones(plan: dict[str, Any]) -> set[str]:
+    return {
+        rc["change"]["after"]["availability_zone"]
+        for rc in plan["resource_changes"]
+        if rc["mode"] == "managed" and rc["type"] == "aws_subnet"
+    }
+
+
+def test_subnets_go_to_zones_that_offer_the_instance_type(emulator, scratch, tmp_path):
+    """The zones come from what EC2 offers per zone (the emulator carries us-east-1's real list, where
+    one zone lacks t3): trn1.2xlarge is offered in us-east-1c and us-east-1f only, and the subnets
+    go there; one zone is not enough for the database's two, and the plan says so."""
+    config = OrthwebConfig(instance_type="trn1.2xlarge", target="emulator", emulator_endpoint=emulator.endpoint)
+    synth_json(config, tmp_path / "trn1")
+    tf = Terraform.offline(tmp_path / "trn1" / "stacks" / config.name, scratch)
+    tf.init()
+    assert _subnet_zones(tf.plan_json()) == {"us-east-1c", "us-east-1f"}
+    single = OrthwebConfig(instance_type="hpc7g.4xlarge", target="emulator", emulator_endpoint=emulator.endpoint)
+    synth_json(single, tmp_path / "hpc7g")
+    tf = Terraform.offline(tmp_path / "hpc7g" / "stacks" / single.name, scratch)
+    tf.init()
+    with pytest.raises(TerraformError) as refused:
+        tf.plan_json()
+    said = " ".join(str(refused.value).split())
+    assert "The site needs 2 availability zones of us-east-1 that offer both hpc7g.4xlarge and db.t4g.small" in said
+
+
 # What Terraform prints (on stderr, exit code 0) about a CLI configuration it cannot use.
 CLI_CONFIG_PROBLEMS = "problems with the CLI configuration"
 HCL_TOKEN = re.compile(r'\s*(?:#[^\n]*\n?)*\s*("(?:[^"\\]|\\.)*"|[A-Za-z_][\w-]*|[{}\[\]=,]|\S)')

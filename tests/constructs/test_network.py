@@ -21,6 +21,8 @@ def props(account, **overrides) -> NetworkProps:
         account=account,
         vpc_cidr="10.20.0.0/16",
         az_count=2,
+        host_instance_type="t3.medium",
+        db_instance_class="db.t4g.small",
         key_arn="arn:aws:kms:us-east-1:123456789012:key/test",
         log_retention_days=365,
     )

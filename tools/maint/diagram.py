@@ -270,7 +270,8 @@ class _Builder:
         if address.type != "aws_subnet":
             return vpc_id
         az = self.stack.body(address).get("availability_zone", "")
-        index = re.search(r"names, (\d+)\)", str(az))
+        # ${element(<usable zones>, i)}: the i-th usable zone.
+        index = re.search(r", (\d+)\)\}$", str(az))
         az_id = f"{vpc_id}/az-{index[1]}" if index else f"{vpc_id}/{az}"
         az_label = f"AZ {int(index[1]) + 1}" if index else f"AZ {az}"
         self.clusters.setdefault(az_id, Cluster(az_id, az_label, vpc_id))

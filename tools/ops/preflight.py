@@ -1,12 +1,14 @@
 """Production preflight: the configured site against the checklist of docs/production.md, item by item.
 
-    python -m tools.ops.preflight [--json]      # make preflight
+    python -m tools.ops.preflight [--json] [--account]     # make preflight [ARGS=--account]
 
 Reads the site exactly as ``python main.py`` does (defaults, then ``orthweb.toml``, then
 ``ORTHWEB_*`` variables), synthesizes it once into a temporary folder (nothing in ``cdktf.out``
 changes) and prints one line per checklist item: PASS (done), WARN (a decision or a step a person
 must take, said in the line), FAIL (not fit for production). The item ids are the ones
-docs/production.md carries; a test keeps the two in step.
+docs/production.md carries; a test keeps the two in step. With ``--account`` it also asks the AWS
+account (your credentials, the site's region) what only the account knows: its Elastic IP quota and
+the addresses it already holds.
 
 Exit codes: 1 when an item FAILs and ``environment = "prod"``; 0 otherwise (outside prod the
 statuses are advice); 2 when the config itself is refused, with the same lines as ``main.py``.
@@ -40,14 +42,51 @@ LOG_DAYS_MINIMUM = 90  # less cannot cover a quarter's access review
 NONCURRENT_DAYS_ENOUGH = 30  # a deleted study can be recovered for a month at least
 # EC2's default quota of Elastic IP addresses per region (Service Quotas: ec2, L-0263D0A3).
 EIP_DEFAULT_QUOTA = 5
+EIP_QUOTA_CODE = "L-0263D0A3"
+
+
+@dataclass(frozen=True)
+class AccountFacts:
+    """What the account says (``--account``): its Elastic IP quota in the region and the addresses it
+    holds for something other than this site (the site's own count once, on a redeploy)."""
+
+    eip_quota: int
+    other_addresses: int
+
+
+class AccountUnreadable(RuntimeError):
+    pass
+
+
+def account_facts(config: OrthwebConfig) -> AccountFacts:
+    """Ask the account, in the site's region, with the caller's AWS credentials."""
+    try:
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        raise AccountUnreadable("boto3 is not installed: run make setup-dev once") from None
+    try:
+        quota = boto3.client("service-quotas", region_name=config.region).get_service_quota(
+            ServiceCode="ec2", QuotaCode=EIP_QUOTA_CODE
+        )["Quota"]["Value"]
+        addresses = boto3.client("ec2", region_name=config.region).describe_addresses()["Addresses"]
+    except (BotoCoreError, ClientError) as exc:
+        raise AccountUnreadable(str(exc)) from None
+    mine = f"{config.name}-"
+    others = [
+        a for a in addresses if not any(t["Key"] == "Name" and t["Value"].startswith(mine) for t in a.get("Tags", []))
+    ]
+    return AccountFacts(int(quota), len(others))
 
 
 @dataclass
 class Site:
-    """The configured site and, synthesized on first use, its Terraform JSON."""
+    """The configured site and, synthesized on first use, its Terraform JSON; with ``account``, what
+    the AWS account said (or why it could not)."""
 
     config: OrthwebConfig
     _stack: dict[str, Any] | None = field(default=None, repr=False)
+    account: AccountFacts | str | None = None
 
     @property
     def stack(self) -> dict[str, Any]:
@@ -213,7 +252,19 @@ def _log_retention(site: Site) -> Verdict:
 
 def _elastic_ips(site: Site) -> Verdict:
     needed = len(site.stack.get("resource", {}).get("aws_eip", {}))
-    check = "aws service-quotas get-service-quota --service-code ec2 --quota-code L-0263D0A3"
+    check = f"aws service-quotas get-service-quota --service-code ec2 --quota-code {EIP_QUOTA_CODE}"
+    if isinstance(site.account, AccountFacts):
+        quota, held = site.account.eip_quota, site.account.other_addresses
+        if needed + held > quota:
+            return (
+                FAIL,
+                f"needs {needed} Elastic IPs; the account holds {held} others of its quota of {quota} in "
+                f"{site.config.region}: the apply would fail with AddressLimitExceeded. Request an increase "
+                f"({check}), release addresses, or use fewer zones (az_count)",
+            )
+        return PASS, f"needs {needed} Elastic IPs; the account holds {held} others of its quota of {quota}"
+    if isinstance(site.account, str):
+        return WARN, f"could not ask the account ({site.account}); needs {needed} Elastic IPs"
     if needed > EIP_DEFAULT_QUOTA:
         return (
             WARN,
@@ -223,7 +274,7 @@ def _elastic_ips(site: Site) -> Verdict:
     return (
         PASS,
         f"needs {needed} Elastic IP{'s' if needed > 1 else ''} of the region's quota (default {EIP_DEFAULT_QUOTA}); "
-        "addresses the account already holds count against it",
+        "addresses the account already holds count against it (ARGS=--account asks the account)",
     )
 
 
@@ -313,6 +364,9 @@ def report(config: OrthwebConfig, findings: list[Finding]) -> str:
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.ops.preflight", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
+    parser.add_argument(
+        "--account", action="store_true", help="also ask the AWS account (your credentials): Elastic IP quota and use"
+    )
     args = parser.parse_args(argv)
     try:
         config = load_config(ROOT, os.environ if environ is None else environ)
@@ -320,7 +374,13 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
         for problem in exc.problems:
             print(f"orthweb: config error: {problem}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    findings = run(Site(config))
+    site = Site(config)
+    if args.account:
+        try:
+            site.account = account_facts(config)
+        except AccountUnreadable as exc:
+            site.account = str(exc)
+    findings = run(site)
     code = exit_code(config, findings)
     if args.json:
         print(
