@@ -58,6 +58,24 @@ NGINX_IMAGE = "nginx:1.30.4"
 # -- monitoring ---------------------------------------------------------------------------------
 # The CloudWatch agent on each host reports its root volume's use in this namespace.
 HOST_METRICS_NAMESPACE = "Orthweb/Host"
+# What the agent publishes there: metric -> its dimensions ("<plugin>_<measurement>", aggregated by
+# site; userdata/host/bootstrap.py writes the agent's configuration, tests/test_aws_rules.py holds the two together).
+HOST_AGENT_METRICS = {"disk_used_percent": ("Site",)}
+# EC2 families whose instances a CloudWatch alarm may recover (the recover action; AWS's list, EBS-only
+# sizes, not metal). Another type gets an alarm that notifies: replace its host (make recover).
+RECOVERABLE_FAMILIES = frozenset(
+    "a1 c3 c4 c5 c5a c5n c6a c6g c6gn c6i c6in c7a c7g c7gn c7i c7i-flex inf1 m3 m4 m5 m5a m5n m5zn m6a m6g "
+    "m6i m6in m7a m7g m7i m7i-flex p3 r3 r4 r5 r5a r5b r5n r6a r6g r6i r6in r7a r7g r7i r7iz t2 t3 t3a t4g "
+    "x1 x1e".split()
+)
+
+
+def ec2_can_recover(instance_type: str) -> bool:
+    """Whether the recover action works on ``instance_type`` (family listed, not a metal size)."""
+    family, _, size = instance_type.partition(".")
+    return family in RECOVERABLE_FAMILIES and not size.startswith("metal")
+
+
 # How the host's program starts its error and warning lines ("<tag> ERROR: ...", "<tag> WARNING: ...");
 # the alarms on its log filter on it (tests/test_host_program.py runs the program to hold the two together).
 HOST_PROGRAM_LOG_TAG = "orthweb-bootstrap:"

@@ -102,7 +102,8 @@ def public_addresses(cidrs: Iterable[str]) -> int:
     return total
 
 
-_NAME = re.compile(r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$")
+# No "--" (RDS identifiers and trail names refuse it) and no prefix S3 reserves for bucket names.
+_NAME = re.compile(r"^(?!.*--)(?!sthree-|amzn-s3-demo-)[a-z][a-z0-9-]{1,18}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _DB_CLASS = re.compile(r"^db\.[a-z][a-z0-9-]*\.[a-z0-9]+$")
@@ -255,9 +256,13 @@ class OrthwebConfig:
 
     name: str = setting(
         "orthweb",
-        "Name prefix of every resource; 3-20 chars, lowercase letters, digits, hyphens (at most 19 with hosts >= 2"
+        "Name prefix of every resource; 3-20 chars, lowercase letters, digits, single hyphens (at most 19 with hosts >= 2"
         " and unique_suffix: target group names).",
-        matching(_NAME, "3-20 chars: lowercase letters, digits, hyphens; starts with a letter"),
+        matching(
+            _NAME,
+            "3-20 chars: lowercase letters, digits, single hyphens; starts with a letter; not sthree- or "
+            "amzn-s3-demo- (S3 reserves them)",
+        ),
     )
     environment: str = setting(
         "dev",

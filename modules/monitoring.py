@@ -17,7 +17,7 @@ from cdktf_cdktf_provider_aws.sns_topic_subscription import SnsTopicSubscription
 from constructs import Construct
 
 from config.facts import HOST_METRICS_NAMESPACE as HOST_NAMESPACE
-from config.facts import HOST_PROGRAM_LOG_TAG
+from config.facts import HOST_PROGRAM_LOG_TAG, ec2_can_recover
 from modules.account import Account
 from modules.logs import encrypted_topic
 
@@ -121,16 +121,20 @@ class Monitoring(Construct):
             "Root volume used (%)", [[HOST_NAMESPACE, "disk_used_percent", "Site", self.props.name]], "Maximum"
         )
 
-    def single_host(self, instance_id: str) -> None:
+    def single_host(self, instance_id: str, instance_type: str) -> None:
         """EC2 recovers the instance when AWS's hardware fails it (same instance id, Elastic IP and
-        volume: the same address and certificate), and reboots it when its own status check fails."""
+        volume: the same address and certificate), and reboots it when its own status check fails.
+        On a type EC2 cannot recover (facts.RECOVERABLE_FAMILIES) the first alarm only notifies."""
         region = self.props.account.region
         partition = self.props.account.partition
         dims = {"InstanceId": instance_id}
+        recoverable = ec2_can_recover(instance_type)
         self._alarm(
             "host-recover",
-            "The host's system status check fails: EC2 recovers it onto other hardware",
-            actions=[f"arn:{partition}:automate:{region}:ec2:recover"],
+            "The host's system status check fails: EC2 recovers it onto other hardware"
+            if recoverable
+            else f"The host's system status check fails; EC2 cannot recover {instance_type}: replace the host",
+            actions=[f"arn:{partition}:automate:{region}:ec2:recover"] if recoverable else [],
             namespace="AWS/EC2",
             metric_name="StatusCheckFailed_System",
             dimensions=dims,

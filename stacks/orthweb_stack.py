@@ -92,6 +92,8 @@ class OrthwebStack(TerraformStack):
                 account=account,
                 vpc_cidr=config.vpc_cidr,
                 az_count=config.az_count,
+                host_instance_type=config.instance_type,
+                db_instance_class=config.db_instance_class,
                 key_arn=self.key.arn,
                 log_retention_days=config.log_retention_days,
                 interface_endpoints=config.interface_endpoints,
@@ -235,7 +237,7 @@ class OrthwebStack(TerraformStack):
                 {label: group.arn_suffix for label, group in self.balancer.target_groups.items()},
             )
         else:
-            self.monitoring.single_host(self.host.instance.id)
+            self.monitoring.single_host(self.host.instance.id, config.instance_type)
         self.monitoring.database(self.database.instance.identifier, config.db_allocated_storage_gb, config.hosts)
         self.monitoring.host_program(self.access.host_log_group.name)
         if config.container_logs:

@@ -12,6 +12,12 @@ from config.inputs import ConfigError, DicomModality, OrthwebConfig, load_config
 from main import EXIT_CONFIG_ERROR, main
 
 BAD_INPUTS = [
+    (
+        "NAME",
+        "radio--logy",
+        "name: 'radio--logy' is not allowed; allowed: 3-20 chars: lowercase letters, digits, single hyphens",
+    ),
+    ("NAME", "sthree-site", "not sthree- or amzn-s3-demo- (S3 reserves them)"),
     ("NAME", "Orthweb", "name: 'Orthweb' is not allowed; allowed: 3-20 chars"),
     ("NAME", "a-very-long-name-over-twenty", "name:"),
     ("ENVIRONMENT", "staging", "environment: 'staging' is not allowed; allowed: dev, test, prod"),

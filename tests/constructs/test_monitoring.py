@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from cdktf_cdktf_provider_aws.cloudwatch_dashboard import CloudwatchDashboard
 from cdktf_cdktf_provider_aws.cloudwatch_metric_alarm import CloudwatchMetricAlarm
 from cdktf_cdktf_provider_aws.sns_topic import SnsTopic
@@ -17,12 +18,12 @@ def alarms(built) -> dict[str, dict]:
     return {a["alarm_name"]: a for a in built.resources(CloudwatchMetricAlarm.TF_RESOURCE_TYPE).values()}
 
 
-def single(email: str = ""):
+def single(email: str = "", instance_type: str = "t3.medium"):
     def make(stack, account):
         m = Monitoring(
             stack, "mon", props=MonitoringProps(name="site", account=account, key_arn="arn:key", alarm_email=email)
         )
-        m.single_host("i-0123")
+        m.single_host("i-0123", instance_type)
         m.database("site-db", 20, 1)
         m.dashboard()
 
@@ -36,6 +37,14 @@ def test_the_single_host_heals_itself(build):
     assert reboot["metric_name"] == "StatusCheckFailed_Instance" and reboot["evaluation_periods"] == 3
     assert recover["alarm_actions"][0].endswith(":ec2:recover") and reboot["alarm_actions"][0].endswith(":ec2:reboot")
     assert recover["dimensions"] == {"InstanceId": "i-0123"}
+
+
+@pytest.mark.parametrize("instance_type", ["c5d.large", "m5.metal", "g4dn.xlarge"])
+def test_a_type_ec2_cannot_recover_gets_an_alarm_that_only_notifies(build, instance_type):
+    """EC2's recover action needs a listed family, EBS only, no metal: elsewhere it cannot act."""
+    recover = alarms(build(single(instance_type=instance_type)))["site-host-recover"]
+    assert not any(":ec2:recover" in a for a in recover["alarm_actions"])
+    assert f"EC2 cannot recover {instance_type}" in recover["alarm_description"]
 
 
 def test_every_alarm_notifies_the_encrypted_topic_email_only_when_given(build):

@@ -653,29 +653,7 @@ COMMIT;
         if subprocess.run(["rpm", "-q", "amazon-cloudwatch-agent"], capture_output=True).returncode != 0:
             if subprocess.run(["dnf", "install", "-y", "-q", "amazon-cloudwatch-agent"]).returncode != 0:
                 raise BootError("installing the CloudWatch agent failed")
-        namespace, site = self.site["METRICS_NAMESPACE"], self.site["NAME"]
-        disk = {
-            "measurement": ["used_percent"],
-            "resources": ["/"],
-            "drop_device": True,
-            "append_dimensions": {"Site": site},
-        }
-        document: dict[str, Any] = {
-            # root: the host log is root's alone (0600 in a 0700 folder).
-            "agent": {"metrics_collection_interval": 60, "run_as_user": "root"},
-            "metrics": {
-                "namespace": namespace,
-                "metrics_collected": {"disk": disk},
-                "aggregation_dimensions": [["Site"]],
-            },
-        }
-        if self.site["HOST_LOG_GROUP"]:
-            shipped = {
-                "file_path": f"/var/log/orthweb/{LOG_FILE}",
-                "log_group_name": self.site["HOST_LOG_GROUP"],
-                "log_stream_name": "{instance_id}",
-            }
-            document["logs"] = {"logs_collected": {"files": {"collect_list": [shipped]}}}
+        document = agent_document(self.site["METRICS_NAMESPACE"], self.site["NAME"], self.site["HOST_LOG_GROUP"])
         config.parent.mkdir(parents=True, exist_ok=True)
         install_file(config, json.dumps(document, indent=1), mode=0o644)
         ctl = "/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl"
@@ -684,6 +662,7 @@ COMMIT;
         ).returncode:
             raise BootError("starting the CloudWatch agent failed")
         shipped_to = f"; this program's log to {self.site['HOST_LOG_GROUP']}" if self.site["HOST_LOG_GROUP"] else ""
+        namespace, site = self.site["METRICS_NAMESPACE"], self.site["NAME"]
         log(f"CloudWatch agent: root volume use reported to {namespace} (Site={site}){shipped_to}")
 
     def step_services(self) -> None:
@@ -725,6 +704,34 @@ def sha256_of(path: Path) -> str:
 def run_checked(command: list[str]) -> None:
     if subprocess.run(command).returncode != 0:
         raise BootError(f"{' '.join(command)} failed")
+
+
+def agent_document(namespace: str, site: str, host_log_group: str) -> dict[str, Any]:
+    """The CloudWatch agent's configuration: the root volume's use as <namespace> disk_used_percent
+    by Site (the agent names a metric <plugin>_<measurement>), and the host log shipped when asked."""
+    disk = {
+        "measurement": ["used_percent"],
+        "resources": ["/"],
+        "drop_device": True,
+        "append_dimensions": {"Site": site},
+    }
+    document: dict[str, Any] = {
+        # root: the host log is root's alone (0600 in a 0700 folder).
+        "agent": {"metrics_collection_interval": 60, "run_as_user": "root"},
+        "metrics": {
+            "namespace": namespace,
+            "metrics_collected": {"disk": disk},
+            "aggregation_dimensions": [["Site"]],
+        },
+    }
+    if host_log_group:
+        shipped = {
+            "file_path": f"/var/log/orthweb/{LOG_FILE}",
+            "log_group_name": host_log_group,
+            "log_stream_name": "{instance_id}",
+        }
+        document["logs"] = {"logs_collected": {"files": {"collect_list": [shipped]}}}
+    return document
 
 
 def main(argv: list[str], env: Mapping[str, str] | None = None) -> int:
