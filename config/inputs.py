@@ -256,8 +256,8 @@ class OrthwebConfig:
 
     name: str = setting(
         "orthweb",
-        "Name prefix of every resource; 3-20 chars, lowercase letters, digits, single hyphens (at most 19 with hosts >= 2"
-        " and unique_suffix: target group names).",
+        "Name prefix of every resource; 3-20 chars, lowercase letters, digits, single hyphens (at most 19 with"
+        " hosts >= 2 and unique_suffix: target group names).",
         matching(
             _NAME,
             "3-20 chars: lowercase letters, digits, single hyphens; starts with a letter; not sthree- or "
