@@ -4,9 +4,13 @@ boot bundle fetched from the emulator's config bucket and checked, the real boot
 run off EC2 is a named stand-in there (instance metadata, dnf, the compose download, the CloudWatch
 agent, Docker: nginx and Orthanc run natively as transient units).
 
+The host's AWS calls run as the stack's host role, its policies read from the synthesized default
+stack, with the emulator enforcing IAM identity policies (and Orthanc's as Orthanc's role).
+
 One host for the module, in order: a first boot with AWS unreachable fails and the unit retries it
 until AWS answers; the site then answers HTTPS and DICOM TLS; the refresh timer runs the refresh
-under its unit and follows a rotated password; a reboot brings the same site back. Every wait is
+under its unit and follows a rotated password; a reboot brings the same site back; without one of
+its permissions the refresh fails with AccessDenied. Every wait is
 bounded: a hung boot (the lock deadlock of issue 18) fails the test instead of hanging CI."""
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ UNITS = ("orthweb-boot.service", "orthweb.service", "orthweb-refresh.timer")
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory):
+def host(tmp_path_factory, synth_profile):
     workdir = tmp_path_factory.mktemp("systemd-host")
     root = host_root()
     site = LocalSite(workdir / "site")
@@ -58,7 +62,12 @@ def host(tmp_path_factory):
     user_data = render_user_data(replace(site.host_values(), config_bucket=CONFIG_BUCKET), bundle)
     relay = Relay(free_port(), site.emulator.port)
     machine = Machine(root, workdir / "machine", binds={str(ROOT): SOURCE_MOUNT}).mount()
-    aws_env = {k: v for k, v in site.emulator.client_env().items() if k != "AWS_ENDPOINT_URL"}
+    # The host's calls run as the stack's host role (its policies from the synthesized default
+    # stack), with IAM enforced from here on: a missing permission fails the boot, as on AWS.
+    aws_env = {
+        **{k: v for k, v in site.emulator.client_env().items() if k != "AWS_ENDPOINT_URL"},
+        **site.under_stack_roles(synth_profile("default").data, config_bucket=CONFIG_BUCKET, session="i-0systemd"),
+    }
     install_standins(
         machine,
         aws_endpoint=f"http://127.0.0.1:{relay.port}",
@@ -164,3 +173,29 @@ def test_a_reboot_brings_the_same_site_back(host):
     assert _served_certificate(site.ports["https"]) == before, "the same certificate after the reboot"
     after = {name: len(site.sm.list_secret_version_ids(SecretId=site.arns[name])["Versions"]) for name in versions}
     assert after == versions, "no secret was made again"
+
+
+def test_the_refresh_fails_under_its_unit_without_one_of_the_host_permissions(host):
+    """The host runs as the stack's host role with IAM enforced: take ReadSecrets out of its policy
+    and the next refresh fails with AccessDenied, as it would on AWS (the policy is put back after)."""
+    import boto3
+
+    site, m = host.site, host.machine
+    iam = boto3.client("iam", **site.emulator.boto_kwargs())
+    role, name = f"{site.name}-host", site.name + "-host"
+    original = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+    document = original if isinstance(original, dict) else json.loads(original)
+    kept = [s for s in document["Statement"] if s.get("Sid") != "ReadSecrets"]
+    assert len(kept) == len(document["Statement"]) - 1
+    iam.put_role_policy(RoleName=role, PolicyName=name, PolicyDocument=json.dumps({**document, "Statement": kept}))
+    try:
+        before = len(m.journal("orthweb-refresh.service"))
+        # A oneshot: start returns when the run ends, non-zero when it failed (a timer run may be
+        # under way: start then waits for it and runs again).
+        started = m.run("systemctl", "start", "orthweb-refresh.service", check=False, timeout=120)
+        journal = m.journal("orthweb-refresh.service")[before:]
+        assert started.returncode != 0 and m.unit("orthweb-refresh.service")["Result"] != "success", journal
+        assert "AccessDenied" in journal and "secretsmanager:GetSecretValue" in journal, journal[-2000:]
+        assert f"assumed-role/{role}/" in journal
+    finally:
+        iam.put_role_policy(RoleName=role, PolicyName=name, PolicyDocument=json.dumps(document))

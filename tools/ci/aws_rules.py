@@ -52,7 +52,7 @@ ASG_KEY_ACTIONS = {"kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:Generate
 
 
 def _key_policy(stack: Stack, key: Address) -> list[Mapping[str, Any]]:
-    return _statements(stack.body(key).get("policy"), stack)
+    return stack.policy_statements(stack.body(key).get("policy"))
 
 
 def _listed(value: Any) -> list[str]:
@@ -215,37 +215,6 @@ DELEGATED_USERS = (
 )
 
 
-def _statements(policy: Any, stack: Stack | None = None) -> list[Mapping[str, Any]]:
-    """A policy's statements, from its JSON or from the ``aws_iam_policy_document`` it names."""
-    if not isinstance(policy, str):
-        return []
-    if policy.startswith("${") and stack is not None:
-        return [
-            _as_statement(block)
-            for source in stack.targets(policy, "aws_iam_policy_document")
-            for block in stack.body(source).get("statement", [])
-        ]
-    statements = json.loads(policy).get("Statement", [])
-    return [statements] if isinstance(statements, dict) else list(statements)
-
-
-def _as_statement(block: Mapping[str, Any]) -> Mapping[str, Any]:
-    """An ``aws_iam_policy_document`` statement block as IAM JSON."""
-    principal: dict[str, list[str]] = {}
-    for p in block.get("principals", []):
-        principal.setdefault(str(p.get("type")), []).extend(_listed(p.get("identifiers")))
-    condition: dict[str, dict[str, Any]] = {}
-    for c in block.get("condition", []):
-        condition.setdefault(str(c.get("test")), {})[str(c.get("variable"))] = c.get("values")
-    return {
-        "Effect": block.get("effect", "Allow"),
-        "Action": block.get("actions", []),
-        "Resource": block.get("resources", []),
-        "Principal": principal,
-        "Condition": condition,
-    }
-
-
 def _principals(statement: Mapping[str, Any], kind: str) -> list[str]:
     principal = statement.get("Principal", {})
     if principal == "*":
@@ -325,7 +294,7 @@ def _publishers_use(stack: Stack, key: Address, statements: list[Mapping[str, An
             s
             for policy, body in stack.of_type("aws_sns_topic_policy").items()
             if topic in stack.targets(body.get("arn", ""), "aws_sns_topic")
-            for s in _statements(body.get("policy"))
+            for s in stack.policy_statements(body.get("policy"))
         ]
         for service, user in sorted(_topic_publishers(stack, topic).items()):
             missing = _covers(_for_service(statements, service), PUBLISHER_NEEDS)
@@ -390,7 +359,7 @@ def replication_can_use_both_keys(stack: Stack) -> Iterator[str]:
             for policy, policy_body in stack.of_type("aws_iam_role_policy").items()
             if set(stack.targets(policy_body.get("role", ""), "aws_iam_role"))
             & set(stack.targets(body.get("role", ""), "aws_iam_role"))
-            for s in _statements(policy_body.get("policy"), stack)
+            for s in stack.policy_statements(policy_body.get("policy"))
         ]
         sources = stack.targets(body.get("bucket", ""), "aws_s3_bucket")
         source_keys = [
@@ -442,7 +411,7 @@ def _bucket_policy(stack: Stack, bucket: Address) -> list[Mapping[str, Any]]:
         s
         for policy, body in stack.of_type("aws_s3_bucket_policy").items()
         if bucket in stack.targets(body.get("bucket", ""), "aws_s3_bucket")
-        for s in _statements(body.get("policy"))
+        for s in stack.policy_statements(body.get("policy"))
     ]
 
 

@@ -7,6 +7,7 @@ account. It is never used for a real deployment (config refuses non-loopback end
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -37,11 +38,13 @@ class Emulator:
         self.region = region
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
+        # The keys clients are made with: the placeholder ones until ``operator`` replaces them.
+        self.credentials = dict(FAKE_CREDENTIALS)
 
     def client_env(self) -> dict[str, str]:
         """Environment for AWS SDK/CLI clients talking to the emulator."""
         return {
-            **FAKE_CREDENTIALS,
+            **self.credentials,
             "AWS_DEFAULT_REGION": self.region,
             "AWS_REGION": self.region,
             "AWS_ENDPOINT_URL": self.endpoint,
@@ -53,8 +56,8 @@ class Emulator:
         return {
             "region_name": self.region,
             "endpoint_url": self.endpoint,
-            "aws_access_key_id": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            "aws_secret_access_key": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            "aws_access_key_id": self.credentials["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": self.credentials["AWS_SECRET_ACCESS_KEY"],
         }
 
     def start(self, timeout: float = 60) -> Emulator:
@@ -88,6 +91,33 @@ class Emulator:
 
     def stop(self) -> None:
         stop_process(self.process, timeout=10)
+
+    def assume_role(self, role_arn: str, session: str) -> dict[str, str]:
+        """Credentials of a session of ``role_arn``, as the environment of an AWS client.
+
+        STAND-IN for what EC2 does for an instance profile: the session is made with the keys the
+        clients use (before IAM is enforced, the placeholder ones)."""
+        import boto3
+
+        sts = boto3.client("sts", **self.boto_kwargs())
+        c = sts.assume_role(RoleArn=role_arn, RoleSessionName=session)["Credentials"]
+        return {
+            "AWS_ACCESS_KEY_ID": c["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": c["SecretAccessKey"],
+            "AWS_SESSION_TOKEN": c["SessionToken"],
+        }
+
+    def operator(self, name: str = "operator") -> None:
+        """An IAM user allowed everything, whose keys every client made from now on uses: the
+        operator and Terraform of a site whose own roles run under ``enforce_iam``."""
+        import boto3
+
+        iam = boto3.client("iam", **self.boto_kwargs())
+        iam.create_user(UserName=name)
+        everything = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+        iam.put_user_policy(UserName=name, PolicyName="everything", PolicyDocument=json.dumps(everything))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        self.credentials = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
 
     def enforce_iam(self, on: bool = True) -> None:
         """Check every request against the caller's IAM identity policies (``on``), or accept all.

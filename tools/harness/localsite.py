@@ -41,7 +41,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -257,6 +257,16 @@ class LocalHost:
         return kind if self.index == 0 else f"{kind}-{self.index}"
 
 
+# The site's secrets by label (the stack's aws_secretsmanager_secret.<label>_secret) and name suffix.
+SECRET_LABELS = {
+    "admin": ADMIN_SECRET,
+    "tls": TLS_SECRET,
+    "ca": CA_SECRET,
+    "client_ca": CLIENT_CA_SECRET,
+    "clients": CLIENTS_SECRET,
+}
+
+
 @dataclass
 class LocalSite:
     workdir: Path
@@ -359,14 +369,7 @@ class LocalSite:
         master_pw = os.urandom(16).hex()
         # What Terraform creates on AWS: the empty secrets, Orthanc's role.
         self.arns = {
-            label: self.sm.create_secret(Name=f"{self.name}/{suffix}")["ARN"]
-            for label, suffix in (
-                ("admin", ADMIN_SECRET),
-                ("tls", TLS_SECRET),
-                ("ca", CA_SECRET),
-                ("client_ca", CLIENT_CA_SECRET),
-                ("clients", CLIENTS_SECRET),
-            )
+            label: self.sm.create_secret(Name=f"{self.name}/{suffix}")["ARN"] for label, suffix in SECRET_LABELS.items()
         }
         self.arns["db"] = self.sm.create_secret(
             Name="rds!db-local", SecretString=json.dumps({"username": DB_MASTER_USER, "password": master_pw})
@@ -381,6 +384,40 @@ class LocalSite:
             make_server_cert(self.workdir / "rds-pki", self.rds_ca, "db"), DB_MASTER_USER, master_pw, DB_NAME
         ).start()
         return self
+
+    def under_stack_roles(self, stack_json: dict[str, Any], *, config_bucket: str, session: str) -> dict[str, str]:
+        """Hold the site to the stack's IAM: the host and Orthanc roles get the policies and trusts
+        of the synthesized stack (``stack_json``, same ``name``; tools/harness/stack_roles.py fills
+        in this site's ARNs), then the emulator enforces identity policies. Returns the credentials
+        of a host role session (what EC2 hands the instance); this site's own clients become the
+        operator's (an IAM user allowed everything), as Terraform and an operator are on AWS."""
+        from tools.harness.stack_roles import derived_values, role_documents
+
+        iam = boto3.client("iam", **self.emulator.boto_kwargs())
+        account = boto3.client("sts", **self.emulator.boto_kwargs()).get_caller_identity()["Account"]
+        host_arn = f"arn:aws:iam::{account}:role/{self.name}-host"
+        values = {
+            **derived_values(stack_json, partition="aws", region=self.region, account=account),
+            **{f"aws_secretsmanager_secret.{label}_secret.arn": self.arns[label] for label in SECRET_LABELS},
+            "aws_db_instance.database.master_user_secret[0].secret_arn": self.arns["db"],
+            "aws_s3_bucket.config_bucket.arn": f"arn:aws:s3:::{config_bucket}",
+            "aws_s3_bucket.dicom_bucket.arn": f"arn:aws:s3:::{self.bucket}",
+            "aws_iam_role.access_host-role.arn": host_arn,
+            "aws_iam_role.access_orthanc-role.arn": self.orthanc_role_arn,
+        }
+        host = role_documents(stack_json, f"{self.name}-host", values)
+        orthanc = role_documents(stack_json, f"{self.name}-orthanc", values)
+        iam.create_role(RoleName=host.name, AssumeRolePolicyDocument=host.trust)
+        iam.update_assume_role_policy(RoleName=orthanc.name, PolicyDocument=orthanc.trust)
+        for role in (host, orthanc):
+            for policy, document in role.policies.items():
+                iam.put_role_policy(RoleName=role.name, PolicyName=policy, PolicyDocument=document)
+        credentials = self.emulator.assume_role(host_arn, session)
+        self.emulator.operator()
+        self.sm = boto3.client("secretsmanager", **self.emulator.boto_kwargs())
+        self.s3 = boto3.client("s3", **self.emulator.boto_kwargs())
+        self.emulator.enforce_iam(True)
+        return credentials
 
     def host_values(self) -> HostValues:
         return HostValues(
@@ -783,15 +820,16 @@ class LocalSite:
         method: str = "GET",
         data: bytes | None = None,
         host: int | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, bytes]:
         """One REST call through the site's TLS front door (the balancer when there are several
         hosts), through one host's own front door (``host``), or straight to a host's Orthanc
         (``direct``; host 0 unless ``host`` says otherwise)."""
         if direct:
             port = self.host(host or 0).ports["orthanc_http"]
-            return self._request(f"http://127.0.0.1:{port}{path}", None, auth, method, data)
+            return self._request(f"http://127.0.0.1:{port}{path}", None, auth, method, data, headers)
         port = self.ports["https"] if host is None else self.host(host).ports["https"]
-        return self._request(f"https://127.0.0.1:{port}{path}", self.tls_context(), auth, method, data)
+        return self._request(f"https://127.0.0.1:{port}{path}", self.tls_context(), auth, method, data, headers)
 
     @staticmethod
     def _request(
@@ -800,8 +838,9 @@ class LocalSite:
         auth: tuple[str, str] | None,
         method: str = "GET",
         data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, bytes]:
-        request = urllib.request.Request(url, method=method, data=data)  # noqa: S310 - loopback only
+        request = urllib.request.Request(url, method=method, data=data, headers=dict(headers or {}))  # noqa: S310
         if auth:
             request.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
         try:

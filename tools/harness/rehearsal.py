@@ -250,24 +250,13 @@ class Rehearsal:
         ]
 
     def host_role_credentials(self) -> dict[str, str]:
-        """Credentials of a session of the deployed host role, as EC2 hands them to the instance.
-
-        STAND-IN for the instance profile: the session is made with the emulator's placeholder keys
-        while IAM is not enforced (on AWS, EC2 assumes the role for the instance)."""
-        import boto3
-
+        """Credentials of a session of the deployed host role, as EC2 hands them to the instance."""
         role = next(
             r["instances"][0]["attributes"]["arn"]
             for r in self.state["resources"]
             if r["type"] == "aws_iam_role" and r["instances"][0]["attributes"]["name"] == f"{self.name}-host"
         )
-        sts = boto3.client("sts", **self.emulator.boto_kwargs())
-        c = sts.assume_role(RoleArn=role, RoleSessionName="i-rehearsal")["Credentials"]
-        return {
-            "AWS_ACCESS_KEY_ID": c["AccessKeyId"],
-            "AWS_SECRET_ACCESS_KEY": c["SecretAccessKey"],
-            "AWS_SESSION_TOKEN": c["SessionToken"],
-        }
+        return self.emulator.assume_role(role, "i-rehearsal")
 
     def run_host(self, step: str, label: str) -> Any:
         """One run of the deployed host program (``secrets``, ``refresh``) as the host role."""

@@ -10,8 +10,10 @@ TLS-only PostgreSQL on loopback are reachable inside.
 What cannot be real here, each a named STAND-IN (see ``install_standins``):
 - EC2 itself: no instance metadata (the Elastic IP wait), no Amazon Linux (dnf packages, the
   compose download, the CloudWatch agent): the boot runs every other step (``OFF_EC2_BOOT_STEPS``);
-- AWS: the emulator's address and placeholder keys, given to every unit through systemd's
-  DefaultEnvironment (on EC2 the host finds the real endpoints and its role's credentials itself);
+- AWS: the emulator's address and the credentials of a host role session (the stack's host role,
+  IAM enforced: tools/harness/localsite.py ``under_stack_roles``), given to every unit through
+  systemd's DefaultEnvironment (on EC2 the host finds the real endpoints and its role's credentials
+  in instance metadata itself);
 - Docker: a ``docker.service`` that only says it started, and a ``docker`` command whose
   ``compose`` starts the real nginx and Orthanc as transient systemd units (tools/harness/compose_standin.py).
 """
@@ -241,8 +243,9 @@ def install_standins(
     }
     machine.write(
         "/etc/systemd/system.conf.d/orthweb-off-ec2.conf",
-        "# STAND-IN: AWS is the emulator on loopback, with placeholder keys (on EC2: the real endpoints and\n"
-        "# the host role's credentials from instance metadata); the boot runs the steps that can run off EC2.\n"
+        "# STAND-IN: AWS is the emulator on loopback, with a host role session's keys (on EC2: the real\n"
+        "# endpoints and the role's credentials from instance metadata); the boot runs the steps that\n"
+        "# can run off EC2.\n"
         "[Manager]\nDefaultEnvironment=" + " ".join(f'"{k}={v}"' for k, v in env.items()) + "\n",
     )
     machine.write(

@@ -77,6 +77,31 @@ def is_plain(value: Any) -> bool:
     return not any("${" in s for s in strings(value))
 
 
+def _listed(value: Any) -> list[Any]:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def _as_statement(block: Mapping[str, Any]) -> dict[str, Any]:
+    """An ``aws_iam_policy_document`` statement block as IAM JSON."""
+    statement: dict[str, Any] = {"Effect": block.get("effect", "Allow")}
+    if block.get("sid"):
+        statement["Sid"] = block["sid"]
+    for key, field_ in (("Action", "actions"), ("NotAction", "not_actions"), ("Resource", "resources")):
+        if block.get(field_):
+            statement[key] = _listed(block[field_])
+    principal: dict[str, list[str]] = {}
+    for p in block.get("principals", []):
+        principal.setdefault(str(p.get("type")), []).extend(_listed(p.get("identifiers")))
+    if principal:
+        statement["Principal"] = principal
+    condition: dict[str, dict[str, Any]] = {}
+    for c in block.get("condition", []):
+        condition.setdefault(str(c.get("test")), {})[str(c.get("variable"))] = _listed(c.get("values"))
+    if condition:
+        statement["Condition"] = condition
+    return statement
+
+
 @dataclass(frozen=True)
 class Stack:
     """A synthesized stack's JSON, indexed."""
@@ -153,6 +178,20 @@ class Stack:
             if self.exists(Address(rtype, lid)):
                 found.add(Address(rtype, lid))
         return sorted(found)
+
+    def policy_statements(self, policy: Any) -> list[Mapping[str, Any]]:
+        """A policy's statements as IAM JSON: parsed from its JSON text, or built from the
+        ``aws_iam_policy_document`` data source it names (its ``${...}`` values left as they are)."""
+        if not isinstance(policy, str):
+            return []
+        if policy.startswith("${"):
+            return [
+                _as_statement(block)
+                for source in self.targets(policy, "aws_iam_policy_document")
+                for block in self.body(source).get("statement", [])
+            ]
+        statements = json.loads(policy).get("Statement", [])
+        return [statements] if isinstance(statements, dict) else list(statements)
 
     # -- providers and regions ----------------------------------------------------------------------
 
