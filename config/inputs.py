@@ -54,6 +54,10 @@ LOG_RETENTION_DAYS = (
     *(1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365),
     *(400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653),
 )
+# Six years: HIPAA's retention of required documentation (45 CFR 164.316(b)(2)(i)); prod keeps its
+# logs (audit trail, sessions, connections) at least this long.
+AUDIT_RETENTION_DAYS = 2192
+DEFAULT_RETENTION_DAYS = 365
 # Interface endpoints worth having for a host in a VPC without NAT; each costs ~$7/month per AZ.
 INTERFACE_ENDPOINT_SERVICES = ("ssm", "ssmmessages", "ec2messages", "secretsmanager", "kms", "logs", "sts")
 DICOM_RIGHTS = ("echo", "find", "move", "get", "store")
@@ -266,7 +270,7 @@ class OrthwebConfig:
     )
     environment: str = setting(
         "dev",
-        "dev, test or prod; prod turns on deletion protection, final snapshot, Multi-AZ.",
+        "dev, test or prod; prod turns on deletion protection, final snapshot, Multi-AZ, the trail, 6-year logs.",
         one_of(ENVIRONMENTS),
     )
     region: str = setting("us-east-1", "AWS region to deploy into.", _region)
@@ -366,11 +370,16 @@ class OrthwebConfig:
         90, "Days before replaced/deleted DICOM object versions expire.", whole_number(1, 3650)
     )
     intelligent_tiering: bool = setting(False, "Move DICOM objects to S3 Intelligent-Tiering after 30 days.")
-    log_retention_days: int = setting(
-        365, "CloudWatch retention for flow logs and container logs.", one_of(LOG_RETENTION_DAYS)
+    log_retention_days: int | None = setting(
+        None,
+        "Retention of every log group and of the log bucket's files; empty: 2192 days (6 years, HIPAA) in"
+        " prod, 365 elsewhere; prod refuses less than 2192.",
+        one_of((None, *LOG_RETENTION_DAYS), "empty, or " + ", ".join(map(str, LOG_RETENTION_DAYS))),
     )
-    cloudtrail: bool = setting(
-        False, "A CloudTrail trail with S3 data events for the DICOM bucket (~$0.10 per 100k calls)."
+    cloudtrail: bool | None = setting(
+        None,
+        "A CloudTrail trail with S3 data events for the DICOM bucket (~$0.10 per 100k calls); empty: on in prod.",
+        one_of((None, True, False), "true, false, or empty (on in prod)"),
     )
     object_lock_days: int = setting(
         0,
@@ -445,6 +454,18 @@ class OrthwebConfig:
         return self.is_prod if self.db_multi_az is None else self.db_multi_az
 
     @property
+    def retention_days(self) -> int:
+        """How long the logs are kept (``log_retention_days``'s rule)."""
+        if self.log_retention_days is not None:
+            return self.log_retention_days
+        return AUDIT_RETENTION_DAYS if self.is_prod else DEFAULT_RETENTION_DAYS
+
+    @property
+    def audit_trail(self) -> bool:
+        """Whether the stack has its CloudTrail trail (``cloudtrail``'s rule)."""
+        return self.is_prod if self.cloudtrail is None else self.cloudtrail
+
+    @property
     def replication(self) -> str | None:
         """The region the DICOM objects are replicated to, or None (``replica_region``'s rule)."""
         if self.replica_region == REPLICA_OFF:
@@ -492,6 +513,31 @@ def _name_length_problems(c: OrthwebConfig) -> list[str]:
             )
         ]
     return []
+
+
+def _prod_retention_problems(c: OrthwebConfig) -> list[str]:
+    """Prod keeps its data from a destroy and its logs six years."""
+    if not c.is_prod:
+        return []
+    problems = []
+    if c.allow_data_destroy is True:
+        problems.append(
+            allowed(
+                "allow_data_destroy",
+                c.allow_data_destroy,
+                "false in prod (set environment to test to destroy a site with its data; docs/production.md)",
+            )
+        )
+    if isinstance(c.log_retention_days, int) and c.log_retention_days < AUDIT_RETENTION_DAYS:
+        longer = ", ".join(str(d) for d in LOG_RETENTION_DAYS if d >= AUDIT_RETENTION_DAYS)
+        problems.append(
+            allowed(
+                "log_retention_days",
+                c.log_retention_days,
+                f"in prod, empty or at least {AUDIT_RETENTION_DAYS} (6 years, HIPAA documentation retention): {longer}",
+            )
+        )
+    return problems
 
 
 def _prod_client_problems(c: OrthwebConfig) -> list[str]:
@@ -547,6 +593,7 @@ def cross_field_problems(c: OrthwebConfig) -> list[str]:
     elif c.emulator_endpoint:
         problems.append(allowed("emulator_endpoint", c.emulator_endpoint, "empty unless target is emulator"))
     problems += _prod_client_problems(c)
+    problems += _prod_retention_problems(c)
     if bool(c.state_bucket) != bool(c.state_kms_key):
         problems.append(
             allowed(
@@ -605,6 +652,10 @@ def _to_bool(value: Any) -> bool:
     return value if isinstance(value, bool) else _BOOL_WORDS[str(value).strip().lower()]
 
 
+def _to_optional_int(value: Any) -> int | None:
+    return None if isinstance(value, str) and not value.strip() else _to_int(value)
+
+
 def _to_optional_bool(value: Any) -> bool | None:
     return None if isinstance(value, str) and not value.strip() else _to_bool(value)
 
@@ -652,6 +703,7 @@ _CONVERTERS: dict[Any, tuple[Callable[[Any], Any], str]] = {
     int: (_to_int, "a whole number"),
     bool: (_to_bool, "true or false"),
     bool | None: (_to_optional_bool, "true, false, or empty"),
+    int | None: (_to_optional_int, "a whole number, or empty"),
     tuple[str, ...]: (_to_strings, "a comma-separated list (or a TOML list)"),
     tuple[tuple[str, str], ...]: (_to_pairs, "key=value pairs separated by commas (or a TOML table)"),
     tuple[DicomModality, ...]: (

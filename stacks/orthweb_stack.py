@@ -95,7 +95,7 @@ class OrthwebStack(TerraformStack):
                 host_instance_type=config.instance_type,
                 db_instance_class=config.db_instance_class,
                 key_arn=self.key.arn,
-                log_retention_days=config.log_retention_days,
+                log_retention_days=config.retention_days,
                 interface_endpoints=config.interface_endpoints,
                 nat_gateways=config.scaled,
             ),
@@ -109,7 +109,7 @@ class OrthwebStack(TerraformStack):
                 key_arn=self.key.arn,
                 force_destroy=retention.force_destroy,
                 noncurrent_version_expiration_days=config.noncurrent_version_expiration_days,
-                log_retention_days=config.log_retention_days,
+                log_retention_days=config.retention_days,
                 intelligent_tiering=config.intelligent_tiering,
                 object_lock_days=config.object_lock_days,
             ),
@@ -129,7 +129,7 @@ class OrthwebStack(TerraformStack):
                 multi_az=config.multi_az,
                 backup_retention_days=config.db_backup_retention_days,
                 deletion_protection=config.db_deletion_protection,
-                log_retention_days=config.log_retention_days,
+                log_retention_days=config.retention_days,
                 skip_final_snapshot=retention.skip_final_snapshot,
                 final_snapshot_identifier=retention.final_snapshot_identifier,
                 delete_automated_backups=retention.delete_automated_backups,
@@ -143,7 +143,7 @@ class OrthwebStack(TerraformStack):
                 name=name,
                 account=account,
                 key_arn=self.key.arn,
-                log_retention_days=config.log_retention_days,
+                log_retention_days=config.retention_days,
                 recovery_window_days=retention.recovery_window_days,
                 byo_tls_secret=config.tls_certificate_secret,
             ),
@@ -198,7 +198,7 @@ class OrthwebStack(TerraformStack):
             # The group's role launches the hosts; their root volumes are encrypted with the site key.
             self.key.allow_autoscaling(self.host.autoscaling_role.arn)
         self._monitoring(config, name)
-        if config.cloudtrail:
+        if config.audit_trail:
             self._trail(config, name)
         if config.backup_retention_days:
             self._backup(config, name)
@@ -272,7 +272,7 @@ class OrthwebStack(TerraformStack):
                 source_versioning=self.storage.versioning["dicom"],
                 force_destroy=retention.force_destroy,
                 noncurrent_version_expiration_days=config.noncurrent_version_expiration_days,
-                log_retention_days=config.log_retention_days,
+                log_retention_days=config.retention_days,
                 object_lock_days=config.object_lock_days,
             ),
         )
@@ -303,7 +303,7 @@ class OrthwebStack(TerraformStack):
                 key_arn=self.key.arn,
                 log_bucket_name=self.storage.log_bucket.bucket,
                 dicom_bucket_arn=self.storage.bucket.arn,
-                log_retention_days=config.log_retention_days,
+                log_retention_days=config.retention_days,
                 # CreateTrail checks the log bucket's policy when it runs (the grant below adds the
                 # trail's statement to it): the trail is made after the policy.
                 delivery_policies=[self.storage.log_bucket_policy],

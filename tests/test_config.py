@@ -46,7 +46,7 @@ BAD_INPUTS = [
     ),
     ("NONCURRENT_VERSION_EXPIRATION_DAYS", "0", "noncurrent_version_expiration_days: 0 is not allowed"),
     ("INTELLIGENT_TIERING", "sometimes", "intelligent_tiering: 'sometimes' is not allowed; allowed: true or false"),
-    ("LOG_RETENTION_DAYS", "100", "log_retention_days: 100 is not allowed; allowed: 1, 3, 5"),
+    ("LOG_RETENTION_DAYS", "100", "log_retention_days: 100 is not allowed; allowed: empty, or 1, 3, 5"),
     ("UNIQUE_SUFFIX", "2", "unique_suffix: '2' is not allowed; allowed: true or false"),
     ("TAGS", "aws:owner=x", "tags: 'aws:owner=x' is not allowed; allowed: key=value pairs"),
     ("TAGS", "novalue", "tags: 'novalue' is not allowed; allowed: key=value pairs separated by commas"),
@@ -94,6 +94,9 @@ def test_bad_input_is_refused_with_a_clear_line(monkeypatch, tmp_path, capsys, f
     assert not (tmp_path / "out").exists(), "nothing may be written for a bad config"
 
 
+_PROD_NETWORKS = {"WEB_CLIENT_CIDRS": "10.20.0.0/16", "DICOM_CLIENT_CIDRS": "10.20.1.0/24"}
+
+
 @pytest.mark.parametrize(
     "env,message",
     [
@@ -114,6 +117,16 @@ def test_bad_input_is_refused_with_a_clear_line(monkeypatch, tmp_path, capsys, f
         (
             {"DICOM_MODALITIES": '[{"aet": "PACS", "host": "pacs.example.org", "rights": ["find", "move"]}]'},
             "dicom_modalities.host: 'pacs.example.org' is not allowed; allowed: an IPv4 address when rights include move",
+        ),
+        # Prod keeps its data from a destroy and its logs six years (issue 20).
+        (
+            {"ENVIRONMENT": "prod", "ALLOW_DATA_DESTROY": "true", **_PROD_NETWORKS},
+            "allow_data_destroy: True is not allowed; allowed: false in prod",
+        ),
+        (
+            {"ENVIRONMENT": "prod", "LOG_RETENTION_DAYS": "365", **_PROD_NETWORKS},
+            "log_retention_days: 365 is not allowed; allowed: in prod, empty or at least 2192 (6 years, HIPAA"
+            " documentation retention): 2192, 2557, 2922, 3288, 3653",
         ),
         (
             {"DB_ALLOCATED_STORAGE_GB": "200", "DB_MAX_ALLOCATED_STORAGE_GB": "100"},
@@ -211,6 +224,31 @@ def test_prod_defaults():
     assert OrthwebConfig(environment="prod").multi_az is True
     assert OrthwebConfig().multi_az is False
     assert OrthwebConfig(environment="prod", db_multi_az=False).multi_az is False
+    # Prod: the audit trail with DICOM data events, logs kept 6 years; elsewhere off and a year.
+    prod = OrthwebConfig(environment="prod")
+    assert (prod.audit_trail, prod.retention_days) == (True, 2192)
+    assert (OrthwebConfig().audit_trail, OrthwebConfig().retention_days) == (False, 365)
+    assert OrthwebConfig(environment="prod", cloudtrail=False, log_retention_days=3653).audit_trail is False
+    assert OrthwebConfig(log_retention_days=30).retention_days == 30
+
+
+def test_a_prod_stack_has_its_trail_and_keeps_its_logs_six_years(tmp_path):
+    """What the prod defaults build: the trail with data events on the DICOM bucket, and every log
+    group and the log bucket's files kept 2192 days."""
+    from tests.conftest import synth_json
+
+    config = OrthwebConfig(
+        environment="prod", web_client_cidrs=("10.20.0.0/16",), dicom_client_cidrs=("10.20.1.0/24",)
+    ).validate()
+    resources = synth_json(config, tmp_path)["resource"]
+    (trail,) = resources["aws_cloudtrail"].values()
+    assert trail["event_selector"][0]["data_resource"][0]["type"] == "AWS::S3::Object"
+    groups = resources["aws_cloudwatch_log_group"].values()
+    assert len(groups) >= 7 and {g["retention_in_days"] for g in groups} == {2192}
+    (log_rules,) = [
+        r["rule"] for k, r in resources["aws_s3_bucket_lifecycle_configuration"].items() if k.startswith("storage_log")
+    ]
+    assert {rule["expiration"][0]["days"] for rule in log_rules if "expiration" in rule} == {2192}
 
 
 def test_real_process_exit_code_and_no_partial_output(tmp_path):

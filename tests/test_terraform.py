@@ -117,16 +117,35 @@ REPLICATION = {
 }
 
 
-def replicated(plan: dict[str, int]) -> dict[str, int]:
-    return {t: plan.get(t, 0) + REPLICATION.get(t, 0) for t in plan | REPLICATION}
+# The audit trail (on in prod, or with cloudtrail): the trail, its topic with its policy, its log
+# group and the role that delivers to it with its inline policy.
+AUDIT_TRAIL = dict.fromkeys(
+    (
+        "aws_cloudtrail",
+        "aws_cloudwatch_log_group",
+        "aws_iam_role",
+        "aws_iam_role_policy",
+        "aws_sns_topic",
+        "aws_sns_topic_policy",
+    ),
+    1,
+)
+
+
+def replicated(plan: dict[str, int], *more: dict[str, int]) -> dict[str, int]:
+    """``plan`` with the replication's resources (and those of ``more``) added."""
+    total = dict(plan)
+    for extra in (REPLICATION, *more):
+        total = {t: total.get(t, 0) + extra.get(t, 0) for t in total | extra}
+    return total
 
 
 EXPECTED = {
     "default": DEFAULT_PLAN,
-    "prod": replicated(DEFAULT_PLAN),
+    "prod": replicated(DEFAULT_PLAN, AUDIT_TRAIL),
     "replica": replicated(DEFAULT_PLAN),
     "hosts2": SCALED_PLAN,
-    "scaled": replicated({**SCALED_PLAN, "aws_sns_topic_subscription": 1, "aws_autoscaling_policy": 1}),
+    "scaled": replicated({**SCALED_PLAN, "aws_sns_topic_subscription": 1, "aws_autoscaling_policy": 1}, AUDIT_TRAIL),
     # Two more subnets, route table associations; an endpoint security group with its two rules and 2 endpoints.
     "az3": {
         **DEFAULT_PLAN,

@@ -236,12 +236,15 @@ def _session_manager_only(site: Site) -> Verdict:
 
 def _log_retention(site: Site) -> Verdict:
     c = site.config
-    days = c.log_retention_days
+    days = c.retention_days
     if days < LOG_DAYS_MINIMUM:
         return FAIL, f"logs kept {days} days: less than a quarter"
     missing = [
         what
-        for what, on in (("container logs (who connected)", c.container_logs), ("CloudTrail data events", c.cloudtrail))
+        for what, on in (
+            ("container logs (who connected)", c.container_logs),
+            ("CloudTrail data events", c.audit_trail),
+        )
         if not on
     ]
     if days < LOG_DAYS_ENOUGH or missing:
