@@ -329,6 +329,49 @@ def test_rest_without_or_with_wrong_credentials_is_401(site):
     assert site.rest("/patients", auth=("orthanc", "orthanc"))[0] == 401, "no default user"
 
 
+# What someone holding a password would change to push the archive out or take the server down:
+# a new modality, peer or DICOMweb server, a Lua script, a reset or shutdown, logging and DICOM
+# settings. The forms Orthanc itself accepts for the same path (it normalizes //, %xx and a
+# trailing /, and takes the method from X-HTTP-Method-Override on a POST) are refused too.
+EVIL_MODALITY = json.dumps({"AET": "EVIL", "Host": "203.0.113.9", "Port": 104}).encode()
+CONFIGURATION_WRITES = [
+    ("PUT", "/modalities/evil", EVIL_MODALITY, {}),
+    ("PUT", "/modalities/evil/", EVIL_MODALITY, {}),
+    ("PUT", "//modalities/evil", EVIL_MODALITY, {}),
+    ("PUT", "/%6dodalities/evil", EVIL_MODALITY, {}),
+    ("POST", "/modalities/evil", EVIL_MODALITY, {"X-HTTP-Method-Override": "PUT"}),
+    ("POST", "/modalities/evil?_method=PUT", EVIL_MODALITY, {}),
+    ("DELETE", "/modalities/evil", None, {}),
+    ("PUT", "/peers/evil", json.dumps({"Url": "https://203.0.113.9/"}).encode(), {}),
+    ("PUT", "/dicom-web/servers/evil", json.dumps({"Url": "https://203.0.113.9/dicom-web/"}).encode(), {}),
+    ("POST", "/tools/execute-script", b"print(1)", {}),
+    ("PUT", "/tools/log-level", b"verbose", {}),
+    ("PUT", "/tools/accepted-transfer-syntaxes", b'["*"]', {}),
+    ("PUT", "/tools/unknown-sop-class-accepted", b"1", {}),
+    ("POST", "/tools/reset", b"", {}),
+    ("POST", "/tools/shutdown", b"", {}),
+]
+
+
+def test_the_front_door_refuses_configuration_writes(site):
+    """403 at the front door with the admin password; Orthanc itself (reached on the host, as an
+    operator would through Session Manager) takes the same write, and what OE2 and DICOMweb read
+    still answers."""
+    for method, path, body, headers in CONFIGURATION_WRITES:
+        status, answer = site.rest(path, auth=auth(site), method=method, data=body, headers=headers)
+        assert status == 403, f"{method} {path} {headers}: {status} {answer[:200]!r}"
+    assert json.loads(site.rest("/modalities", auth=auth(site))[1]) == [], "a refused write reached Orthanc"
+    for path in ("/modalities", "/peers", "/dicom-web/servers", "/tools/log-level", "/system"):
+        assert site.rest(path, auth=auth(site))[0] == 200, path
+    find = site.rest("/tools/find", auth=auth(site), method="POST", data=b'{"Level":"Study","Query":{}}')
+    assert find[0] == 200, find
+    assert site.rest("/modalities/evil", auth=auth(site), method="PUT", data=EVIL_MODALITY, direct=True)[0] == 200
+    try:
+        assert json.loads(site.rest("/modalities", auth=auth(site))[1]) == ["evil"]
+    finally:
+        assert site.rest("/modalities/evil", auth=auth(site), method="DELETE", direct=True)[0] == 200
+
+
 # -- faults ---------------------------------------------------------------------------------------
 
 
