@@ -395,7 +395,7 @@ class OrthwebConfig:
     tags: tuple[tuple[str, str], ...] = setting((), "Extra tags on every resource, as key=value pairs.", _tags)
     site_name: str = setting(
         "",
-        "Optional DNS name of the site, added to the certificate's names.",
+        "Optional DNS name of the site, added to the certificate's names (the front door answers only its names).",
         matching(_SITE_NAME, "empty, or a lowercase DNS name such as pacs.example.org", optional=True),
     )
     ae_title: str = setting(

@@ -329,6 +329,28 @@ def test_rest_without_or_with_wrong_credentials_is_401(site):
     assert site.rest("/patients", auth=("orthanc", "orthanc"))[0] == 401, "no default user"
 
 
+def test_a_request_for_a_name_that_is_not_the_sites_is_refused(site):
+    """A spoofed Host: header gets 421 and never reaches Orthanc, whose DICOMweb answers would build
+    their RetrieveURLs from it; the site's own names (its certificate's) answer, and the health
+    path answers any name (a balancer names the target's address)."""
+    data, sop_uid = make_test_instance()
+    status, answer = site.rest("/instances", auth=auth(site), method="POST", data=data)
+    assert status == 200, answer
+    instance = json.loads(answer)["ID"]
+    try:
+        for name in ("attacker.example", f"attacker.example:{site.ports['https']}", "localhost.attacker.example"):
+            status, answer = site.rest("/dicom-web/studies", auth=auth(site), headers={"Host": name})
+            assert status == 421 and b"attacker" not in answer, (name, status, answer[:300])
+        for name in ("127.0.0.1", f"LOCALHOST:{site.ports['https']}"):
+            status, answer = site.rest("/dicom-web/studies", auth=auth(site), headers={"Host": name})
+            assert status == 200, (name, status, answer[:300])
+            urls = [study["00081190"]["Value"][0] for study in json.loads(answer)]
+            assert urls and all(url.startswith(f"https://{name}/") for url in urls), urls
+        assert site.rest("/nginx-health", headers={"Host": "10.0.1.23"})[0] == 200
+    finally:
+        assert site.rest(f"/instances/{instance}", auth=auth(site), method="DELETE")[0] == 200
+
+
 # What someone holding a password would change to push the archive out or take the server down:
 # a new modality, peer or DICOMweb server, a Lua script, a reset or shutdown, logging and DICOM
 # settings. The forms Orthanc itself accepts for the same path (it normalizes //, %xx and a

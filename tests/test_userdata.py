@@ -316,9 +316,11 @@ def test_nginx_config_passes_nginx_t(tmp_path, client_auth):
         dicom_listen=f"127.0.0.1:{dicom_port}",
         cert_path=str(cert.cert),
         key_path=str(cert.key),
+        site_names_path=str(tmp_path / "site-names.map"),
         client_ca_path=client_ca,
         client_crl_path=client_crl,
     )
+    (tmp_path / "site-names.map").write_text("site 1;\n")
     text = render_nginx(values)
     proc = nginx_test(tmp_path, text)
     assert proc.returncode == 0, proc.stderr

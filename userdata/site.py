@@ -68,6 +68,8 @@ class NginxValues:
     dicom_listen: str = str(DICOM_TLS_PORT)
     cert_path: str = f"{NGINX_FILES}/site-cert.pem"
     key_path: str = f"{NGINX_FILES}/site-key.pem"
+    # The site's names as nginx map lines, written by the host beside the certificate.
+    site_names_path: str = f"{NGINX_FILES}/site-names.map"
     # DICOM client certificates: the CA and revocation list to check them against; empty: not asked for.
     client_ca_path: str = ""
     client_crl_path: str = ""
@@ -115,6 +117,7 @@ def render_nginx(v: NginxValues) -> str:
             "dicom_listen": v.dicom_listen,
             "cert_path": v.cert_path,
             "key_path": v.key_path,
+            "site_names_path": v.site_names_path,
             "http_upstream": v.http_upstream,
             "dicom_upstream": v.dicom_upstream,
             "resolver": f"resolver {v.resolver};" if v.resolver else "",

@@ -83,6 +83,7 @@ SHARED_RUNTIME_FILES = (
     "secrets/db-connection-uri",
     "nginx/site-cert.pem",
     "nginx/site-key.pem",
+    "nginx/site-names.map",
     "site-ca.pem",
 )
 # The balancer's backends, named after the NLB's target groups (one per listener).
@@ -154,6 +155,7 @@ def native_nginx_conf(prefix: Path, ports: dict[str, int], files: Path, client_c
             dicom_listen=f"127.0.0.1:{ports['dicom_tls']}",
             cert_path=str(files / "site-cert.pem"),
             key_path=str(files / "site-key.pem"),
+            site_names_path=str(files / "site-names.map"),
             client_ca_path=client_ca,
             client_crl_path=client_crl,
         )

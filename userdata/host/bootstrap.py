@@ -150,6 +150,11 @@ class Site:
     def sorted_names(self) -> str:
         return ",".join(sorted(self.names()))
 
+    def nginx_names(self) -> str:
+        """The names as the lines of nginx's map of the site's names (docker/nginx.conf): a request
+        for any other name is refused."""
+        return "".join(f"{name.split(':', 1)[1].lower()} 1;\n" for name in sorted(self.names()))
+
 
 def _number(env: Mapping[str, str], name: str, default: str) -> float:
     """A whole number of ``name`` (or its default); a BootError naming it otherwise."""
@@ -507,7 +512,7 @@ COMMIT;
     # -- runtime files ------------------------------------------------------------------------------
 
     def runtime_files(self, admin: Mapping[str, str], tls: Mapping[str, str]) -> list[str]:
-        """Orthanc's secret files and nginx's certificate files; returns the names that changed."""
+        """Orthanc's secret files and nginx's certificate and names files; returns the names that changed."""
         s, site = self.settings, self.site
         private_dir(s.secrets_dir)
         private_dir(s.nginx_dir)
@@ -522,6 +527,7 @@ COMMIT;
             s.secrets_dir / "registered-users": json.dumps({admin["username"]: admin["password"]}),
             s.nginx_dir / "site-cert.pem": tls["cert"],
             s.nginx_dir / "site-key.pem": tls["key"],
+            s.nginx_dir / "site-names.map": site.nginx_names(),
         }
         if site["DICOM_CLIENT_AUTH"] == "certificate":
             ca, crl = self.client_trust()
@@ -584,8 +590,15 @@ COMMIT;
             log("Orthanc's configuration changed: recreating orthanc")
             self.compose("up", "-d", "--force-recreate", "--no-deps", "orthanc")
             changed.add("nginx-upstream")  # the new container may have a new address: nginx resolves it again
-        if changed & {"site-cert.pem", "site-key.pem", "client-ca.pem", "client-crl.pem", "nginx-upstream"}:
-            log("reloading nginx (certificate, client certificates or upstream changed)")
+        if changed & {
+            "site-cert.pem",
+            "site-key.pem",
+            "site-names.map",
+            "client-ca.pem",
+            "client-crl.pem",
+            "nginx-upstream",
+        }:
+            log("reloading nginx (certificate, names, client certificates or upstream changed)")
             self.compose("exec", "-T", "nginx", "nginx", "-s", "reload")
 
     # -- boot steps -----------------------------------------------------------------------------------
