@@ -227,6 +227,23 @@ def _modalities(name: str, modalities: Any) -> Iterator[str]:
             yield allowed(f"{name}.host", m.host, "an IPv4 address when rights include move (egress is opened to it)")
 
 
+def _pem_certificates(name: str, value: Any) -> Iterator[str]:
+    """Empty, or a readable file holding at least one PEM certificate (and no private key)."""
+    if value == "":
+        return
+    try:
+        text = Path(value).read_text()
+    except (OSError, UnicodeDecodeError, TypeError, ValueError):
+        yield allowed(name, value, "empty, or a readable PEM file of CA certificates")
+        return
+    if "-----BEGIN CERTIFICATE-----" not in text or "PRIVATE KEY-----" in text:
+        yield allowed(name, value, "empty, or a PEM file of CA certificates only (no private key)")
+
+
+def _is_public_ipv4(value: str) -> bool:
+    return _is_ipv4(value) and public_addresses([f"{value}/32"]) == 1
+
+
 def _is_ipv4(value: str) -> bool:
     try:
         ipaddress.IPv4Address(value)
@@ -252,6 +269,9 @@ class DicomModality:
     host: str
     port: int = 104
     rights: tuple[str, ...] = DEFAULT_MODALITY_RIGHTS
+    # Orthanc reaches it over DICOM TLS (C-MOVE and C-STORE from the site), checking its certificate
+    # against modality_ca_file and presenting one from the site CA.
+    tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -409,7 +429,16 @@ class OrthwebConfig:
         matching(_SECRET_NAME, "empty, or a Secrets Manager name or ARN", optional=True),
     )
     dicom_modalities: tuple[DicomModality, ...] = setting(
-        (), "Modalities allowed find/get/move (aet, host, port, rights).", _modalities
+        (),
+        "Modalities allowed find/get/move (aet, host, port, rights, tls: reached over DICOM TLS; prod refuses"
+        " move to a public address without it).",
+        _modalities,
+    )
+    modality_ca_file: str = setting(
+        "",
+        "PEM file of the CA certificate(s) that sign the certificates of the modalities with tls; required with"
+        " them. Its certificates go into the boot bundle.",
+        _pem_certificates,
     )
     container_logs: bool = setting(True, "Ship container logs to the CloudWatch log group.")
     state_bucket: str = setting(
@@ -459,6 +488,11 @@ class OrthwebConfig:
         if self.log_retention_days is not None:
             return self.log_retention_days
         return AUDIT_RETENTION_DAYS if self.is_prod else DEFAULT_RETENTION_DAYS
+
+    @property
+    def modality_ca(self) -> str:
+        """The text of ``modality_ca_file`` (empty when none): it goes into the boot bundle."""
+        return Path(self.modality_ca_file).read_text() if self.modality_ca_file else ""
 
     @property
     def audit_trail(self) -> bool:
@@ -571,6 +605,27 @@ def _prod_client_problems(c: OrthwebConfig) -> list[str]:
     return problems
 
 
+def _modality_tls_problems(c: OrthwebConfig) -> list[str]:
+    """DICOM TLS to modalities needs their CA; prod sends no images in clear over the Internet."""
+    problems = []
+    if any(m.tls for m in c.dicom_modalities) and not c.modality_ca_file:
+        problems.append(
+            allowed("modality_ca_file", "", "the PEM file of your modalities' CA when a modality has tls = true")
+        )
+    if c.is_prod:
+        for m in c.dicom_modalities:
+            if "move" in m.rights and not m.tls and _is_public_ipv4(m.host):
+                problems.append(
+                    allowed(
+                        "dicom_modalities.tls",
+                        False,
+                        f"true for {m.aet} in prod: a C-MOVE to the public address {m.host} would carry the images"
+                        " in clear over the Internet (or a private address reached over your VPN)",
+                    )
+                )
+    return problems
+
+
 def cross_field_problems(c: OrthwebConfig) -> list[str]:
     """Rules that involve more than one field."""
     problems = []
@@ -594,6 +649,7 @@ def cross_field_problems(c: OrthwebConfig) -> list[str]:
         problems.append(allowed("emulator_endpoint", c.emulator_endpoint, "empty unless target is emulator"))
     problems += _prod_client_problems(c)
     problems += _prod_retention_problems(c)
+    problems += _modality_tls_problems(c)
     if bool(c.state_bucket) != bool(c.state_kms_key):
         problems.append(
             allowed(
@@ -687,6 +743,7 @@ def _to_modalities(value: Any) -> tuple[DicomModality, ...]:
             host=str(i["host"]),
             port=int(i.get("port", 104)),
             rights=tuple(i.get("rights", DicomModality.rights)),
+            tls=_to_bool(i.get("tls", False)),
         )
         for i in items
     )

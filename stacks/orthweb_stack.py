@@ -372,6 +372,7 @@ class OrthwebStack(TerraformStack):
             region_name=config.region,
             dicom_client_auth=config.dicom_client_auth,
             several_servers=config.scaled,
+            modality_ca=config.modality_ca,
         )
 
     def _outputs(self) -> None:

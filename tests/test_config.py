@@ -128,6 +128,27 @@ _PROD_NETWORKS = {"WEB_CLIENT_CIDRS": "10.20.0.0/16", "DICOM_CLIENT_CIDRS": "10.
             "log_retention_days: 365 is not allowed; allowed: in prod, empty or at least 2192 (6 years, HIPAA"
             " documentation retention): 2192, 2557, 2922, 3288, 3653",
         ),
+        # DICOM TLS to modalities needs their CA; prod moves no images in clear to a public address.
+        (
+            {"DICOM_MODALITIES": '[{"aet": "PACS", "host": "10.0.0.5", "rights": ["move"], "tls": true}]'},
+            "modality_ca_file: '' is not allowed; allowed: the PEM file of your modalities' CA when a modality has"
+            " tls = true",
+        ),
+        (
+            {"MODALITY_CA_FILE": "/nonexistent/modality-ca.pem"},
+            "modality_ca_file: '/nonexistent/modality-ca.pem' is not allowed; allowed: empty, or a readable PEM file",
+        ),
+        (
+            {
+                "ENVIRONMENT": "prod",
+                "DICOM_MODALITIES": '[{"aet": "PACS", "host": "10.0.0.5", "rights": ["move"]},'
+                ' {"aet": "CLOUDPACS", "host": "198.51.100.7", "rights": ["move"]},'
+                ' {"aet": "REMOTE", "host": "8.8.4.4", "rights": ["find", "move"]}]',
+                **_PROD_NETWORKS,
+            },
+            "dicom_modalities.tls: False is not allowed; allowed: true for REMOTE in prod: a C-MOVE to the public"
+            " address 8.8.4.4 would carry the images in clear over the Internet",
+        ),
         (
             {"DB_ALLOCATED_STORAGE_GB": "200", "DB_MAX_ALLOCATED_STORAGE_GB": "100"},
             "db_max_allocated_storage_gb: 100 is not allowed; allowed: at least db_allocated_storage_gb (200)",
@@ -138,6 +159,27 @@ def test_cross_field_rules(monkeypatch, tmp_path, capsys, env, message):
     code, err = run_main(monkeypatch, tmp_path, capsys, env)
     assert code == EXIT_CONFIG_ERROR
     assert message in err
+
+
+def test_modality_tls_takes_a_ca_file_of_certificates_only(monkeypatch, tmp_path, capsys):
+    """Prod moves to a public address over TLS with the modalities' CA; only the public one is named
+    (a private or documentation address is not the Internet); a file holding a key is refused."""
+    from tools.harness.pki import make_ca
+
+    ca = make_ca(tmp_path / "ca", "Hospital modality CA")
+    modalities = (
+        '[{"aet": "PACS", "host": "10.0.0.5", "rights": ["move"]},'
+        ' {"aet": "REMOTE", "host": "8.8.4.4", "rights": ["move"], "tls": true}]'
+    )
+    env = {"ENVIRONMENT": "prod", "DICOM_MODALITIES": modalities, **_PROD_NETWORKS}
+    code, err = run_main(monkeypatch, tmp_path, capsys, {**env, "MODALITY_CA_FILE": str(ca.cert)})
+    assert (code, err) == (0, "")
+    config = OrthwebConfig(modality_ca_file=str(ca.cert))
+    assert config.modality_ca == ca.cert.read_text()
+    with_key = tmp_path / "with-key.pem"
+    with_key.write_text(ca.cert.read_text() + ca.key.read_text())
+    code, err = run_main(monkeypatch, tmp_path, capsys, {**env, "MODALITY_CA_FILE": str(with_key)})
+    assert code == EXIT_CONFIG_ERROR and "(no private key)" in err and "BEGIN" not in err
 
 
 def test_prod_with_the_whole_internet_on_dicom_needs_client_certificates(monkeypatch, tmp_path, capsys):

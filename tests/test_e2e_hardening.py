@@ -20,11 +20,13 @@ from config import ROOT
 from config.inputs import DicomModality
 from tests.readme_lines import PROGRAMS, fill, readme_lines
 from tools.harness.localsite import LocalSite
+from tools.harness.pki import Certificate, make_ca, make_server_cert
 from tools.ops.validate import make_test_instance
 from tools.proc import free_ports, stop_process, wait_for_port
 
 pytestmark = pytest.mark.e2e
 PACS = "PACS"
+TLS_PACS = "TLSPACS"
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +35,26 @@ def pacs_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, pacs_port):
+def tls_pacs(tmp_path_factory) -> tuple[int, Certificate, Certificate, Certificate]:
+    """A PACS that speaks only DICOM TLS: its port, its certificate and the CA that signed it (the
+    site's modality_ca_file), and a certificate of another CA (an impostor)."""
+    folder = tmp_path_factory.mktemp("tls-pacs")
+    ca = make_ca(folder / "ca", "Hospital modality CA")
+    impostor = make_server_cert(folder / "other", make_ca(folder / "other", "Another CA"), "impostor")
+    return free_ports(1)[0], make_server_cert(folder / "ca", ca, "pacs"), ca, impostor
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, pacs_port, tls_pacs):
+    tls_port, _, modality_ca, _ = tls_pacs
     s = LocalSite(
         tmp_path_factory.mktemp("site"),
         dicom_client_auth="certificate",
-        modalities=(DicomModality(PACS, "127.0.0.1", pacs_port, ("echo", "find", "move", "store")),),
+        modalities=(
+            DicomModality(PACS, "127.0.0.1", pacs_port, ("echo", "find", "move", "store")),
+            DicomModality(TLS_PACS, "127.0.0.1", tls_port, ("echo", "store"), tls=True),
+        ),
+        modality_ca=modality_ca.cert.read_text(),
     ).start()
     yield s
     s.stop()
@@ -159,48 +176,95 @@ def test_nginx_keeps_serving_when_the_refresh_replaces_orthanc(site, certs):
     assert pynetdicom_store(site, context(site, certs, "CT1")) == 0
 
 
-def test_c_move_reaches_a_configured_modality(site, certs, pacs_port, tmp_path):
-    """Orthanc opens a new association to the modality's address and port (the host's egress rule
-    in production); here a real dcmtk storescp stands where the PACS would be."""
+def store_and_move(site: LocalSite, certs: Path, destination: str) -> tuple[list[int], str]:
+    """As the PACS (over the front door, with its certificate): C-STORE a new study, then C-MOVE it
+    to ``destination``; the C-MOVE statuses and the instance's SOP Instance UID."""
     from pydicom import dcmread
     from pydicom.dataset import Dataset
     from pydicom.uid import SecondaryCaptureImageStorage
     from pynetdicom import AE
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # type: ignore[attr-defined]
 
-    received = tmp_path / "received"
-    received.mkdir()
-    storescp = subprocess.Popen(
-        ["storescp", "-aet", PACS, "-od", str(received), "+B", str(pacs_port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TCP_NODELAY": "1"},
-    )  # fmt: skip
+    data, sop_uid = make_test_instance()
+    ds = dcmread(io.BytesIO(data))
+    ae = AE(ae_title=PACS)
+    ae.add_requested_context(SecondaryCaptureImageStorage)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate(
+        "127.0.0.1", site.ports["dicom_tls"], ae_title=site.ae_title, tls_args=(context(site, certs, PACS), "localhost")
+    )
+    assert assoc.is_established
     try:
-        wait_for_port(pacs_port, process=storescp)
-        data, sop_uid = make_test_instance()
-        ds = dcmread(io.BytesIO(data))
-        ae = AE(ae_title=PACS)
-        ae.add_requested_context(SecondaryCaptureImageStorage)
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        assoc = ae.associate(
-            "127.0.0.1",
-            site.ports["dicom_tls"],
-            ae_title=site.ae_title,
-            tls_args=(context(site, certs, PACS), "localhost"),
-        )
-        assert assoc.is_established
         assert assoc.send_c_store(ds).Status == 0
         query = Dataset()
         query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", ds.StudyInstanceUID
-        statuses = [s.Status for s, _ in assoc.send_c_move(query, PACS, StudyRootQueryRetrieveInformationModelMove)]
+        move = assoc.send_c_move(query, destination, StudyRootQueryRetrieveInformationModelMove)
+        return [s.Status for s, _ in move if s], sop_uid
+    finally:
         assoc.release()
+
+
+def received_files(folder: Path, timeout: float = 30) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not list(folder.iterdir()):
+        time.sleep(0.2)
+    return list(folder.iterdir())
+
+
+def storescp(port: int, aet: str, received: Path, *tls: str) -> subprocess.Popen:
+    """dcmtk's storescp on ``port`` (``tls``: its +tls options), with the files it receives in ``received``."""
+    received.mkdir(exist_ok=True)
+    process = subprocess.Popen(
+        ["storescp", *tls, "-aet", aet, "-od", str(received), "+B", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TCP_NODELAY": "1"},
+    )  # fmt: skip
+    wait_for_port(port, process=process)
+    return process
+
+
+def test_c_move_reaches_a_configured_modality(site, certs, pacs_port, tmp_path):
+    """Orthanc opens a new association to the modality's address and port (the host's egress rule
+    in production); here a real dcmtk storescp stands where the PACS would be."""
+    from pydicom import dcmread
+
+    received = tmp_path / "received"
+    process = storescp(pacs_port, PACS, received)
+    try:
+        statuses, sop_uid = store_and_move(site, certs, PACS)
         assert statuses[-1] == 0x0000, [hex(s) for s in statuses]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not list(received.iterdir()):
-            time.sleep(0.2)
-        files = list(received.iterdir())
+        files = received_files(received)
         assert len(files) == 1 and dcmread(files[0]).SOPInstanceUID == sop_uid
     finally:
-        stop_process(storescp)
+        stop_process(process)
+
+
+def test_c_move_to_a_tls_modality_goes_over_dicom_tls(site, certs, tls_pacs, tmp_path):
+    """A modality with tls: Orthanc's C-MOVE association is DICOM TLS. The PACS (dcmtk storescp)
+    speaks only TLS and asks for a client certificate it checks against the site CA: Orthanc
+    presents the one the host issued it. Orthanc checks the PACS against modality_ca_file: a PACS
+    whose certificate comes from another CA gets nothing."""
+    from pydicom import dcmread
+
+    port, pacs_cert, _, impostor = tls_pacs
+    trust = ("+cf", str(site.ca_path), "--require-peer-cert")
+    received = tmp_path / "received"
+    process = storescp(port, TLS_PACS, received, "+tls", str(pacs_cert.key), str(pacs_cert.cert), *trust)
+    try:
+        statuses, sop_uid = store_and_move(site, certs, TLS_PACS)
+        assert statuses[-1] == 0x0000, [hex(s) for s in statuses]
+        files = received_files(received)
+        assert len(files) == 1 and dcmread(files[0]).SOPInstanceUID == sop_uid
+    finally:
+        stop_process(process)
+
+    refused = tmp_path / "impostor"
+    process = storescp(port, TLS_PACS, refused, "+tls", str(impostor.key), str(impostor.cert), *trust)
+    try:
+        statuses, _ = store_and_move(site, certs, TLS_PACS)
+        assert statuses[-1] != 0x0000, "Orthanc sent the study to a PACS whose certificate it cannot trust"
+        assert received_files(refused, timeout=3) == []
+    finally:
+        stop_process(process)
 
 
 def test_local_up_checks_dicom_refuses_a_client_without_certificate(site):

@@ -159,6 +159,7 @@ def test_bundle_is_deterministic_and_unpacks_where_the_host_expects():
         "etc/orthweb/nginx.conf",
         "etc/orthweb/orthanc.template.json",
         "etc/orthweb/rds-ca.pem",
+        "etc/orthweb/modality-ca.pem",
         "etc/systemd/system/orthweb.service",
         "etc/systemd/system/orthweb-refresh.service",
         "etc/systemd/system/orthweb-refresh.timer",
@@ -390,6 +391,40 @@ def test_orthanc_configuration_is_hardened(files):
             "AllowStore": True,
         }
     }
+
+
+def test_dicom_tls_to_modalities_reads_files_the_containers_mount(tmp_path):
+    """A modality with tls: Orthanc's per-modality UseDicomTls, and its own certificate, key and the
+    modalities' CA at paths the compose file mounts (the documented rules: the SCU keys serve
+    outgoing associations; DicomTlsEnabled stays off, nginx terminates the incoming TLS)."""
+    ca = make_ca(tmp_path, "Hospital modality CA").cert.read_text()
+    app = AppValues(
+        modalities=(
+            DicomModality("PACS", "10.20.1.5", 104, ("move",)),
+            DicomModality("CLOUD", "198.51.100.7", 2762, ("store",), tls=True),
+        ),
+        modality_ca=ca,
+    )
+    bundle = {path: text for path, (_, text) in bundle_files(app).items()}
+    assert bundle["etc/orthweb/modality-ca.pem"] == ca
+    assert bundle_files(APP)["etc/orthweb/modality-ca.pem"][1] == "", "no TLS modality: an empty file to mount"
+    config = json.loads(bundle["etc/orthweb/orthanc.template.json"])
+    assert config["DicomModalities"]["CLOUD"]["UseDicomTls"] is True
+    assert "UseDicomTls" not in config["DicomModalities"]["PACS"]
+    assert not config.get("DicomTlsEnabled") and config["DicomTlsRemoteCertificateRequired"] is True
+    volumes = yaml.safe_load(bundle["etc/orthweb/docker-compose.yml"])["services"]["orthanc"]["volumes"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in volumes}
+    on_host = {}
+    for key in ("DicomTlsCertificate", "DicomTlsPrivateKey", "DicomTlsTrustedCertificates"):
+        target = next((m for m in mounts if config[key] == m or config[key].startswith(m + "/")), None)
+        assert target, f"{key} {config[key]} is not mounted into the Orthanc container"
+        on_host[key] = mounts[target] + config[key][len(target) :]
+    assert on_host == {
+        "DicomTlsCertificate": "/run/orthweb/dicom-tls/orthanc-cert.pem",
+        "DicomTlsPrivateKey": "/run/orthweb/dicom-tls/orthanc-key.pem",
+        "DicomTlsTrustedCertificates": "/etc/orthweb/modality-ca.pem",
+    }
+    assert "DicomTlsCertificate" not in json.loads(bundle_files(APP)["etc/orthweb/orthanc.template.json"][1])
 
 
 def test_dicomweb_is_on_behind_the_same_authentication(files):

@@ -104,6 +104,8 @@ class AppValues:
     dicom_client_auth: str = "none"
     # Several Orthanc servers on one index (the scaled profile).
     several_servers: bool = False
+    # PEM of the CA(s) of the modalities Orthanc reaches over DICOM TLS (modality_ca_file's text).
+    modality_ca: str = ""
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ def bundle_files(a: AppValues) -> dict[str, tuple[int, str]]:
             ),
         ),
         "etc/orthweb/rds-ca.pem": (unit, rds_ca.pem_for(a.region_name)),
+        "etc/orthweb/modality-ca.pem": (unit, a.modality_ca),
         **{
             f"etc/systemd/system/{name}": (unit, (HERE / name).read_text())
             for name in ("orthweb.service", "orthweb-refresh.service", "orthweb-refresh.timer")

@@ -56,6 +56,10 @@ CIPHERS = ":".join(
 # Docker's embedded DNS on the compose network; short validity so a recreated container is found.
 DOCKER_RESOLVER = "127.0.0.11 valid=10s ipv6=off"
 NGINX_FILES = "/etc/nginx/orthweb"
+# Orthanc's own DICOM TLS identity, issued from the site CA by the host into a mounted folder, and
+# the CA of the modalities it reaches over DICOM TLS (from the boot bundle).
+ORTHANC_DICOM_TLS = "/etc/orthanc/dicom-tls"
+ORTHANC_MODALITY_CA = "/etc/orthanc/modality-ca.pem"
 
 
 @dataclass(frozen=True)
@@ -163,9 +167,21 @@ def render_orthanc(v: OrthancValues) -> str:
             "Host": m.host,
             "Port": m.port,
             **{f"Allow{right.capitalize()}": right in m.rights for right in ("echo", "find", "move", "get", "store")},
+            **({"UseDicomTls": True} if m.tls else {}),
         }
         for m in v.modalities
     }
+    if any(m.tls for m in v.modalities):
+        # Orthanc as a DICOM TLS client (1.9.0+): these keys serve its outgoing associations whatever
+        # DicomTlsEnabled says (off: nginx terminates the incoming TLS); files read per association.
+        config.update(
+            {
+                "DicomTlsCertificate": f"{ORTHANC_DICOM_TLS}/orthanc-cert.pem",
+                "DicomTlsPrivateKey": f"{ORTHANC_DICOM_TLS}/orthanc-key.pem",
+                "DicomTlsTrustedCertificates": ORTHANC_MODALITY_CA,
+                "DicomTlsRemoteCertificateRequired": True,
+            }
+        )
     config["AwsS3Storage"].update({"BucketName": v.bucket, "Region": v.region})
     config["DicomWeb"]["Root"] = DICOMWEB_ROOT
     if v.several_servers:

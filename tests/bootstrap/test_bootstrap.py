@@ -188,6 +188,29 @@ def test_bring_your_own_certificate(site):
             site.secret(name)  # no self-signed CA or certificate was made
 
 
+def test_orthancs_dicom_tls_identity_is_made_when_a_modality_has_tls_and_kept(site):
+    """No modality with tls: no identity. With their CA in the bundle: a clientAuth certificate from
+    the site CA for the site's names, its key root-only on this host, kept by the next run."""
+    site.bootstrap()
+    assert not (site.run / "dicom-tls").exists()
+    (site.etc / "modality-ca.pem").write_text(
+        make_ca(site.tmp / "modality-ca", "Hospital modality CA").cert.read_text()
+    )
+    log = site.bootstrap()
+    assert "issued Orthanc's DICOM TLS client certificate" in log
+    cert_path, key_path = site.run / "dicom-tls" / "orthanc-cert.pem", site.run / "dicom-tls" / "orthanc-key.pem"
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600 and "PRIVATE KEY" in key_path.read_text()
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    site_ca = x509.load_pem_x509_certificate(site.secret("ca")["ca_cert"].encode())
+    assert cert.issuer == site_ca.subject
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert SITE_DNS in names.get_values_for_type(x509.DNSName)
+    first = cert_path.read_text()
+    assert "issued Orthanc's DICOM TLS" not in site.bootstrap() and cert_path.read_text() == first
+
+
 def test_orthanc_gets_short_lived_credentials_of_its_own_role(site):
     site.bootstrap()
     first = (site.run / "aws" / "credentials").read_text()

@@ -64,6 +64,7 @@ def start_orthanc() -> None:
         dicom_port=s["orthanc_dicom"],
         storage_dir=STATE / "orthanc-db",
         s3_endpoint=s["s3_endpoint"],
+        modality_ca=ETC / "modality-ca.pem",
     )
     # As the image does: the merged configuration (secrets included) on tmpfs, root only.
     path = RUN / "standin-orthanc.json"

@@ -68,7 +68,14 @@ from tools.harness.localpg import LocalPostgres
 from tools.harness.pki import make_ca, make_server_cert
 from tools.proc import free_ports, stop_pid, stop_process, wait_for_port
 from userdata import HostValues, site_env
-from userdata.site import NginxValues, OrthancValues, client_files, render_nginx, render_orthanc
+from userdata.site import (
+    ORTHANC_DICOM_TLS,
+    NginxValues,
+    OrthancValues,
+    client_files,
+    render_nginx,
+    render_orthanc,
+)
 
 PLUGIN = Path(__file__).resolve().parent / "s3_storage_plugin.py"
 ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
@@ -120,6 +127,7 @@ def native_orthanc_config(
     dicom_port: int,
     storage_dir: Path,
     s3_endpoint: str | None,
+    modality_ca: Path | None = None,
 ) -> dict[str, Any]:
     """A host's orthanc.json made ready for Debian's Orthanc running natively: the runtime secret
     files merged in (as the orthancteam image does with Docker secrets), local ports and folders,
@@ -129,6 +137,14 @@ def native_orthanc_config(
     config["StorageDirectory"] = config["IndexDirectory"] = str(storage_dir)
     config["PostgreSQL"] = {**config["PostgreSQL"], "ConnectionUri": (secrets / "db-connection-uri").read_text()}
     config["RegisteredUsers"] = json.loads((secrets / "registered-users").read_text())
+    # Orthanc's DICOM TLS identity where the host wrote it, the modalities' CA where it lies.
+    for key in ("DicomTlsCertificate", "DicomTlsPrivateKey"):
+        if key in config:
+            config[key] = config[key].replace(ORTHANC_DICOM_TLS, str(secrets.parent / "dicom-tls"))
+    if "DicomTlsTrustedCertificates" in config:
+        if modality_ca is None:
+            raise ValueError("a modality has tls: the local Orthanc needs the modalities' CA file")
+        config["DicomTlsTrustedCertificates"] = str(modality_ca)
     # The index in PostgreSQL and DICOMweb (Debian's plugin 1.7; the image has 1.24), as on a host.
     config["Plugins"] = [str(ORTHANC_PLUGINS / p) for p in ("libOrthancPostgreSQLIndex.so", "libOrthancDicomWeb.so")]
     if s3_endpoint:
@@ -279,6 +295,8 @@ class LocalSite:
     # "certificate": nginx asks DICOM clients for a certificate from the site's client CA.
     dicom_client_auth: str = "none"
     modalities: tuple[DicomModality, ...] = ()
+    # PEM of the CA of the modalities with tls (modality_ca_file's text).
+    modality_ca: str = ""
     # Hosts on the one site (database, bucket, secrets). With more than one, a TCP load balancer
     # (HAProxy) fronts them and ``ports["https"]``/``ports["dicom_tls"]`` are the balancer's.
     hosts: int = 1
@@ -448,6 +466,7 @@ class LocalSite:
         h = self.host(host)
         h.etc.mkdir(parents=True, exist_ok=True)
         (h.etc / "rds-ca.pem").write_text(self.rds_ca.cert.read_text())
+        (h.etc / "modality-ca.pem").write_text(self.modality_ca)
         (h.etc / "site.env").write_text(site_env(self.host_values()))
         env = bootstrap_env(h.etc, h.run, self.emulator)
         if aws_endpoint:
@@ -560,6 +579,7 @@ class LocalSite:
             dicom_port=h.ports["orthanc_dicom"],
             storage_dir=h.orthanc_dir,
             s3_endpoint=self.emulator.endpoint if self.storage == "s3" else None,
+            modality_ca=h.etc / "modality-ca.pem",  # as the bundle installs it (bootstrap writes it here)
         )
 
     def start_orthanc(self, host: int = 0) -> None:

@@ -213,6 +213,10 @@ class Settings:
     def aws_dir(self) -> Path:  # Orthanc's short-lived AWS credentials (a mounted folder)
         return self.run / "aws"
 
+    @property
+    def dicom_tls_dir(self) -> Path:  # Orthanc's DICOM TLS client certificate and key (a mounted folder)
+        return self.run / "dicom-tls"
+
 
 # -- files ----------------------------------------------------------------------------------------
 
@@ -373,11 +377,12 @@ class Host:
             and pki.alt_names(cert) == set(self.site.names())
         )
 
-    def site_certificate(self) -> SecretValue:
-        """The site-tls value (server chain, key, CA certificate), made or renewed when needed."""
+    def site_ca(self) -> SecretValue:
+        """The site CA (certificate and key), made at the first boot, made again when the site's
+        names go beyond its name constraints."""
         from . import pki
 
-        ca_arn, tls_arn = self.site["CA_SECRET_ARN"], self.site["TLS_SECRET_ARN"]
+        ca_arn = self.site["CA_SECRET_ARN"]
         ca = self.ensure(ca_arn, self.new_ca)
         ca_cert = pki.load_cert(json.loads(ca.text)["ca_cert"])
         if not set(self.site.names()) <= (pki.permitted_names(ca_cert) or set()):
@@ -389,6 +394,52 @@ class Host:
             ca_cert = pki.load_cert(json.loads(ca.text)["ca_cert"])
         if pki.expires_within(pki.not_after(ca_cert), WARN_DAYS):
             log("WARNING: the site CA expires within 180 days; plan a new CA (README: Trust the site CA)")
+        return ca
+
+    def reaches_modalities_over_tls(self) -> bool:
+        """A modality has tls: the bundle carries their CA (config requires it then)."""
+        path = self.settings.etc / "modality-ca.pem"
+        return path.is_file() and "BEGIN CERTIFICATE" in path.read_text()
+
+    def dicom_tls_identity(self, ca: SecretValue) -> list[str]:
+        """Orthanc's certificate as a DICOM TLS client (C-MOVE and C-STORE to modalities with tls):
+        clientAuth, from the site CA, for the site's names, made on this host and kept on its tmpfs
+        (the key never leaves the host); renewed like the server certificate. Orthanc reads the files
+        at every association, so nothing restarts."""
+        from . import pki
+
+        folder = private_dir(self.settings.dicom_tls_dir)
+        cert_path, key_path = folder / "orthanc-cert.pem", folder / "orthanc-key.pem"
+        value = json.loads(ca.text)
+        ca_cert = pki.load_cert(value["ca_cert"])
+        try:
+            current = pki.load_certs(cert_path.read_text())[0] if key_path.is_file() else None
+        except (OSError, ValueError, IndexError):
+            current = None
+        if (
+            current is not None
+            and pki.issued_by(current, ca_cert)
+            and not pki.expires_within(pki.not_after(current), self.settings.renew_days)
+            and pki.alt_names(current) == set(self.site.names())
+        ):
+            return []
+        cert, key = pki.issue(
+            ca_cert,
+            pki.load_key(value["ca_key"]),
+            pki.subject(self.site["SITE_DNS"], "Orthweb"),
+            SERVER_DAYS,
+            names=self.site.names(),
+            client=True,
+        )
+        install_file(key_path, pki.key_pem(key))
+        install_file(cert_path, pki.cert_pem(cert) + value["ca_cert"])
+        log(f"issued Orthanc's DICOM TLS client certificate ({SERVER_DAYS} days)")
+        return ["orthanc-cert.pem"]
+
+    def site_certificate(self, ca: SecretValue) -> SecretValue:
+        """The site-tls value (server chain, key, CA certificate) from the site CA ``ca``, made or
+        renewed when needed."""
+        tls_arn = self.site["TLS_SECRET_ARN"]
         tls = self.read(tls_arn)
         ca_pem = json.loads(ca.text)["ca_cert"]
         if tls is not None and self.server_cert_current(tls, ca_pem):
@@ -559,6 +610,7 @@ COMMIT;
         with locked(s.run), scratch(s.run) as work:
             admin_value = self.ensure(self.site["ADMIN_SECRET_ARN"], self.new_admin_secret)
             byo = self.site["BYO_TLS_SECRET"]
+            ca = None
             if byo:
                 found = self.read(byo)
                 if found is None:
@@ -566,11 +618,14 @@ COMMIT;
                 tls_value = found
                 log(f"using your certificate from {byo}")
             else:
-                tls_value = self.site_certificate()
+                ca = self.site_ca()
+                tls_value = self.site_certificate(ca)
             admin = json.loads(admin_value.text)
             self.ensure_db_role(admin, work)
             self.orthanc_credentials()
             changed = self.runtime_files(admin, json.loads(tls_value.text)) + self.orthanc_config()
+            if self.reaches_modalities_over_tls():
+                changed += self.dicom_tls_identity(ca or self.site_ca())
             log(f"runtime files changed: {' '.join(changed)}" if changed else "runtime files: unchanged")
             install_file(s.run / "last-changed", "".join(f"{name}\n" for name in changed))
             return changed
