@@ -90,3 +90,7 @@ EMULATOR_PLACEHOLDER_KEY = "emulator-placeholder"
 
 # The Orthanc DICOMweb plugin's root (QIDO-RS, STOW-RS, WADO-RS), behind the same authentication as REST.
 DICOMWEB_ROOT = "/dicom-web/"
+
+# AWS's Session Manager document for port forwarding to a remote host: the database tunnel
+# (tools/ops/db_tunnel.py) and the operator policy that allows it (modules/access.py).
+PORT_FORWARDING_DOCUMENT = "AWS-StartPortForwardingSessionToRemoteHost"

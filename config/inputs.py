@@ -396,6 +396,13 @@ class OrthwebConfig:
         " prod, 365 elsewhere; prod refuses less than 2192.",
         one_of((None, *LOG_RETENTION_DAYS), "empty, or " + ", ".join(map(str, LOG_RETENTION_DAYS))),
     )
+    session_preferences: bool | None = setting(
+        None,
+        "Own the account's Session Manager preferences in the region (document SSM-SessionManagerRunShell):"
+        " a session started without --document-name is logged and encrypted like the site's; one stack per"
+        " account and region (apply fails if the document exists: import it or set false); empty: on in prod.",
+        one_of((None, True, False), "true, false, or empty (on in prod)"),
+    )
     cloudtrail: bool | None = setting(
         None,
         "A CloudTrail trail with S3 data events for the DICOM bucket (~$0.10 per 100k calls); empty: on in prod.",
@@ -493,6 +500,11 @@ class OrthwebConfig:
     def modality_ca(self) -> str:
         """The text of ``modality_ca_file`` (empty when none): it goes into the boot bundle."""
         return Path(self.modality_ca_file).read_text() if self.modality_ca_file else ""
+
+    @property
+    def owns_session_preferences(self) -> bool:
+        """Whether the stack manages the Session Manager preferences (``session_preferences``'s rule)."""
+        return self.is_prod if self.session_preferences is None else self.session_preferences
 
     @property
     def audit_trail(self) -> bool:

@@ -7,17 +7,25 @@ import json
 from dataclasses import dataclass
 
 from cdktf_cdktf_provider_aws.iam_instance_profile import IamInstanceProfile
+from cdktf_cdktf_provider_aws.iam_policy import IamPolicy
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.kms_key import KmsKey
 from cdktf_cdktf_provider_aws.secretsmanager_secret import SecretsmanagerSecret
 from cdktf_cdktf_provider_aws.ssm_document import SsmDocument
 from constructs import Construct
 
-from config.facts import ADMIN_SECRET, CA_SECRET, CLIENT_CA_SECRET, CLIENTS_SECRET, TLS_SECRET
+from config.facts import (
+    ADMIN_SECRET,
+    CA_SECRET,
+    CLIENT_CA_SECRET,
+    CLIENTS_SECRET,
+    PORT_FORWARDING_DOCUMENT,
+    TLS_SECRET,
+)
 from modules.account import Account
 from modules.key import ACCOUNT_KEY_ACTIONS
 from modules.logs import encrypted_log_group
-from modules.policy import Statement, grant, resource_policy_json, service_role
+from modules.policy import Statement, grant, policy_document, resource_policy_json, service_role
 
 LOG_WRITE_ACTIONS = ("logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")
 # What the SSM agent needs for Session Manager and nothing else (AmazonSSMManagedInstanceCore would
@@ -31,6 +39,8 @@ SSM_CHANNEL_ACTIONS = (
 )
 # A forgotten shell closes itself.
 SESSION_IDLE_MINUTES = 20
+# The document a session without --document-name runs: the account's Session Manager preferences.
+SESSION_PREFERENCES_DOCUMENT = "SSM-SessionManagerRunShell"
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,9 @@ class HostAccessProps:
     # Days Secrets Manager keeps a deleted secret recoverable (0 deletes at once); the stack decides.
     recovery_window_days: int
     byo_tls_secret: str = ""  # name or ARN of the user's own certificate secret
+    # Own the account's Session Manager preferences in the region (the document a session without
+    # --document-name runs): every such session logged and encrypted like the site's own.
+    session_preferences: bool = False
 
 
 def secret_arn_pattern(account: Account, name_or_arn: str) -> str:
@@ -239,6 +252,26 @@ class HostAccess(Construct):
             "publish-host-metrics",
         )
 
+    def _session_content(self, description: str) -> str:
+        """A shell session document: logged to the sessions group (encrypted), channel encrypted
+        with the session key, closed when idle, never run as another user."""
+        return json.dumps(
+            {
+                "schemaVersion": "1.0",
+                "description": description,
+                "sessionType": "Standard_Stream",
+                "inputs": {
+                    "cloudWatchLogGroupName": self.session_log_group.name,
+                    "cloudWatchEncryptionEnabled": True,
+                    "kmsKeyId": self.session_key.key_id,
+                    "cloudWatchStreamingEnabled": True,
+                    "idleSessionTimeout": str(SESSION_IDLE_MINUTES),
+                    "runAsEnabled": False,
+                    "shellProfile": {"linux": ""},
+                },
+            }
+        )
+
     def _session_document(self) -> None:
         props = self.props
         self.session_document = SsmDocument(
@@ -247,20 +280,75 @@ class HostAccess(Construct):
             name=f"{props.name}-session",
             document_type="Session",
             document_format="JSON",
-            content=json.dumps(
-                {
-                    "schemaVersion": "1.0",
-                    "description": f"{props.name}: shell sessions on the Orthweb host, logged (encrypted)",
-                    "sessionType": "Standard_Stream",
-                    "inputs": {
-                        "cloudWatchLogGroupName": self.session_log_group.name,
-                        "cloudWatchEncryptionEnabled": True,
-                        "kmsKeyId": self.session_key.key_id,
-                        "cloudWatchStreamingEnabled": True,
-                        "idleSessionTimeout": str(SESSION_IDLE_MINUTES),
-                        "runAsEnabled": False,
-                        "shellProfile": {"linux": ""},
-                    },
-                }
-            ),
+            content=self._session_content(f"{props.name}: shell sessions on the Orthweb host, logged (encrypted)"),
+        )
+        self.session_preferences: SsmDocument | None = None
+        if props.session_preferences:
+            # AWS's documented way to set the preferences: create this document (one per account and
+            # region). A plain `aws ssm start-session` without --document-name runs it.
+            self.session_preferences = SsmDocument(
+                self,
+                "session-preferences",
+                name=SESSION_PREFERENCES_DOCUMENT,
+                document_type="Session",
+                document_format="JSON",
+                content=self._session_content(
+                    f"Session Manager preferences, managed by the Orthweb site {props.name}: logged (encrypted)"
+                ),
+            )
+        self._operator_policy()
+
+    def _operator_policy(self) -> None:
+        """What an operator needs for a shell on the site's hosts and the database tunnel, and no
+        other session: ssm:SessionDocumentAccessCheck makes Session Manager check the document too,
+        so a start-session without --document-name (the account default) or with any other document
+        is refused. Attach it to the people (or their role) who run the site."""
+        props, acct = self.props, self.props.account
+        ssm = f"arn:{acct.partition}:ssm:{acct.region}"
+        checked = ("BoolIfExists", "ssm:SessionDocumentAccessCheck", ["true"])
+        document = policy_document(
+            self,
+            "operator-policy-document",
+            [
+                Statement(
+                    sid="ShellOnTheSiteHosts",
+                    actions=["ssm:StartSession"],
+                    resources=[f"arn:{acct.partition}:ec2:{acct.region}:{acct.account_id}:instance/*"],
+                    conditions=[("StringEquals", "ssm:resourceTag/Name", [f"{props.name}-host"]), checked],
+                ),
+                Statement(
+                    sid="WithTheSiteDocumentsOnly",
+                    actions=["ssm:StartSession"],
+                    resources=[
+                        f"{ssm}:{acct.account_id}:document/{self.session_document.name}",
+                        f"{ssm}::document/{PORT_FORWARDING_DOCUMENT}",
+                    ],
+                    conditions=[checked],
+                ),
+                Statement(
+                    sid="TheirOwnSessions",
+                    actions=["ssm:ResumeSession", "ssm:TerminateSession"],
+                    resources=[
+                        f"{ssm}:{acct.account_id}:session/&{{aws:username}}-*",
+                        f"{ssm}:{acct.account_id}:session/&{{aws:userid}}-*",
+                    ],
+                ),
+                Statement(sid="SessionChannelKey", actions=["kms:GenerateDataKey"], resources=[self.session_key.arn]),
+                Statement(
+                    sid="FindTheHosts",
+                    actions=[
+                        "autoscaling:DescribeAutoScalingGroups",
+                        "ec2:DescribeInstances",
+                        "ssm:DescribeInstanceInformation",
+                        "ssm:DescribeSessions",
+                    ],
+                ),
+            ],
+        )
+        self.operator_policy = IamPolicy(
+            self,
+            "operator-policy",
+            name=f"{props.name}-operator",
+            description=f"{props.name}: shells on the site's hosts and the database tunnel, logged sessions only",
+            policy=document.json,
         )

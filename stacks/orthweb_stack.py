@@ -146,6 +146,7 @@ class OrthwebStack(TerraformStack):
                 log_retention_days=config.retention_days,
                 recovery_window_days=retention.recovery_window_days,
                 byo_tls_secret=config.tls_certificate_secret,
+                session_preferences=config.owns_session_preferences,
             ),
         )
         self._grants()
@@ -403,6 +404,10 @@ class OrthwebStack(TerraformStack):
             "ssm_session_command": (
                 f"aws ssm start-session --target {first_host} --region {region} --document-name {document}",
                 "Shell on a host without SSH (logged, encrypted; needs the session-manager plugin)",
+            ),
+            "operator_policy_arn": (
+                self.access.operator_policy.arn,
+                "IAM policy for the site's operators: shells on its hosts, the database tunnel; logged sessions only",
             ),
             # What `make validate` and the operator commands need; names and ARNs, never a value.
             "region": (region, "The site's AWS region"),

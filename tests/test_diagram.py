@@ -81,7 +81,8 @@ def test_prod_and_default_diagrams_differ_where_the_stacks_differ(default_stack,
     db = one(dev, "aws_db_instance")
     assert "Single-AZ" in dev.node(db).label and "Multi-AZ" in prod.node(db).label
     # Prod replicates the DICOM bucket (the replica, its log bucket and key, and the failure alarm)
-    # and keeps its audit trail (the trail, its topic and log group).
+    # and keeps its audit trail (the trail, its topic and log group) and owns the account's Session
+    # Manager preferences.
     assert {n.id for n in prod.nodes} - {n.id for n in dev.nodes} == {
         "aws_s3_bucket.replica_bucket",
         "aws_s3_bucket.replica_log_bucket",
@@ -90,6 +91,7 @@ def test_prod_and_default_diagrams_differ_where_the_stacks_differ(default_stack,
         "aws_cloudtrail.trail",
         "aws_sns_topic.trail_topic",
         "aws_cloudwatch_log_group.trail_logs",
+        "aws_ssm_document.access_session-preferences",
     }
     assert {n.id for n in dev.nodes} <= {n.id for n in prod.nodes}
 

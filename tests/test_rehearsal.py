@@ -70,6 +70,35 @@ def test_the_host_refresh_fails_without_one_of_its_permissions(deployed):
     assert f"assumed-role/{role}/" in said
 
 
+def test_the_operator_policy_finds_the_hosts_and_reads_no_data(deployed):
+    """A person with only the deployed operator policy, under IAM enforcement: finds the hosts and
+    sessions, but reads no secret and no DICOM object (Session Manager's document check itself is
+    beyond the emulator: check_sessions reads the deployed policy for it)."""
+    import boto3
+
+    emulator = deployed.emulator
+    iam = boto3.client("iam", **emulator.boto_kwargs())
+    iam.create_user(UserName="radiology-it")
+    iam.attach_user_policy(UserName="radiology-it", PolicyArn=deployed.outputs["operator_policy_arn"])
+    keys = iam.create_access_key(UserName="radiology-it")["AccessKey"]
+    person = {
+        **emulator.boto_kwargs(),
+        "aws_access_key_id": keys["AccessKeyId"],
+        "aws_secret_access_key": keys["SecretAccessKey"],
+    }
+    with emulator.iam_enforced():
+        boto3.client("ssm", **person).describe_instance_information()
+        boto3.client("ec2", **person).describe_instances()
+        for call in (
+            lambda: boto3.client("secretsmanager", **person).get_secret_value(
+                SecretId=deployed.outputs["admin_secret"]
+            ),
+            lambda: boto3.client("s3", **person).list_objects_v2(Bucket=deployed.outputs["bucket_name"]),
+        ):
+            with pytest.raises(Exception, match="AccessDenied"):
+                call()
+
+
 def test_validator_reads_the_deployment_outputs_and_secrets(deployed, tmp_path, monkeypatch):
     """make validate's first step on the deployed stack: Terraform reads the outputs from the state,
     and the secrets they name (filled by the bootstrap above) give the password and the site CA."""

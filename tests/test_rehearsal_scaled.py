@@ -43,6 +43,16 @@ def test_outputs_name_the_balancer_and_the_group(deployed):
     assert outputs["site_url"] == f"https://{outputs['load_balancer_dns']}"
 
 
+def test_the_site_owns_the_session_preferences(deployment):
+    """The account's default session document, as SSM holds it after the apply, logs like the site's
+    (check_sessions holds both to that); the single-host rehearsal leaves the account's own alone."""
+    assert sorted(doc["name"] for doc in deployment.all_attrs("aws_ssm_document")) == [
+        "SSM-SessionManagerRunShell",
+        "orthweb-session",
+    ]
+    assert "SSM-SessionManagerRunShell" in checks.check_sessions(deployment)
+
+
 def test_balancer_check_fails_on_a_wrong_subnet(deployment):
     """The balancer check reads AWS, not the design: a public subnet it does not sit in is caught."""
     state = {

@@ -326,6 +326,7 @@ SINGLE_OUTPUTS = {
     "dicom_endpoint",
     "db_secret_arn",
     "ssm_session_command",
+    "operator_policy_arn",
     "dashboard",
     "region",
     "ae_title",

@@ -40,6 +40,7 @@ DEFAULT_PLAN = {
     "aws_iam_instance_profile": 1,
     "aws_iam_role": 4,
     "aws_iam_role_policy": 9,
+    "aws_iam_policy": 1,
     "aws_iam_role_policy_attachment": 1,
     "aws_instance": 1,
     "aws_internet_gateway": 1,
@@ -132,6 +133,10 @@ AUDIT_TRAIL = dict.fromkeys(
 )
 
 
+# Prod owns the account's Session Manager preferences (session_preferences): one more document.
+SESSION_PREFERENCES = {"aws_ssm_document": 1}
+
+
 def replicated(plan: dict[str, int], *more: dict[str, int]) -> dict[str, int]:
     """``plan`` with the replication's resources (and those of ``more``) added."""
     total = dict(plan)
@@ -142,10 +147,12 @@ def replicated(plan: dict[str, int], *more: dict[str, int]) -> dict[str, int]:
 
 EXPECTED = {
     "default": DEFAULT_PLAN,
-    "prod": replicated(DEFAULT_PLAN, AUDIT_TRAIL),
+    "prod": replicated(DEFAULT_PLAN, AUDIT_TRAIL, SESSION_PREFERENCES),
     "replica": replicated(DEFAULT_PLAN),
     "hosts2": SCALED_PLAN,
-    "scaled": replicated({**SCALED_PLAN, "aws_sns_topic_subscription": 1, "aws_autoscaling_policy": 1}, AUDIT_TRAIL),
+    "scaled": replicated(
+        {**SCALED_PLAN, "aws_sns_topic_subscription": 1, "aws_autoscaling_policy": 1}, AUDIT_TRAIL, SESSION_PREFERENCES
+    ),
     # Two more subnets, route table associations; an endpoint security group with its two rules and 2 endpoints.
     "az3": {
         **DEFAULT_PLAN,

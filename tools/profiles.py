@@ -58,8 +58,13 @@ ALL: dict[str, Any] = dict(
 # The scaled profile: three hosts behind a Network Load Balancer, alarms by email.
 SCALED: dict[str, Any] = {**PROD, "hosts": 3, "hosts_max": 6, "alarm_email": "imaging-it@hospital.example"}
 # The scaled profile as the deploy rehearsal applies it: three hosts, alarms by email, the default
-# client networks (the checks expect them).
-SCALED_REHEARSAL: dict[str, Any] = {"hosts": 3, "hosts_max": 6, "alarm_email": SCALED["alarm_email"]}
+# client networks (the checks expect them), and the account's Session Manager preferences (prod's).
+SCALED_REHEARSAL: dict[str, Any] = {
+    "hosts": 3,
+    "hosts_max": 6,
+    "alarm_email": SCALED["alarm_email"],
+    "session_preferences": True,
+}
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {},
     "prod": PROD,

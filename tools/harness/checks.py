@@ -16,7 +16,8 @@ from typing import Any
 import boto3
 import yaml
 
-from config.facts import DICOM_TLS_PORT, HTTPS_PORT, POSTGRES_PORT, SSH_PORT
+from config.facts import DICOM_TLS_PORT, HTTPS_PORT, PORT_FORWARDING_DOCUMENT, POSTGRES_PORT, SSH_PORT
+from modules.access import SESSION_PREFERENCES_DOCUMENT
 from modules.storage import DICOM_BUCKET_ACTIONS, DICOM_OBJECT_ACTIONS
 from tools.harness.emulator import FAKE_CREDENTIALS
 
@@ -352,6 +353,46 @@ def check_iam(d: Deployment) -> str:
     )
 
 
+def check_sessions(d: Deployment) -> str:
+    """Session Manager as SSM and IAM hold it: the site's document, and the account's preferences when
+    the site owns them, log every session to the sessions group encrypted with the session key and
+    never run as another user; the operator policy starts sessions with the site's documents only,
+    and only with Session Manager checking the document (ssm:SessionDocumentAccessCheck)."""
+    ssm, iam = d.client("ssm"), d.client("iam")
+    group = next(g["name"] for g in d.all_attrs("aws_cloudwatch_log_group") if g["name"].endswith("/sessions"))
+    key = d.attrs("aws_kms_key", "session_key")["key_id"]
+    names = sorted(doc["name"] for doc in d.all_attrs("aws_ssm_document"))
+    for name in names:
+        inputs = json.loads(ssm.get_document(Name=name)["Content"])["inputs"]
+        expect(
+            inputs["cloudWatchLogGroupName"] == group
+            and inputs["cloudWatchEncryptionEnabled"] is True
+            and inputs["kmsKeyId"] == key
+            and inputs["runAsEnabled"] is False,
+            f"session document {name} does not log encrypted to {group}: {inputs}",
+        )
+    arn = d.outputs["operator_policy_arn"]
+    version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+    document = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]
+    document = json.loads(document) if isinstance(document, str) else document
+    starts = [s for s in document["Statement"] if "ssm:StartSession" in _listed(s.get("Action"))]
+    allowed_documents = sorted(r.rsplit("/", 1)[1] for s in starts for r in _listed(s["Resource"]) if ":document/" in r)
+    site_document = next(n for n in names if n != SESSION_PREFERENCES_DOCUMENT)
+    expect(
+        allowed_documents == sorted([site_document, PORT_FORWARDING_DOCUMENT]),
+        f"the operator policy starts sessions with {allowed_documents}",
+    )
+    checked = [s.get("Condition", {}).get("BoolIfExists", {}).get("ssm:SessionDocumentAccessCheck") for s in starts]
+    expect(checked == ["true"] * len(starts), f"StartSession without the document check: {checked}")
+    return (
+        f"sessions: {', '.join(names)} log to {group} (encrypted); operators start only {', '.join(allowed_documents)}"
+    )
+
+
+def _listed(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
 def check_outputs(d: Deployment) -> str:
     o = d.outputs
     expect(
@@ -401,6 +442,7 @@ CHECKS = (
     check_boot_bundle,
     check_security_groups,
     check_iam,
+    check_sessions,
     check_alarms,
 )
 SCALED_CHECKS = (*CHECKS, check_balancer)

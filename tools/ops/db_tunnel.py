@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from config import ROOT
-from config.facts import APP_DB_USER, DB_MASTER_USER, DB_NAME
+from config.facts import APP_DB_USER, DB_MASTER_USER, DB_NAME, PORT_FORWARDING_DOCUMENT
 from tools.ops.site import SiteUnreadable, client, site_outputs
 
 DEFAULT_LOCAL_PORT = 15432
 RDS_CA = ROOT / "config" / "rds-ca-bundle.pem"
-FORWARD_DOCUMENT = "AWS-StartPortForwardingSessionToRemoteHost"
+FORWARD_DOCUMENT = PORT_FORWARDING_DOCUMENT
 
 
 def a_host(outputs: dict[str, Any], endpoint_url: str | None = None) -> str:
