@@ -24,6 +24,7 @@ from tools.harness.dicom_sender import make_instances, send
 from tools.harness.localsite import LocalSite
 from tools.ops.validate import make_test_instance
 from tools.proc import alive, free_ports
+from userdata.site import LOGIN_FAILURE_BURST
 
 pytestmark = pytest.mark.e2e
 
@@ -349,6 +350,19 @@ def test_a_request_for_a_name_that_is_not_the_sites_is_refused(site):
         assert site.rest("/nginx-health", headers={"Host": "10.0.1.23"})[0] == 200
     finally:
         assert site.rest(f"/instances/{instance}", auth=auth(site), method="DELETE")[0] == 200
+
+
+def test_failed_logins_are_limited_per_client_address(fresh_site):
+    """Wrong passwords from one address: the first LOGIN_FAILURE_BURST + 1 get 401, the rest 429
+    before reaching Orthanc; the right password still gets in at once, a request without any is not
+    counted. A refresh that changes the password moves the limit with it."""
+    s = fresh_site
+    statuses = [s.rest("/system", auth=("admin", f"guess-{i}"))[0] for i in range(LOGIN_FAILURE_BURST + 6)]
+    assert statuses == [401] * (LOGIN_FAILURE_BURST + 1) + [429] * 5, statuses
+    assert s.rest("/system", auth=auth(s))[0] == 200
+    assert s.rest("/system")[0] == 401
+    logged = [json.loads(line) for line in (s.host().nginx_prefix / "access.log").read_text().splitlines()]
+    assert sum(entry["status"] == 429 and entry["path"] == "/system" for entry in logged) == 5
 
 
 # What someone holding a password would change to push the archive out or take the server down:

@@ -318,10 +318,12 @@ def test_nginx_config_passes_nginx_t(tmp_path, client_auth):
         cert_path=str(cert.cert),
         key_path=str(cert.key),
         site_names_path=str(tmp_path / "site-names.map"),
+        credentials_path=str(tmp_path / "users.map"),
         client_ca_path=client_ca,
         client_crl_path=client_crl,
     )
     (tmp_path / "site-names.map").write_text("site 1;\n")
+    (tmp_path / "users.map").write_text('"~^Basic YWRtaW46cGFzcw==$" 0;\n')
     text = render_nginx(values)
     proc = nginx_test(tmp_path, text)
     assert proc.returncode == 0, proc.stderr

@@ -56,6 +56,9 @@ CIPHERS = ":".join(
 # Docker's embedded DNS on the compose network; short validity so a recreated container is found.
 DOCKER_RESOLVER = "127.0.0.11 valid=10s ipv6=off"
 NGINX_FILES = "/etc/nginx/orthweb"
+# Failed logins per client address: this many at once, then one every 10 seconds (429 beyond).
+LOGIN_FAILURE_BURST = 10
+LOGIN_FAILURE_RATE = "6r/m"
 # Orthanc's own DICOM TLS identity, issued from the site CA by the host into a mounted folder, and
 # the CA of the modalities it reaches over DICOM TLS (from the boot bundle).
 ORTHANC_DICOM_TLS = "/etc/orthanc/dicom-tls"
@@ -74,6 +77,8 @@ class NginxValues:
     key_path: str = f"{NGINX_FILES}/site-key.pem"
     # The site's names as nginx map lines, written by the host beside the certificate.
     site_names_path: str = f"{NGINX_FILES}/site-names.map"
+    # The site users' Authorization values as nginx map lines (root-only, written by the host).
+    credentials_path: str = f"{NGINX_FILES}/users.map"
     # DICOM client certificates: the CA and revocation list to check them against; empty: not asked for.
     client_ca_path: str = ""
     client_crl_path: str = ""
@@ -122,6 +127,9 @@ def render_nginx(v: NginxValues) -> str:
             "cert_path": v.cert_path,
             "key_path": v.key_path,
             "site_names_path": v.site_names_path,
+            "credentials_path": v.credentials_path,
+            "login_rate": LOGIN_FAILURE_RATE,
+            "login_burst": str(LOGIN_FAILURE_BURST),
             "http_upstream": v.http_upstream,
             "dicom_upstream": v.dicom_upstream,
             "resolver": f"resolver {v.resolver};" if v.resolver else "",

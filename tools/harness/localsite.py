@@ -91,6 +91,7 @@ SHARED_RUNTIME_FILES = (
     "nginx/site-cert.pem",
     "nginx/site-key.pem",
     "nginx/site-names.map",
+    "nginx/users.map",
     "site-ca.pem",
 )
 # The balancer's backends, named after the NLB's target groups (one per listener).
@@ -172,6 +173,7 @@ def native_nginx_conf(prefix: Path, ports: dict[str, int], files: Path, client_c
             cert_path=str(files / "site-cert.pem"),
             key_path=str(files / "site-key.pem"),
             site_names_path=str(files / "site-names.map"),
+            credentials_path=str(files / "users.map"),
             client_ca_path=client_ca,
             client_crl_path=client_crl,
         )

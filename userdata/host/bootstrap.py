@@ -18,6 +18,7 @@ time; ``boot`` takes no lock: it starts orthweb.service, whose own ``secrets`` t
 
 from __future__ import annotations
 
+import base64
 import datetime
 import fcntl
 import hashlib
@@ -219,6 +220,16 @@ class Settings:
 
 
 # -- files ----------------------------------------------------------------------------------------
+
+
+def nginx_credentials(users: Mapping[str, str]) -> str:
+    """The users' HTTP Basic Authorization values as the lines of nginx's map of them (docker/nginx.conf):
+    any other value counts as a failed login. Case-sensitive regexes, as base64 is."""
+    lines = []
+    for user, password in sorted(users.items()):
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        lines.append(f'"~^Basic {re.escape(token)}$" 0;\n')
+    return "".join(lines)
 
 
 def private_dir(path: Path) -> Path:
@@ -579,6 +590,7 @@ COMMIT;
             s.nginx_dir / "site-cert.pem": tls["cert"],
             s.nginx_dir / "site-key.pem": tls["key"],
             s.nginx_dir / "site-names.map": site.nginx_names(),
+            s.nginx_dir / "users.map": nginx_credentials({admin["username"]: admin["password"]}),
         }
         if site["DICOM_CLIENT_AUTH"] == "certificate":
             ca, crl = self.client_trust()
@@ -649,11 +661,12 @@ COMMIT;
             "site-cert.pem",
             "site-key.pem",
             "site-names.map",
+            "users.map",
             "client-ca.pem",
             "client-crl.pem",
             "nginx-upstream",
         }:
-            log("reloading nginx (certificate, names, client certificates or upstream changed)")
+            log("reloading nginx (certificate, names, users, client certificates or upstream changed)")
             self.compose("exec", "-T", "nginx", "nginx", "-s", "reload")
 
     # -- boot steps -----------------------------------------------------------------------------------
