@@ -222,20 +222,24 @@ def storescp(port: int, aet: str, received: Path, *tls: str) -> subprocess.Popen
     return process
 
 
-def test_c_move_reaches_a_configured_modality(site, certs, pacs_port, tmp_path):
-    """Orthanc opens a new association to the modality's address and port (the host's egress rule
-    in production); here a real dcmtk storescp stands where the PACS would be."""
+def assert_moved(site: LocalSite, certs: Path, aet: str, port: int, received: Path, *tls: str) -> None:
+    """A C-MOVE to ``aet`` succeeds and a storescp on ``port`` (with ``tls`` options) receives the study."""
     from pydicom import dcmread
 
-    received = tmp_path / "received"
-    process = storescp(pacs_port, PACS, received)
+    process = storescp(port, aet, received, *tls)
     try:
-        statuses, sop_uid = store_and_move(site, certs, PACS)
+        statuses, sop_uid = store_and_move(site, certs, aet)
         assert statuses[-1] == 0x0000, [hex(s) for s in statuses]
         files = received_files(received)
         assert len(files) == 1 and dcmread(files[0]).SOPInstanceUID == sop_uid
     finally:
         stop_process(process)
+
+
+def test_c_move_reaches_a_configured_modality(site, certs, pacs_port, tmp_path):
+    """Orthanc opens a new association to the modality's address and port (the host's egress rule
+    in production); here a real dcmtk storescp stands where the PACS would be."""
+    assert_moved(site, certs, PACS, pacs_port, tmp_path / "received")
 
 
 def test_c_move_to_a_tls_modality_goes_over_dicom_tls(site, certs, tls_pacs, tmp_path):
@@ -243,19 +247,11 @@ def test_c_move_to_a_tls_modality_goes_over_dicom_tls(site, certs, tls_pacs, tmp
     speaks only TLS and asks for a client certificate it checks against the site CA: Orthanc
     presents the one the host issued it. Orthanc checks the PACS against modality_ca_file: a PACS
     whose certificate comes from another CA gets nothing."""
-    from pydicom import dcmread
-
     port, pacs_cert, _, impostor = tls_pacs
     trust = ("+cf", str(site.ca_path), "--require-peer-cert")
-    received = tmp_path / "received"
-    process = storescp(port, TLS_PACS, received, "+tls", str(pacs_cert.key), str(pacs_cert.cert), *trust)
-    try:
-        statuses, sop_uid = store_and_move(site, certs, TLS_PACS)
-        assert statuses[-1] == 0x0000, [hex(s) for s in statuses]
-        files = received_files(received)
-        assert len(files) == 1 and dcmread(files[0]).SOPInstanceUID == sop_uid
-    finally:
-        stop_process(process)
+    assert_moved(
+        site, certs, TLS_PACS, port, tmp_path / "received", "+tls", str(pacs_cert.key), str(pacs_cert.cert), *trust
+    )
 
     refused = tmp_path / "impostor"
     process = storescp(port, TLS_PACS, refused, "+tls", str(impostor.key), str(impostor.cert), *trust)

@@ -272,14 +272,21 @@ def _key_users(stack: Stack, key: Address, rtype: str, attr: str = "") -> list[A
     ]
 
 
+def _missing_for_service(mine: list[Mapping[str, Any]], needs: tuple[str, ...], context: str) -> list[str]:
+    """What a service's statements lack: actions of ``needs`` and the encryption context condition
+    (``kms:EncryptionContext:<context>``) the service's documentation asks for."""
+    missing = _covers(mine, needs)
+    if not any(f"kms:EncryptionContext:{context}" in _condition_keys(s) for s in mine):
+        missing.append(f"a kms:EncryptionContext:{context} condition")
+    return missing
+
+
 def _logs_use(stack: Stack, key: Address, statements: list[Mapping[str, Any]]) -> Iterator[str]:
     groups = _key_users(stack, key, "aws_cloudwatch_log_group", "kms_key_id")
     if not groups:
         return
     mine = _for_service(statements, "logs.*.amazonaws.com") or _for_service(statements, "logs.amazonaws.com")
-    missing = _covers(mine, LOGS_NEEDS)
-    if not any("kms:EncryptionContext:aws:logs:arn" in _condition_keys(s) for s in mine):
-        missing.append("a kms:EncryptionContext:aws:logs:arn condition")
+    missing = _missing_for_service(mine, LOGS_NEEDS, "aws:logs:arn")
     if missing:
         yield (
             f"{key.stable}: encrypts {len(groups)} log group(s) ({groups[0].stable}, ...) but its policy does "
@@ -313,10 +320,9 @@ def _publishers_use(stack: Stack, key: Address, statements: list[Mapping[str, An
 
 def _trail_use(stack: Stack, key: Address, statements: list[Mapping[str, Any]]) -> Iterator[str]:
     for trail in _key_users(stack, key, "aws_cloudtrail", "kms_key_id"):
-        mine = _for_service(statements, "cloudtrail.amazonaws.com")
-        missing = _covers(mine, TRAIL_NEEDS)
-        if not any("kms:EncryptionContext:aws:cloudtrail:arn" in _condition_keys(s) for s in mine):
-            missing.append("a kms:EncryptionContext:aws:cloudtrail:arn condition")
+        missing = _missing_for_service(
+            _for_service(statements, "cloudtrail.amazonaws.com"), TRAIL_NEEDS, "aws:cloudtrail:arn"
+        )
         if missing:
             yield (
                 f"{key.stable}: encrypts {trail.stable}'s log files but its policy does not let CloudTrail use "
