@@ -384,6 +384,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _secrets_client(p: argparse.ArgumentParser, a: argparse.Namespace) -> Any:
+    """Secrets Manager for the site's region, or the exit code: 2 without credentials, 1 otherwise."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, NoRegionError
+
+    from tools.ops.site import NoCredentials, require_credentials
+
+    try:
+        require_credentials(a.endpoint_url)
+        return boto3.client("secretsmanager", region_name=a.region, endpoint_url=a.endpoint_url)
+    except NoCredentials as exc:
+        print(f"modalities: error: {exc}", file=sys.stderr)
+        return 2
+    except NoRegionError:
+        p.error("--region: no region given and none in the AWS configuration; give the site's region")
+    except BotoCoreError as exc:
+        print(f"modalities: error: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -406,16 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         p.error("; ".join(problems))
 
-    import boto3
-    from botocore.exceptions import BotoCoreError, NoRegionError
-
-    try:
-        client = boto3.client("secretsmanager", region_name=a.region, endpoint_url=a.endpoint_url)
-    except NoRegionError:
-        p.error("--region: no region given and none in the AWS configuration; give the site's region")
-    except BotoCoreError as exc:
-        print(f"modalities: error: {exc}", file=sys.stderr)
-        return 1
+    client = _secrets_client(p, a)
+    if isinstance(client, int):
+        return client
     secrets = Secrets(client, a.site, client.meta.region_name)
     try:
         if a.command == "issue":

@@ -18,23 +18,45 @@ def project_config() -> OrthwebConfig:
     return load_config(ROOT, os.environ)
 
 
-def client(service: str, region: str | None, endpoint_url: str | None = None) -> Any:
-    """A boto3 client with the operator's own AWS credentials; for the AWS API emulator on loopback
-    (the local site, tests), its placeholder keys, so no real credential is ever sent there."""
+def _loopback(endpoint_url: str | None) -> bool:
+    """The AWS API emulator on loopback (the local site, tests), not an AWS account."""
     import ipaddress
     from urllib.parse import urlparse
 
+    host = urlparse(endpoint_url or "").hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class NoCredentials(RuntimeError):
+    """The operator has no AWS credentials: a matter of their environment, not of the site (exit 2)."""
+
+
+NO_CREDENTIALS = (
+    "no AWS credentials found (environment, AWS_PROFILE, ~/.aws, SSO): sign in to the site's account "
+    "(for example aws sso login --profile NAME, then AWS_PROFILE=NAME) and run it again"
+)
+
+
+def require_credentials(endpoint_url: str | None = None) -> None:
+    """Raise NoCredentials, before any call, when the operator has none for a real account."""
+    import boto3
+
+    if not _loopback(endpoint_url) and boto3.Session().get_credentials() is None:
+        raise NoCredentials(NO_CREDENTIALS)
+
+
+def client(service: str, region: str | None, endpoint_url: str | None = None) -> Any:
+    """A boto3 client with the operator's own AWS credentials; for the AWS API emulator on loopback
+    (the local site, tests), its placeholder keys, so no real credential is ever sent there."""
     import boto3
 
     from config.facts import EMULATOR_PLACEHOLDER_KEY
 
     kwargs: dict[str, Any] = {"region_name": region, "endpoint_url": endpoint_url}
-    host = urlparse(endpoint_url or "").hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if loopback:
+    if _loopback(endpoint_url):
         kwargs |= {"aws_access_key_id": EMULATOR_PLACEHOLDER_KEY, "aws_secret_access_key": EMULATOR_PLACEHOLDER_KEY}
     return boto3.client(service, **kwargs)
 
@@ -77,6 +99,8 @@ def site_outputs(outputs_file: Path | None = None) -> dict[str, Any]:
 
 __all__ = [
     "ConfigError",
+    "NoCredentials",
+    "require_credentials",
     "SiteUnreadable",
     "client",
     "deployed_outputs",

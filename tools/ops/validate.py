@@ -39,7 +39,7 @@ from typing import Any
 
 from config import ROOT
 from config.facts import DEFAULT_AE_TITLE, DICOM_TLS_PORT, DICOMWEB_ROOT, HTTPS_PORT, ORTHANC_ADMIN_USER
-from tools.ops.site import SiteUnreadable, deployed_outputs, output_values
+from tools.ops.site import NoCredentials, SiteUnreadable, deployed_outputs, output_values
 
 TEST_PATIENT = "ORTHWEB^VALIDATION"
 
@@ -353,11 +353,12 @@ def site_secrets(outputs: dict[str, Any], endpoint_url: str | None, folder: Path
     """(admin password, CA file) from the secrets the outputs name. The CA file is written in ``folder``."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from tools.ops.site import client
+    from tools.ops.site import client, require_credentials
 
     missing = [k for k in ("admin_secret", "ca_secret", "region") if k not in outputs]
     if missing:
         raise SiteUnreadable(f"the outputs lack {', '.join(missing)}: deploy this version of the stack first")
+    require_credentials(endpoint_url)
     secrets = client("secretsmanager", outputs["region"], endpoint_url)
     try:
         admin = json.loads(secrets.get_secret_value(SecretId=outputs["admin_secret"])["SecretString"])
@@ -480,6 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="orthweb-validate-") as folder:
         try:
             target, as_json = parse(argv, Path(folder))
+        except NoCredentials as exc:
+            print(f"validate: error: {exc}", file=sys.stderr)
+            return 2
         except SiteUnreadable as exc:
             return report([Result("site outputs and secrets", False, str(exc))], "--json" in argv)
         return report(Validator(target).run(), as_json)
