@@ -32,7 +32,7 @@ APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose a
 	orthanc orthanc-postgresql orthanc-python orthanc-dicomweb python3-boto3 python3-cryptography dcmtk graphviz haproxy \
 	systemd-container mmdebstrap
 
-.PHONY: test-deps systemd-root security-deps bench check compile cost diagram state-bucket validate db-tunnel modality-cert recover local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
+.PHONY: test-deps systemd-root security-deps bench check compile cost cost-docs diagram state-bucket validate db-tunnel modality-cert recover local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
 	pytest pytest-unit cli cli-synth diff deploy destroy output snapshot clean
 
 ## synth: install runtime dependencies and synthesize cdktf.out/stacks/<name> (no AWS account needed)
@@ -160,8 +160,12 @@ state-bucket: setup-dev
 diagram: setup-dev
 	$(PY) -m tools.maint.diagram --docs
 
-## cost: the monthly estimate of the reference profiles into docs/operations-tools.md and README (dated price table)
-cost: setup-dev
+## cost: the monthly estimate of the stack you configured (orthweb.toml, ORTHWEB_*): each resource and the total
+cost: setup-dev synth
+	$(PY) -m tools.maint.cost --configured
+
+## cost-docs: (maintenance) the reference profiles' estimates into docs/operations-tools.md and README
+cost-docs: setup-dev
 	$(PY) -m tools.maint.cost --markdown --write docs/operations-tools.md --write README.md
 
 ## recover: restore DICOM objects deleted after a time and re-ingest them (see docs/recovery.md), RECOVER_ARGS="..."

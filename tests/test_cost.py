@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from typing import Any
@@ -264,9 +265,9 @@ def test_documented_cost_tables_are_current(synth_profile):
     }
     generated = markdown(estimates)
     text = DOC.read_text()
-    assert replace_block(text, generated) == text, "docs/operations-tools.md is stale: run make cost"
+    assert replace_block(text, generated) == text, "docs/operations-tools.md is stale: run make cost-docs"
     readme = (ROOT / "README.md").read_text()
-    assert write_blocks(readme, estimates) == readme, "README's cost summary is stale: run make cost"
+    assert write_blocks(readme, estimates) == readme, "README's cost summary is stale: run make cost-docs"
     # The summary's columns add up to each total (nothing priced falls outside them).
     for row in summary(estimates).splitlines()[4:]:
         cells = [c.strip(" *") for c in row.strip("|").split("|")[1:]]
@@ -275,3 +276,25 @@ def test_documented_cost_tables_are_current(synth_profile):
     assert replace_block(text, generated.replace("**total**", "**sum**")) != text
     for profile in cost.DOC_PROFILES:
         assert f"**{profile} profile**" in text
+
+
+def test_make_cost_prints_the_configured_stack(default_stack, tmp_path, monkeypatch, capsys):
+    """make cost: the stack this checkout configures (here the default, synthesized into a scratch
+    checkout), each resource and the total; without make synth first, a line saying so and exit 2."""
+    import shutil
+
+    from tools.maint import cost
+
+    monkeypatch.setattr(cost, "ROOT", tmp_path)
+    for name in [k for k in os.environ if k.startswith("ORTHWEB_")]:
+        monkeypatch.delenv(name)
+    assert cost.main(["--configured"]) == cost.EXIT_ERROR
+    assert capsys.readouterr().err.strip() == (
+        "cost: no synthesized stack at cdktf.out/stacks/orthweb/cdk.tf.json: run make synth first"
+    )
+    (tmp_path / "cdktf.out" / "stacks").mkdir(parents=True)
+    shutil.copytree(default_stack.stack_dir, tmp_path / "cdktf.out" / "stacks" / "orthweb")
+    assert cost.main(["--configured"]) == 0
+    printed = capsys.readouterr().out
+    expected = estimate(stack(default_stack.data), TABLE)
+    assert "aws_db_instance.database" in printed and f"{expected.total:,.2f}" in printed

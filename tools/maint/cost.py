@@ -646,7 +646,7 @@ def reference_estimates(table: PriceTable | None = None) -> dict[str, Estimate]:
 
 BEGIN = "<!-- BEGIN cost (generated: python -m tools.maint.cost --markdown --write docs/operations-tools.md) -->"
 END = "<!-- END cost -->"
-SUMMARY_BEGIN = "<!-- BEGIN cost summary (generated: make cost) -->"
+SUMMARY_BEGIN = "<!-- BEGIN cost summary (generated: make cost-docs) -->"
 SUMMARY_END = "<!-- END cost summary -->"
 
 
@@ -669,9 +669,30 @@ def write_blocks(text: str, estimates: Mapping[str, Estimate]) -> str:
     return text
 
 
+def configured_stack() -> Path:
+    """The synthesized JSON of the site this checkout configures (make synth writes it)."""
+    import os
+
+    from config.inputs import ConfigError, load_config
+
+    try:
+        name = load_config(ROOT, os.environ).name
+    except ConfigError as exc:
+        raise CostError("; ".join(exc.problems)) from exc
+    path = ROOT / "cdktf.out" / "stacks" / name / "cdk.tf.json"
+    if not path.is_file():
+        raise CostError(f"no synthesized stack at {path.relative_to(ROOT)}: run make synth first")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.maint.cost", description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="*", type=Path, help="synthesized cdk.tf.json file(s)")
+    parser.add_argument(
+        "--configured",
+        action="store_true",
+        help="the stack this checkout configures (orthweb.toml, ORTHWEB_*), as make synth left it in cdktf.out",
+    )
     parser.add_argument("--region", help="price in this region instead of the provider's")
     parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables (reference profiles if no file)")
@@ -683,6 +704,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        if args.configured:
+            args.sources = [configured_stack()]
         if args.markdown:
             if args.sources:
                 estimates = {f"{s}": estimate(Stack.load(s), region=args.region) for s in args.sources}
