@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from cdktf import LocalBackend, S3Backend, TerraformStack
 
@@ -52,9 +51,3 @@ def configure_backend(stack: TerraformStack, config: OrthwebConfig, stack_dir: P
                 stack.add_override(f"terraform.backend.s3.{key}", value)
     else:
         LocalBackend(stack, path=local_state_path(stack_dir, config.name))
-
-
-def backend_block(data: dict[str, Any]) -> dict[str, Any]:
-    """The synthesized backend block of a stack's JSON (type -> settings)."""
-    backend: dict[str, Any] = data["terraform"]["backend"]
-    return backend

@@ -23,12 +23,13 @@ import sys
 import time
 from pathlib import Path
 
+from config.facts import HOST_ETC, HOST_RUN
 from tools.harness.localsite import native_nginx_conf, native_orthanc_config
 from tools.proc import wait_for_port
 
 SETTINGS = Path("/etc/orthweb-standin.json")
 STATE = Path("/var/lib/orthweb-standin")
-ETC, RUN = Path("/etc/orthweb"), Path("/run/orthweb")
+ETC, RUN = Path(HOST_ETC), Path(HOST_RUN)
 UNITS = {"orthanc": "orthweb-standin-orthanc", "nginx": "orthweb-standin-nginx"}
 
 
