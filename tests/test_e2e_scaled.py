@@ -29,7 +29,7 @@ from pydicom import dcmread
 
 from config import ROOT
 from config.inputs import DicomModality
-from tests.test_e2e import all_present, auth, count_instances, dcm_objects, stored
+from tests.local_site import all_present, auth, count_instances, dcm_objects, stored
 from tools.harness.awsproxy import Answer, AwsProxy, Call, Forward, Rendezvous
 from tools.harness.dicom_sender import SendReport, make_instances, make_study, send
 from tools.harness.hostsim import install_host_program

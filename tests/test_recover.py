@@ -21,7 +21,7 @@ import pytest
 
 from config import ROOT
 from config.facts import APP_DB_USER, DB_NAME
-from tests.test_e2e import attachment_uuid, auth, dataset_bytes, lookup, object_keys, run_validator, send_site
+from tests.local_site import attachment_uuid, auth, dataset_bytes, lookup, object_keys, run_validator, send_site
 from tools.harness.dicom_sender import make_instances
 from tools.harness.localsite import LocalSite
 
