@@ -75,13 +75,15 @@ def run_validator(site: LocalSite, ca: Path, password: str, tmp_path: Path, *ext
         *extra,
     ]
     env = {**os.environ, **{k: v for k, v in site.emulator.client_env().items() if k != "AWS_ENDPOINT_URL"}}
+    return run_command("tools.ops.validate", args, env, timeout=120)
+
+
+def run_command(
+    module: str, args: list[str], env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """An operator command (``python -m module``) as a separate program, from the checkout."""
     return subprocess.run(
-        [sys.executable, "-m", "tools.ops.validate", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        env=env,
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout, env=env
     )
 
 

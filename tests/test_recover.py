@@ -12,16 +12,23 @@ import io
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from config import ROOT
 from config.facts import APP_DB_USER, DB_NAME
-from tests.local_site import attachment_uuid, auth, dataset_bytes, lookup, object_keys, run_validator, send_site
+from tests.local_site import (
+    attachment_uuid,
+    auth,
+    dataset_bytes,
+    lookup,
+    object_keys,
+    run_command,
+    run_validator,
+    send_site,
+)
 from tools.harness.dicom_sender import make_instances
 from tools.harness.localsite import LocalSite
 
@@ -96,14 +103,7 @@ def instance_ids(s: LocalSite) -> list[str]:
 
 
 def run_recover(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tools.ops.recover", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-        env=env,
-    )
+    return run_command("tools.ops.recover", args, env)
 
 
 def recover(s: LocalSite, tmp_path: Path, since: dt.datetime, *extra: str, password: str = "") -> tuple[int, str]:
