@@ -290,6 +290,9 @@ def test_site_and_region_default_to_the_projects_config(monkeypatch: pytest.Monk
         raise Stop
 
     monkeypatch.setattr("boto3.client", fake_client)
+    # An operator signed in (tests/test_operator_credentials.py covers one who is not).
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE12")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-not-a-secret")
     monkeypatch.setenv("ORTHWEB_NAME", "radiology")
     monkeypatch.setenv("ORTHWEB_REGION", "eu-west-1")
     with pytest.raises(Stop):
