@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from config import ROOT
-from config.facts import DB_NAME, POSTGRES_PORT
-from tools.ops.db_tunnel import FORWARD_DOCUMENT, psql_line, tunnel_command
+from config.facts import DB_NAME, PORT_FORWARDING_DOCUMENT, POSTGRES_PORT
+from tools.ops.db_tunnel import psql_line, tunnel_command
 
 OUTPUTS = {
     "hostinfo": {"value": "instance i-0abc1234def567890 (no SSH: a shell through Session Manager, see ...)"},
@@ -35,7 +35,7 @@ def test_forwards_through_the_host_to_the_rds_endpoint(tmp_path):
     assert shown.returncode == 0, shown.stderr
     command = tunnel_command({k: v["value"] for k, v in OUTPUTS.items()}, "i-0abc1234def567890", 16543)
     assert command[:5] == ["aws", "ssm", "start-session", "--target", "i-0abc1234def567890"]
-    assert command[command.index("--document-name") + 1] == FORWARD_DOCUMENT
+    assert command[command.index("--document-name") + 1] == PORT_FORWARDING_DOCUMENT
     parameters = json.loads(command[-1])
     assert parameters == {
         "host": ["orthweb-db.c1a2b3c4d5e6.us-east-1.rds.amazonaws.com"],

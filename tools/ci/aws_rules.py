@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from config.facts import HOST_AGENT_METRICS, HOST_METRICS_NAMESPACE, NAME_SUFFIX_BYTES, ec2_can_recover
-from tools.maint.tfjson import Address, Stack
+from tools.maint.tfjson import Address, Stack, listed
 
 ASG_KEY_DOC = "https://docs.aws.amazon.com/autoscaling/ec2/userguide/key-policy-requirements-EBS-encryption.html"
 TRAIL_DOC = "https://docs.aws.amazon.com/awscloudtrail/latest/userguide/create-s3-bucket-policy-for-cloudtrail.html"
@@ -53,10 +53,6 @@ ASG_KEY_ACTIONS = {"kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:Generate
 
 def _key_policy(stack: Stack, key: Address) -> list[Mapping[str, Any]]:
     return stack.policy_statements(stack.body(key).get("policy"))
-
-
-def _listed(value: Any) -> list[str]:
-    return [value] if isinstance(value, str) else list(value or [])
 
 
 def autoscaling_role_can_use_the_volume_key(stack: Stack) -> Iterator[str]:
@@ -81,12 +77,12 @@ def autoscaling_role_can_use_the_volume_key(stack: Stack) -> Iterator[str]:
             )
             continue
         for key in keys:
-            statements = [s for s in _key_policy(stack, key) if role in _listed(s.get("Principal", {}).get("AWS"))]
-            actions = {a for s in statements for a in _listed(s.get("Action"))}
+            statements = [s for s in _key_policy(stack, key) if role in listed(s.get("Principal", {}).get("AWS"))]
+            actions = {a for s in statements for a in listed(s.get("Action"))}
             grant = [
                 s
                 for s in statements
-                if "kms:CreateGrant" in _listed(s.get("Action"))
+                if "kms:CreateGrant" in listed(s.get("Action"))
                 and str(s.get("Condition", {}).get("Bool", {}).get("kms:GrantIsForAWSResource")).lower() == "true"
             ]
             missing = sorted(ASG_KEY_ACTIONS - actions)
@@ -219,12 +215,12 @@ def _principals(statement: Mapping[str, Any], kind: str) -> list[str]:
     principal = statement.get("Principal", {})
     if principal == "*":
         return ["*"]
-    return _listed(principal.get(kind)) if isinstance(principal, Mapping) else []
+    return listed(principal.get(kind)) if isinstance(principal, Mapping) else []
 
 
 def _covers(statements: list[Mapping[str, Any]], needs: tuple[str, ...]) -> list[str]:
     """The needed actions no Allow statement of ``statements`` grants."""
-    granted = [a for s in statements if s.get("Effect", "Allow") == "Allow" for a in _listed(s.get("Action"))]
+    granted = [a for s in statements if s.get("Effect", "Allow") == "Allow" for a in listed(s.get("Action"))]
     return [need for need in needs if not any(fnmatch.fnmatchcase(need, pattern) for pattern in granted)]
 
 
@@ -433,7 +429,7 @@ def _bucket_algorithms(stack: Stack, bucket: Address) -> set[str]:
 def _writes(statements: list[Mapping[str, Any]], service: str, action: str, key: str) -> bool:
     """Some Allow statement lets ``service`` do ``action`` on the object (or bucket) ``key``."""
     return any(
-        not _covers([s], (action,)) and any(fnmatch.fnmatchcase(key, r) for r in _listed(s.get("Resource")))
+        not _covers([s], (action,)) and any(fnmatch.fnmatchcase(key, r) for r in listed(s.get("Resource")))
         for s in _for_service(statements, service)
     )
 
@@ -483,7 +479,7 @@ def _trail_buckets(stack: Stack) -> Iterator[str]:
                 fnmatch.fnmatchcase(key + "x", r.split("${data.aws_caller_identity")[0] + "*")
                 and not _covers([s], ("s3:PutObject",))
                 for s in _for_service(statements, "cloudtrail.amazonaws.com")
-                for r in _listed(s.get("Resource"))
+                for r in listed(s.get("Resource"))
             )
             if not (acl and write):
                 yield (

@@ -20,6 +20,7 @@ from config.facts import DICOM_TLS_PORT, HTTPS_PORT, PORT_FORWARDING_DOCUMENT, P
 from modules.access import SESSION_PREFERENCES_DOCUMENT
 from modules.storage import DICOM_BUCKET_ACTIONS, DICOM_OBJECT_ACTIONS
 from tools.harness.emulator import FAKE_CREDENTIALS
+from tools.maint.tfjson import listed
 
 
 class CheckFailed(AssertionError):
@@ -375,8 +376,8 @@ def check_sessions(d: Deployment) -> str:
     version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
     document = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]
     document = json.loads(document) if isinstance(document, str) else document
-    starts = [s for s in document["Statement"] if "ssm:StartSession" in _listed(s.get("Action"))]
-    allowed_documents = sorted(r.rsplit("/", 1)[1] for s in starts for r in _listed(s["Resource"]) if ":document/" in r)
+    starts = [s for s in document["Statement"] if "ssm:StartSession" in listed(s.get("Action"))]
+    allowed_documents = sorted(r.rsplit("/", 1)[1] for s in starts for r in listed(s["Resource"]) if ":document/" in r)
     site_document = next(n for n in names if n != SESSION_PREFERENCES_DOCUMENT)
     expect(
         allowed_documents == sorted([site_document, PORT_FORWARDING_DOCUMENT]),
@@ -387,10 +388,6 @@ def check_sessions(d: Deployment) -> str:
     return (
         f"sessions: {', '.join(names)} log to {group} (encrypted); operators start only {', '.join(allowed_documents)}"
     )
-
-
-def _listed(value: Any) -> list[str]:
-    return [value] if isinstance(value, str) else list(value or [])
 
 
 def check_outputs(d: Deployment) -> str:

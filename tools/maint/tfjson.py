@@ -77,7 +77,8 @@ def is_plain(value: Any) -> bool:
     return not any("${" in s for s in strings(value))
 
 
-def _listed(value: Any) -> list[Any]:
+def listed(value: Any) -> list[Any]:
+    """A JSON or Terraform value that is one string or a list of them, as a list."""
     return [value] if isinstance(value, str) else list(value or [])
 
 
@@ -88,15 +89,15 @@ def _as_statement(block: Mapping[str, Any]) -> dict[str, Any]:
         statement["Sid"] = block["sid"]
     for key, field_ in (("Action", "actions"), ("NotAction", "not_actions"), ("Resource", "resources")):
         if block.get(field_):
-            statement[key] = _listed(block[field_])
+            statement[key] = listed(block[field_])
     principal: dict[str, list[str]] = {}
     for p in block.get("principals", []):
-        principal.setdefault(str(p.get("type")), []).extend(_listed(p.get("identifiers")))
+        principal.setdefault(str(p.get("type")), []).extend(listed(p.get("identifiers")))
     if principal:
         statement["Principal"] = principal
     condition: dict[str, dict[str, Any]] = {}
     for c in block.get("condition", []):
-        condition.setdefault(str(c.get("test")), {})[str(c.get("variable"))] = _listed(c.get("values"))
+        condition.setdefault(str(c.get("test")), {})[str(c.get("variable"))] = listed(c.get("values"))
     if condition:
         statement["Condition"] = condition
     return statement

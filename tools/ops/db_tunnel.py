@@ -30,7 +30,6 @@ from tools.ops.site import SiteUnreadable, client, site_outputs
 
 DEFAULT_LOCAL_PORT = 15432
 RDS_CA = ROOT / "config" / "rds-ca-bundle.pem"
-FORWARD_DOCUMENT = PORT_FORWARDING_DOCUMENT
 
 
 def a_host(outputs: dict[str, Any], endpoint_url: str | None = None) -> str:
@@ -59,7 +58,7 @@ def tunnel_command(outputs: dict[str, Any], instance: str, local_port: int) -> l
     parameters = {"host": [db_host], "portNumber": [db_port], "localPortNumber": [str(local_port)]}
     return [
         "aws", "ssm", "start-session", "--target", instance, "--region", outputs["region"],
-        "--document-name", FORWARD_DOCUMENT, "--parameters", json.dumps(parameters, separators=(",", ":")),
+        "--document-name", PORT_FORWARDING_DOCUMENT, "--parameters", json.dumps(parameters, separators=(",", ":")),
     ]  # fmt: skip
 
 

@@ -374,19 +374,28 @@ class Host:
             {"cert": pki.cert_pem(cert) + ca["ca_cert"], "key": pki.key_pem(key), "ca_cert": ca["ca_cert"]}
         )
 
-    def server_cert_current(self, tls: SecretValue, ca_pem: str) -> bool:
-        """Issued by the site CA, for today's names, not due for renewal."""
+    def cert_current(self, chain_pem: str, ca_pem: str) -> bool:
+        """The first certificate of ``chain_pem``: issued by the site CA, for today's names, not due
+        for renewal (the server's and Orthanc's DICOM TLS certificate alike)."""
         from . import pki
 
         try:
-            cert = pki.load_certs(json.loads(tls.text)["cert"])[0]
-        except (ValueError, KeyError, IndexError):
+            cert = pki.load_certs(chain_pem)[0]
+        except (ValueError, IndexError):
             return False
         return (
             pki.issued_by(cert, pki.load_cert(ca_pem))
             and not pki.expires_within(pki.not_after(cert), self.settings.renew_days)
             and pki.alt_names(cert) == set(self.site.names())
         )
+
+    def server_cert_current(self, tls: SecretValue, ca_pem: str) -> bool:
+        """The site-tls value's certificate is current (cert_current)."""
+        try:
+            chain = json.loads(tls.text)["cert"]
+        except (ValueError, KeyError, TypeError):
+            return False
+        return self.cert_current(chain, ca_pem)
 
     def site_ca(self) -> SecretValue:
         """The site CA (certificate and key), made at the first boot, made again when the site's
@@ -422,20 +431,10 @@ class Host:
         folder = private_dir(self.settings.dicom_tls_dir)
         cert_path, key_path = folder / "orthanc-cert.pem", folder / "orthanc-key.pem"
         value = json.loads(ca.text)
-        ca_cert = pki.load_cert(value["ca_cert"])
-        try:
-            current = pki.load_certs(cert_path.read_text())[0] if key_path.is_file() else None
-        except (OSError, ValueError, IndexError):
-            current = None
-        if (
-            current is not None
-            and pki.issued_by(current, ca_cert)
-            and not pki.expires_within(pki.not_after(current), self.settings.renew_days)
-            and pki.alt_names(current) == set(self.site.names())
-        ):
+        if key_path.is_file() and cert_path.is_file() and self.cert_current(cert_path.read_text(), value["ca_cert"]):
             return []
         cert, key = pki.issue(
-            ca_cert,
+            pki.load_cert(value["ca_cert"]),
             pki.load_key(value["ca_key"]),
             pki.subject(self.site["SITE_DNS"], "Orthweb"),
             SERVER_DAYS,
