@@ -27,10 +27,11 @@ PYTEST_WORKERS ?= 6
 # Debian packages the test suite drives for real: cloud-init schema, shellcheck, nginx -t, compose
 # config, and the bootstrap against the emulator (awscli v2, PostgreSQL 15 with TLS, openssl).
 # The host's program runs on the system python3 with its cryptography (as on Amazon Linux); systemd-nspawn
-# and mmdebstrap boot a host under real systemd (tests/test_systemd_boot.py).
+# and mmdebstrap boot a host under real systemd (tests/test_systemd_boot.py); iptables and iproute2 prove
+# the containers' egress rules in network namespaces (tests/test_egress.py).
 APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose awscli postgresql-15 openssl \
 	orthanc orthanc-postgresql orthanc-python orthanc-dicomweb python3-boto3 python3-cryptography dcmtk graphviz haproxy \
-	systemd-container mmdebstrap
+	systemd-container mmdebstrap iptables iproute2
 
 .PHONY: test-deps systemd-root security-deps bench check compile cost cost-docs diagram state-bucket validate db-tunnel modality-cert recover local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
 	pytest pytest-unit cli cli-synth diff deploy destroy output snapshot clean

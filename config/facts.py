@@ -36,6 +36,7 @@ APP_DB_USER = "orthanc"
 ADMIN_SECRET = "orthanc-admin"  # noqa: S105
 TLS_SECRET = "site-tls"  # noqa: S105
 CA_SECRET = "site-ca"  # noqa: S105
+CA_CERT_SECRET = "site-ca-cert"  # noqa: S105 - a secret name, not a value
 CLIENT_CA_SECRET = "dicom-client-ca"  # noqa: S105
 CLIENTS_SECRET = "dicom-clients"  # noqa: S105
 TRAIL_PREFIX = "cloudtrail"  # key prefix of CloudTrail log files in the log bucket
@@ -50,10 +51,15 @@ TARGET_GROUP_NAME_LIMIT = 32
 # DICOMweb 1.24, Orthanc Explorer 2 1.14.1, Ubuntu 26.04 (orthanc-builder release notes). Since 26.7.0
 # the image refuses legacy environment variables (Orthweb uses none) and an empty RegisteredUsers
 # with authentication on (Orthweb always provides it).
-ORTHANC_IMAGE = "orthancteam/orthanc:26.8.1"
+# Both pinned by digest (the multi-platform index), the tag kept for reading: docker pulls by the
+# digest, so a re-pushed tag cannot change what a host runs. This machine reaches no registry: the
+# digests were read from public records (nginx: docker-library/repo-info repos/nginx/remote/1.30.4.md;
+# Orthanc: the same 26.8.1 digest pinned by two public projects), and a host's first pull checks
+# them (a wrong digest fails the boot with "manifest unknown": the host-program-errors alarm).
+ORTHANC_IMAGE = "orthancteam/orthanc:26.8.1@sha256:ffdfa1141b6b89a631c10d5ac612e18b934d601c3501e73b597bd700ecfd4004"
 # nginx 1.30.4, the stable branch (docker-library/official-images); built with the stream and
 # stream-SSL modules; >= 1.25.1 takes "http2 on;".
-NGINX_IMAGE = "nginx:1.30.4"
+NGINX_IMAGE = "nginx:1.30.4@sha256:585d4e63ef9a0c34cbb46fefa3449d16d38bf4a8d3d817e6638962d8b7578696"
 
 # -- monitoring ---------------------------------------------------------------------------------
 # The CloudWatch agent on each host reports its root volume's use in this namespace.

@@ -122,6 +122,7 @@ _SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$|^arn:aws[a-z-]*:secretsm
 # An image reference pinned by an exact release tag, optionally also by digest. Never "latest".
 _BUCKET = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key/[0-9a-f-]{36}|alias/[A-Za-z0-9/_-]{1,250})$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$")
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[0-9][A-Za-z0-9._-]*)(@sha256:[0-9a-f]{64})?$")
 
 # A check takes the field's name and value and yields one message per problem.
@@ -381,6 +382,12 @@ class OrthwebConfig:
     db_backup_retention_days: int = setting(7, "RDS automated backup retention, 7-35 days.", whole_number(7, 35))
     db_deletion_protection: bool = setting(
         True, "Refuse to delete the database and the scaled profile's load balancer (off before destroying a site)."
+    )
+    break_glass_role_arns: tuple[str, ...] = setting(
+        (),
+        "IAM roles that may read and write DICOM objects besides Orthanc (and replication): emergencies,"
+        " make recover. Everyone else is refused by the bucket and key policies, whatever IAM allows.",
+        each(matching(_ROLE_ARN, "an IAM role ARN such as arn:aws:iam::123456789012:role/pacs-break-glass")),
     )
     allow_data_destroy: bool = setting(
         False,

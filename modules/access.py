@@ -16,6 +16,7 @@ from constructs import Construct
 
 from config.facts import (
     ADMIN_SECRET,
+    CA_CERT_SECRET,
     CA_SECRET,
     CLIENT_CA_SECRET,
     CLIENTS_SECRET,
@@ -110,7 +111,12 @@ class HostAccess(Construct):
             "Server certificate chain and key; generated once by the host unless you bring your own",
         )
         self.ca_secret = self._secret(
-            "ca-secret", CA_SECRET, "Site CA (certificate and key), name-constrained to the site; kept by the host"
+            "ca-secret",
+            CA_SECRET,
+            "Site CA key and certificate, name-constrained to the site; read by the host only to issue a certificate",
+        )
+        self.ca_cert_secret = self._secret(
+            "ca-cert-secret", CA_CERT_SECRET, "Site CA certificate (no key), published by the host; what clients trust"
         )
         self.client_ca_secret = self._secret(
             "client-ca-secret", CLIENT_CA_SECRET, "DICOM client CA key; written and read only by operators"
@@ -170,7 +176,13 @@ class HostAccess(Construct):
 
     def _roles(self) -> None:
         props, acct = self.props, self.props.account
-        readable = [self.admin_secret.arn, self.tls_secret.arn, self.ca_secret.arn, self.clients_secret.arn]
+        readable = [
+            self.admin_secret.arn,
+            self.tls_secret.arn,
+            self.ca_secret.arn,
+            self.ca_cert_secret.arn,
+            self.clients_secret.arn,
+        ]
         if props.byo_tls_secret:
             readable.append(secret_arn_pattern(acct, props.byo_tls_secret))
         self.role: IamRole = service_role(
@@ -187,7 +199,12 @@ class HostAccess(Construct):
                 Statement(
                     sid="WriteGeneratedSecrets",
                     actions=["secretsmanager:PutSecretValue"],
-                    resources=[self.admin_secret.arn, self.tls_secret.arn, self.ca_secret.arn],
+                    resources=[
+                        self.admin_secret.arn,
+                        self.tls_secret.arn,
+                        self.ca_secret.arn,
+                        self.ca_cert_secret.arn,
+                    ],
                 ),
                 Statement(
                     sid="WriteContainerAndHostLogs",

@@ -6,7 +6,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cdktf import Fn, Op, Precondition, TerraformResourceLifecycle
+from cdktf import Fn, Op, Precondition, TerraformResourceLifecycle, Token
 from cdktf_cdktf_provider_aws.data_aws_availability_zones import (
     DataAwsAvailabilityZones,
     DataAwsAvailabilityZonesFilter,
@@ -15,6 +15,7 @@ from cdktf_cdktf_provider_aws.data_aws_ec2_instance_type_offerings import (
     DataAwsEc2InstanceTypeOfferings,
     DataAwsEc2InstanceTypeOfferingsFilter,
 )
+from cdktf_cdktf_provider_aws.data_aws_ec2_managed_prefix_list import DataAwsEc2ManagedPrefixList
 from cdktf_cdktf_provider_aws.data_aws_rds_orderable_db_instance import DataAwsRdsOrderableDbInstance
 from cdktf_cdktf_provider_aws.default_security_group import DefaultSecurityGroup
 from cdktf_cdktf_provider_aws.eip import Eip
@@ -224,6 +225,10 @@ class Network(Construct):
             route_table_ids=[self.public_route_table.id, self.private_route_table.id, *(t.id for t in host_tables)],
             tags={"Name": f"{props.name}-s3"},
         )
+        # S3's address ranges in the region (AWS's managed prefix list, read at plan time), space-
+        # separated: where the host lets Orthanc's container reach its bucket (userdata/host/egress.py).
+        s3_ranges = DataAwsEc2ManagedPrefixList(self, "s3-ranges", name=f"com.amazonaws.{props.account.region}.s3")
+        self.s3_cidrs = Fn.join(" ", Token.as_list(s3_ranges.get_list_attribute("entries[*].cidr")))
 
     def _nat_routes(self, props: NetworkProps) -> list[RouteTable]:
         """One NAT gateway per zone in that zone's public subnet, and a route table sending the

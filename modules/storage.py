@@ -44,6 +44,19 @@ DICOM_OBJECT_ACTIONS = (
     "s3:AbortMultipartUpload",
     "s3:ListMultipartUploadParts",
 )
+# What only the named roles may do with the studies (limit_dicom_objects): every way to read an
+# object's content, write or delete one. Deletes are left out when destroy may delete the data
+# (allow_data_destroy, never in prod): Terraform, as whoever runs it, then empties the bucket.
+STUDY_READ_WRITE_ACTIONS = (
+    "s3:GetObject",
+    "s3:GetObjectVersion",
+    "s3:GetObjectAttributes",
+    "s3:GetObjectVersionAttributes",
+    "s3:GetObjectTorrent",
+    "s3:PutObject",
+    "s3:RestoreObject",
+)
+STUDY_DELETE_ACTIONS = ("s3:DeleteObject", "s3:DeleteObjectVersion")
 # The plugin lists objects (ListObjects) and looks up the bucket's region.
 DICOM_BUCKET_ACTIONS = ("s3:ListBucket", "s3:GetBucketLocation")
 # What S3 replication reads from a source object version: the data (SSE-KMS objects included, which
@@ -298,14 +311,14 @@ class Storage(Construct):
             self, "log-policy", bucket=self.log_bucket.id, policy=resource_policy_json(self.log_statements)
         )
         self.bucket_policies: dict[str, S3BucketPolicy] = {}
+        statements = {
+            label: [deny_insecure_transport(bucket), *deny_foreign_encryption(bucket, self.props.key_arn)]
+            for label, bucket in logged.items()
+        }
+        self._dicom_statements = statements["dicom"]
         for label, bucket in logged.items():
             self.bucket_policies[label] = S3BucketPolicy(
-                self,
-                f"{label}-policy",
-                bucket=bucket.id,
-                policy=resource_policy_json(
-                    [deny_insecure_transport(bucket), *deny_foreign_encryption(bucket, self.props.key_arn)]
-                ),
+                self, f"{label}-policy", bucket=bucket.id, policy=resource_policy_json(statements[label])
             )
             S3BucketLoggingA(
                 self,
@@ -341,6 +354,22 @@ class Storage(Construct):
         S3BucketLifecycleConfiguration(
             self, "log-lifecycle", bucket=self.log_bucket.id, rule=log_rules(props.log_retention_days)
         )
+
+    def limit_dicom_objects(self, principal_arns: Sequence[str]) -> None:
+        """Only ``principal_arns`` (roles; a role's sessions count as the role) read, write or delete
+        DICOM objects, whatever any IAM policy allows: an administrator's, or a leaked key's."""
+        actions = STUDY_READ_WRITE_ACTIONS + (() if self.props.force_destroy else STUDY_DELETE_ACTIONS)
+        self._dicom_statements.append(
+            Statement(
+                sid="OnlyNamedRolesTouchStudies",
+                effect="Deny",
+                actions=actions,
+                resources=[f"{self.bucket.arn}/*"],
+                principals={"AWS": ["*"]},
+                conditions=[("ArnNotLike", "aws:PrincipalArn", list(principal_arns))],
+            )
+        )
+        self.bucket_policies["dicom"].policy = resource_policy_json(self._dicom_statements)
 
     def grant_dicom_objects(self, id_: str, role: IamRole) -> None:
         """Let ``role`` read, write and delete DICOM objects (and list the bucket); nothing else."""

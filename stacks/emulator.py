@@ -4,13 +4,10 @@ The AWS API emulator (moto server on loopback) is a stand-in for AWS used by reh
 it is never a real account. For it the stack: points every AWS endpoint of the provider (and of the
 replica region's provider) at the loopback URL with placeholder keys (so ambient credentials are
 never used); leaves detailed monitoring of the instance to the launch template, because the
-emulator has no MonitorInstances API; and keeps only the TLS rule, on the bucket itself, in the
-DICOM and config bucket policies: the emulator applies a Deny whose conditions it cannot evaluate
-(``...IfExists``, ``Null``) to every request, and it speaks plain HTTP on loopback, so the TLS rule
-on objects would refuse the boot bundle's upload and download (the replica bucket's policy
-likewise); and lets the load balancer's subnet mappings be, because the emulator drops their
+emulator has no MonitorInstances API; and lets the load balancer's subnet mappings be, because the emulator drops their
 Elastic IP allocations (the provider would then try to change them with a call the emulator
-refuses). Nothing else differs from the ``aws`` target.
+refuses). Nothing else differs from the ``aws`` target: the bucket policies are the real ones (the
+emulator judges their Deny statements as tools/harness/moto_server.py says).
 """
 
 from __future__ import annotations
@@ -22,9 +19,6 @@ from cdktf import TerraformResourceLifecycle
 from config.facts import EMULATOR_PLACEHOLDER_KEY
 from modules.balancer import LoadBalancer
 from modules.host import Host
-from modules.policy import resource_policy_json
-from modules.replica import Replica
-from modules.storage import Storage, deny_insecure_transport
 
 # Services the stack calls; the emulator target points each at the loopback emulator.
 EMULATED_SERVICES = (
@@ -65,18 +59,6 @@ def adapt_host(host: Host) -> None:
     """The emulator does not implement MonitorInstances; the launch template still asks for it."""
     if host.props.fleet is None:  # a fleet's hosts come from the template alone
         host.instance.reset_monitoring()
-
-
-def adapt_storage(storage: Storage) -> None:
-    """Only the TLS rule in the DICOM and config bucket policies (see the module docstring)."""
-    buckets = {"dicom": storage.bucket, "config": storage.config_bucket}
-    for label, policy in storage.bucket_policies.items():
-        policy.policy = resource_policy_json([deny_insecure_transport(buckets[label], objects=False)])
-
-
-def adapt_replica(replica: Replica) -> None:
-    """Only the TLS rule in the replica bucket's policy, as in the site's buckets (module docstring)."""
-    replica.bucket_policy.policy = resource_policy_json([deny_insecure_transport(replica.bucket, objects=False)])
 
 
 def adapt_balancer(balancer: LoadBalancer) -> None:

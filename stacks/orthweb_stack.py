@@ -203,9 +203,9 @@ class OrthwebStack(TerraformStack):
             self._trail(config, name)
         if config.backup_retention_days:
             self._backup(config, name)
+        self._name_study_roles(config)
         if config.target == "emulator":
             emulator.adapt_host(self.host)
-            emulator.adapt_storage(self.storage)
             if config.scaled:
                 emulator.adapt_balancer(self.balancer)
         self._outputs()
@@ -259,6 +259,15 @@ class OrthwebStack(TerraformStack):
         )
         self.key.grant_use("orthanc", orthanc, actions=["kms:Decrypt", "kms:GenerateDataKey"], via_services=["s3"])
 
+    def _name_study_roles(self, config: OrthwebConfig) -> None:
+        """The bucket and the key name who may touch the studies: Orthanc's role, replication's, and
+        the break-glass roles; IAM alone no longer decides it."""
+        named = [self.access.orthanc_role.arn, *config.break_glass_role_arns]
+        if config.replication:
+            named.append(self.replica.role.arn)
+        self.storage.limit_dicom_objects(named)
+        self.key.limit_study_decrypt(self.storage.bucket.arn, named)
+
     def _replica(self, config: OrthwebConfig, name: str, retention: Retention) -> None:
         """The DICOM bucket replicated to ``config.replication``; each owner grants the replication role."""
         self.replica = Replica(
@@ -280,8 +289,6 @@ class OrthwebStack(TerraformStack):
         self.storage.grant_replication_source("replication-source", self.replica.role)
         # S3 reads the source objects with the site key, only through S3 in the site's region.
         self.key.grant_use("replication", self.replica.role, actions=["kms:Decrypt"], via_services=["s3"])
-        if config.target == "emulator":
-            emulator.adapt_replica(self.replica)
 
     def _name(self, config: OrthwebConfig) -> str:
         if not config.unique_suffix:
@@ -343,6 +350,7 @@ class OrthwebStack(TerraformStack):
             admin_secret_arn=self.access.admin_secret.arn,
             tls_secret_arn=self.access.tls_secret.arn,
             ca_secret_arn=self.access.ca_secret.arn,
+            ca_cert_secret_arn=self.access.ca_cert_secret.arn,
             clients_secret_arn=self.access.clients_secret.arn,
             db_secret_arn=self.database.secret_arn,
             db_host=self.database.instance.address,
@@ -360,6 +368,8 @@ class OrthwebStack(TerraformStack):
             site_name=config.site_name,
             byo_tls_secret=config.tls_certificate_secret,
             dicom_client_auth=config.dicom_client_auth,
+            vpc_cidr=config.vpc_cidr,
+            s3_cidrs=self.network.s3_cidrs,
         )
 
     @staticmethod
@@ -414,7 +424,7 @@ class OrthwebStack(TerraformStack):
             "ae_title": (self.config.ae_title, "Called AE title of the site"),
             "admin_secret": (self.access.admin_secret.arn, "Secret holding the Orthanc admin password"),
             "ca_secret": (
-                "" if self.config.tls_certificate_secret else self.access.ca_secret.arn,
+                "" if self.config.tls_certificate_secret else self.access.ca_cert_secret.arn,
                 "Secret whose ca_cert clients trust (empty: your own, publicly trusted certificate)",
             ),
             "dashboard": (

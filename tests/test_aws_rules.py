@@ -101,7 +101,8 @@ def test_user_data_over_16_kb_is_caught_with_every_value_filled_in(synth_profile
 
     def grow(data: dict[str, Any]) -> None:
         template = _only(data, "aws_launch_template")
-        inner = json.loads(template["user_data"][len("${base64gzip(") : -len(")}")])
+        inner = aws_rules.gzipped_template(template["user_data"])
+        assert inner is not None
         # Incompressible text: the boot bundle's contents pasted into the user data by mistake.
         template["user_data"] = "${base64gzip(" + json.dumps(inner + os.urandom(20_000).hex()) + ")}"
 

@@ -104,7 +104,7 @@ WARNED: list[tuple[str, dict[str, Any], str]] = [
     ("client-networks", {"dicom_client_cidrs": ("0.0.0.0/0",)}, "narrow the DICOM networks"),
     ("scaled-profile", {"db_multi_az": False}, "db_multi_az"),
     ("backups", {"backup_retention_days": 35, "noncurrent_version_expiration_days": 7}, "less than 30 days"),
-    ("image-digests", {"orthanc_image": f"orthancteam/orthanc:26.8.1{DIGEST}"}, "nginx:1.30.4"),
+    ("image-digests", {"nginx_image": "nginx:1.30.4"}, "nginx:1.30.4"),
 ]
 
 

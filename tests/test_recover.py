@@ -185,9 +185,15 @@ def test_deleted_study_comes_back_and_nothing_else_does(site, tmp_path):
     early_heads = deleted_heads()
     study, files, uuids = store_study(site, STUDY_SIZE, "ORTHWEB^RECOVERY")
     assert site.rest(f"/studies/{study}", auth=auth(site), method="DELETE")[0] == 200
-    # Where the runbook finds who deleted what, and when: the front door's access log.
-    entries = [json.loads(line) for line in (site.workdir / "nginx" / "access.log").read_text().splitlines()]
-    deletes = [e for e in entries if e.get("method") == "DELETE" and e.get("path") == f"/studies/{study}"]
+    # Where the runbook finds who deleted what, and when: the front door's access log (nginx writes
+    # the line after the answer has gone out: wait for it, briefly).
+    deadline = time.monotonic() + 10
+    while True:
+        entries = [json.loads(line) for line in (site.workdir / "nginx" / "access.log").read_text().splitlines()]
+        deletes = [e for e in entries if e.get("method") == "DELETE" and e.get("path") == f"/studies/{study}"]
+        if deletes or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert [(e["user"], e["status"]) for e in deletes] == [("admin", 200)] and deletes[0]["time"]
     keys = {uid: f"{uuid}.dcm" for uid, uuid in uuids.items()}
     current = object_keys(site)

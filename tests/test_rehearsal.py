@@ -100,6 +100,18 @@ def test_the_operator_policy_finds_the_hosts_and_reads_no_data(deployed):
                 call()
 
 
+def test_an_administrator_touches_no_study(deployed):
+    """The DICOM bucket's policy names who may touch studies (Orthanc's role: the round trip of the
+    bootstrap phase); an administrator whose IAM policy allows every action lists the bucket but
+    reads, writes and deletes no study. On the code before this change every call succeeded."""
+    assert deployed.study_access() == {
+        "administrator lists": "ok",
+        "administrator reads": "AccessDenied",
+        "administrator writes": "AccessDenied",
+        "administrator deletes": "AccessDenied",
+    }
+
+
 def test_validator_reads_the_deployment_outputs_and_secrets(deployed, tmp_path, monkeypatch):
     """make validate's first step on the deployed stack: Terraform reads the outputs from the state,
     and the secrets they name (filled by the bootstrap above) give the password and the site CA."""

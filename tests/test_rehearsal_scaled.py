@@ -53,6 +53,24 @@ def test_the_site_owns_the_session_preferences(deployment):
     assert "SSM-SessionManagerRunShell" in checks.check_sessions(deployment)
 
 
+def test_the_break_glass_role_touches_studies_and_an_administrator_does_not(deployed):
+    """break_glass_role_arns names a role beside Orthanc's: assumed in an emergency it reads,
+    writes and deletes studies, where an administrator with every IAM right is refused."""
+    found = deployed.study_access(SCALED_REHEARSAL["break_glass_role_arns"][0])
+    assert {k: v for k, v in found.items() if k.startswith("administrator")} == {
+        "administrator lists": "ok",
+        "administrator reads": "AccessDenied",
+        "administrator writes": "AccessDenied",
+        "administrator deletes": "AccessDenied",
+    }
+    assert {k: v for k, v in found.items() if k.startswith("break-glass")} == {
+        "break-glass lists": "ok",
+        "break-glass reads": "ok",
+        "break-glass writes": "ok",
+        "break-glass deletes": "ok",
+    }
+
+
 def test_balancer_check_fails_on_a_wrong_subnet(deployment):
     """The balancer check reads AWS, not the design: a public subnet it does not sit in is caught."""
     state = {

@@ -174,8 +174,12 @@ def test_emulator_target_points_the_replica_provider_at_loopback_too(tmp_path):
     replica = next(p for p in data["provider"]["aws"] if p.get("alias") == "replica")
     assert replica["region"] == "us-west-2" and replica["skip_credentials_validation"] is True
     assert set(replica["endpoints"][0].values()) == {"http://127.0.0.1:4566"}
+    # The replica bucket's real policy (the emulator judges its denies: tools/harness/moto_server.py).
     policy = next(p for k, p in data["resource"]["aws_s3_bucket_policy"].items() if k.startswith("replica_replica"))
-    assert [s["Sid"] for s in json.loads(policy["policy"])["Statement"]] == ["DenyInsecureTransport"]
+    assert [s["Sid"] for s in json.loads(policy["policy"])["Statement"]][:2] == [
+        "DenyInsecureTransport",
+        "DenyOtherEncryption",
+    ]
 
 
 # -- the diagram and the cost -----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 
 from config.facts import POSTGRES_PORT, SSH_PORT
 from modules.hcl import TOKEN, base64gzip_expression, escape_literal
+from tests.conftest import SITE_SECRETS
 
 PROFILES = ("default", "prod", "az3")
 WORLD = ("0.0.0.0/0", "::/0")
@@ -64,7 +65,7 @@ def _bad_interpolations(value: str) -> list[str]:
     for match in re.finditer(r"(?<!\$)\$\{", value):
         rest = value[match.end() :]
         if not re.match(
-            r"(aws_|data\.|var\.|local\.|random_|(tostring|element|base64gzip|jsonencode)\(|\(length\()", rest
+            r"(aws_|data\.|var\.|local\.|random_|(tostring|element|base64gzip|jsonencode|join)\(|\(length\()", rest
         ):
             bad.append(value[max(0, match.start() - 20) : match.end() + 30])
     return bad
@@ -89,7 +90,7 @@ STATEFUL = {
     "aws_kms_key": {"site_key", "session_key"},
     "aws_s3_bucket": {"dicom_bucket", "log_bucket", "config_bucket"},
     "aws_db_instance": {"database"},
-    "aws_secretsmanager_secret": {"admin_secret", "tls_secret", "ca_secret", "client_ca_secret", "clients_secret"},
+    "aws_secretsmanager_secret": SITE_SECRETS,
     "aws_eip": {"site_eip"},
 }
 # With replication (prod's default): the replicas, their access logs and their key.

@@ -12,6 +12,7 @@ import pytest
 from config.facts import DICOM_TLS_PORT, HTTPS_PORT, POSTGRES_PORT
 from modules.database import POSTGRES_ENGINE_VERSION
 from modules.host import AL2023_AMI_PARAMETER
+from tools.profiles import PROD
 
 
 def statements(stack, rtype_id_fragment: str) -> list[dict]:
@@ -247,6 +248,35 @@ def role_of(stack, policy_fragment: str) -> str:
     return policy["role"].split(".")[1]
 
 
+def test_only_named_roles_touch_studies(prod_stack, tmp_path):
+    """The DICOM bucket's policy and the site key's name the same roles (Orthanc's, replication's,
+    break-glass) for reading, writing and deleting studies; with allow_data_destroy the bucket
+    leaves deletes to IAM (Terraform empties it on destroy)."""
+    from config.inputs import OrthwebConfig
+    from tests.conftest import synth_json
+
+    def named(data: dict) -> tuple[dict, dict]:
+        policies = data["resource"]["aws_s3_bucket_policy"]
+        bucket = json.loads(next(p for k, p in policies.items() if "dicom" in k)["policy"])
+        key = json.loads(data["resource"]["aws_kms_key"]["site_key"]["policy"])
+        by_sid = {s.get("Sid"): s for s in bucket["Statement"] + key["Statement"]}
+        return by_sid["OnlyNamedRolesTouchStudies"], by_sid["OnlyNamedRolesDecryptStudies"]
+
+    glass = "arn:aws:iam::123456789012:role/pacs-break-glass"
+    data = synth_json(OrthwebConfig(**{**PROD, "break_glass_role_arns": (glass,)}), tmp_path / "a")
+    objects, decrypt = named(data)
+    roles = objects["Condition"]["ArnNotLike"]["aws:PrincipalArn"]
+    assert roles == decrypt["Condition"]["ArnNotLike"]["aws:PrincipalArn"]
+    assert glass in roles and any("orthanc-role" in r for r in roles) and any("replica" in r for r in roles)
+    assert len(roles) == 3 and objects["Effect"] == decrypt["Effect"] == "Deny"
+    assert {"s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:DeleteObjectVersion"} <= set(objects["Action"])
+    assert decrypt["Action"] == "kms:Decrypt"
+    assert "aws_s3_bucket.dicom_bucket.arn" in json.dumps(decrypt["Condition"]["ArnLike"])
+    destroyable, _ = named(synth_json(OrthwebConfig(allow_data_destroy=True), tmp_path / "b"))
+    assert not {"s3:DeleteObject", "s3:DeleteObjectVersion"} & set(destroyable["Action"])
+    assert "s3:GetObject" in destroyable["Action"]
+
+
 def test_host_role_least_privilege(default_stack):
     orthanc = {s["sid"]: s for s in statements(default_stack, "storage_orthanc-dicom")}
     assert set(orthanc["DicomObjects"]["actions"]) == {
@@ -288,10 +318,10 @@ def test_service_roles_trust_only_this_account(default_stack):
 
 def test_app_secrets_created_without_value(default_stack, prod_stack, tmp_path):
     from config.inputs import OrthwebConfig
-    from tests.conftest import synth_json
+    from tests.conftest import SITE_SECRETS, synth_json
 
     secrets = default_stack.resources("aws_secretsmanager_secret")
-    assert set(secrets) == {"admin_secret", "tls_secret", "ca_secret", "client_ca_secret", "clients_secret"}
+    assert set(secrets) == SITE_SECRETS
     assert not default_stack.resources("aws_secretsmanager_secret_version")
     for stack in (default_stack, prod_stack):
         assert all(s["recovery_window_in_days"] == 30 for s in stack.resources("aws_secretsmanager_secret").values())
@@ -351,7 +381,8 @@ def test_outputs_have_exact_names(default_stack, synth_profile):
     assert "--document-name ${aws_ssm_document." in session
     # The validator's inputs: secret ARNs (never values), the region and the AE title.
     assert outputs["admin_secret"]["value"] == "${aws_secretsmanager_secret.admin_secret.arn}"
-    assert outputs["ca_secret"]["value"] == "${aws_secretsmanager_secret.ca_secret.arn}"
+    # What clients trust: the CA certificate without its key (the key's secret is the host's alone).
+    assert outputs["ca_secret"]["value"] == "${aws_secretsmanager_secret.ca_cert_secret.arn}"
     assert outputs["region"]["value"].startswith("${data.aws_region.") and outputs["ae_title"]["value"] == "ORTHANC"
     scaled = synth_profile("scaled").data["output"]
     assert set(scaled) == SINGLE_OUTPUTS | SCALED_OUTPUTS | {"replica_bucket"}  # a prod site: replicated
@@ -439,10 +470,10 @@ def test_emulator_target_points_every_service_at_loopback(tmp_path):
     provider = data["provider"]["aws"][0]
     assert set(provider["endpoints"][0].values()) == {"http://127.0.0.1:4566"}
     assert provider["skip_credentials_validation"] is True and provider["s3_use_path_style"] is True
-    # What else the emulator target changes, and nothing more (stacks/emulator.py).
-    for key, policy in data["resource"]["aws_s3_bucket_policy"].items():
-        sids = [s["Sid"] for s in json.loads(policy["policy"])["Statement"]]
-        assert sids[0] == "DenyInsecureTransport" and "DenyCustomerKeys" not in sids, key
+    # What else the emulator target changes, and nothing more (stacks/emulator.py): the bucket
+    # policies are the real ones (the emulator judges their denies: tools/harness/moto_server.py).
+    real = synth_json(OrthwebConfig(), tmp_path / "aws")["resource"]["aws_s3_bucket_policy"]
+    assert data["resource"]["aws_s3_bucket_policy"] == real
     assert "monitoring" not in next(iter(data["resource"]["aws_instance"].values()))
 
 

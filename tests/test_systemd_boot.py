@@ -26,9 +26,10 @@ from types import SimpleNamespace
 import pytest
 
 from config import ROOT
-from config.facts import APP_DB_USER
+from config.facts import APP_DB_USER, HTTPS_PORT
 from tools.harness.localsite import LocalSite
 from tools.harness.systemd_host import (
+    IPTABLES_LOG,
     SOURCE_MOUNT,
     Machine,
     Relay,
@@ -121,6 +122,11 @@ def test_a_first_boot_without_aws_is_retried_by_its_unit_until_the_site_is_up(ho
     # The program's own log, for the CloudWatch agent (LogsDirectory=orthweb in the units).
     shipped = m.run("cat", "/var/log/orthweb/host.log").stdout
     assert "done: boot" in shipped and "done: secrets" in shipped
+    # orthweb.service applied the containers' egress rules before compose (the iptables STAND-IN's record).
+    assert "done: egress" in shipped and "container egress: database, 1 S3 range(s)" in shipped
+    rules = m.run("cat", IPTABLES_LOG).stdout
+    assert f"-A ORTHWEB-EGRESS -d 127.0.0.0/8 -p tcp -m tcp --dport {HTTPS_PORT}" in rules
+    assert "iptables -w -I DOCKER-USER 1 -i orthweb0 -j ORTHWEB-EGRESS" in rules
     enabled = m.run("systemctl", "is-enabled", *UNITS).stdout.split()
     assert enabled == ["enabled"] * len(UNITS), enabled
     assert m.unit("orthweb-refresh.timer")["ActiveState"] == "active"

@@ -154,12 +154,13 @@ def test_bundle_is_deterministic_and_unpacks_where_the_host_expects():
         members = {m.name: m for m in tar.getmembers()}
     assert set(members) == {
         "usr/local/sbin/orthweb-bootstrap",
-        *(f"usr/local/lib/orthweb/orthweb_host/{m}.py" for m in ("__init__", "aws", "bootstrap", "pki")),
+        *(f"usr/local/lib/orthweb/orthweb_host/{m}.py" for m in ("__init__", "aws", "bootstrap", "egress", "pki")),
         "etc/orthweb/docker-compose.yml",
         "etc/orthweb/nginx.conf",
         "etc/orthweb/orthanc.template.json",
         "etc/orthweb/rds-ca.pem",
         "etc/orthweb/modality-ca.pem",
+        "etc/orthweb/egress.json",
         "etc/systemd/system/orthweb.service",
         "etc/systemd/system/orthweb-refresh.service",
         "etc/systemd/system/orthweb-refresh.timer",
@@ -439,12 +440,13 @@ def test_dicomweb_is_on_behind_the_same_authentication(files):
     assert "PublicRoot" not in web and "Host" not in web, "URLs come from the Forwarded header nginx sets"
 
 
-def test_images_are_pinned_to_exact_release_tags(files):
+def test_compose_pins_images_by_tag_and_digest(files):
+    """The defaults name a release tag (for reading) and the digest Docker pulls by."""
     images = re.findall(r"^\s+image: (\S+)$", files["docker-compose.yml"], re.M)
     assert len(images) == 2
     for image in images:
         name, _, tag = image.partition(":")
-        assert re.fullmatch(r"\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?", tag), image
+        assert re.fullmatch(r"\d+\.\d+\.\d+@sha256:[0-9a-f]{64}", tag), image
     digest = "nginx:1.28.0@sha256:" + "a" * 64
     pinned = bundle_files(AppValues(nginx_image=digest))["etc/orthweb/docker-compose.yml"][1]
     assert f"image: {digest}" in pinned

@@ -64,6 +64,8 @@ SCALED_REHEARSAL: dict[str, Any] = {
     "hosts_max": 6,
     "alarm_email": SCALED["alarm_email"],
     "session_preferences": True,
+    # The emulator's account (moto's default): the role is made by the test that assumes it.
+    "break_glass_role_arns": ("arn:aws:iam::123456789012:role/orthweb-break-glass",),
 }
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {},

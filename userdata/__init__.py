@@ -32,11 +32,13 @@ from config.facts import (
     APP_DB_USER,
     DEFAULT_AE_TITLE,
     HOST_METRICS_NAMESPACE,
+    HTTPS_PORT,
     NGINX_IMAGE,
     ORTHANC_ADMIN_USER,
     ORTHANC_IMAGE,
 )
 from config.inputs import DicomModality
+from userdata.host import egress
 from userdata.site import (
     ComposeValues,
     NginxValues,
@@ -88,6 +90,13 @@ class HostValues:
     name: str = "orthweb"
     # Where the CloudWatch agent ships the host program's own log (empty: not shipped).
     host_log_group: str = ""
+    # The site CA's certificate without its key (what clients trust; the host checks against it
+    # without reading the CA key). Empty: the host reads the CA secret on every run.
+    ca_cert_secret_arn: str = ""
+    # What the containers may reach (userdata/host/egress.py): the VPC's range (the database in it)
+    # and S3's address ranges in the region, space-separated (the S3 gateway endpoint's prefix list).
+    vpc_cidr: str = ""
+    s3_cidrs: str = ""
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,11 @@ def bundle_files(a: AppValues) -> dict[str, tuple[int, str]]:
         ),
         "etc/orthweb/rds-ca.pem": (unit, rds_ca.pem_for(a.region_name)),
         "etc/orthweb/modality-ca.pem": (unit, a.modality_ca),
+        "etc/orthweb/egress.json": (
+            unit,
+            # S3 answers on the HTTPS port.
+            egress.bundle_document(HTTPS_PORT, [(m.host, m.port) for m in a.modalities if "move" in m.rights]),
+        ),
         **{
             f"etc/systemd/system/{name}": (unit, (HERE / name).read_text())
             for name in ("orthweb.service", "orthweb-refresh.service", "orthweb-refresh.timer")
@@ -188,6 +202,7 @@ def site_env(v: HostValues, bundle: Bundle | None = None) -> str:
         "ADMIN_SECRET_ARN": v.admin_secret_arn,
         "TLS_SECRET_ARN": v.tls_secret_arn,
         "CA_SECRET_ARN": v.ca_secret_arn,
+        "CA_CERT_SECRET_ARN": v.ca_cert_secret_arn,
         "CLIENTS_SECRET_ARN": v.clients_secret_arn,
         "DB_SECRET_ARN": v.db_secret_arn,
         "DB_HOST": v.db_host,
@@ -206,6 +221,8 @@ def site_env(v: HostValues, bundle: Bundle | None = None) -> str:
         "SITE_MODE": v.site_mode,
         "SITE_EXTRA_NAMES": v.site_extra_names,
         "NAME": v.name,
+        "VPC_CIDR": v.vpc_cidr,
+        "S3_CIDRS": v.s3_cidrs,
         "METRICS_NAMESPACE": HOST_METRICS_NAMESPACE,
         **(
             {"BUNDLE_BUCKET": v.config_bucket, "BUNDLE_OBJECT": bundle.key, "BUNDLE_SHA256": bundle.sha256}

@@ -16,6 +16,7 @@ import pytest
 
 from config.facts import (
     ADMIN_SECRET,
+    CA_CERT_SECRET,
     CA_SECRET,
     CLIENTS_SECRET,
     DB_MASTER_USER,
@@ -89,6 +90,7 @@ def site(tmp_path, emulator, pki, cluster):
             ("admin", ADMIN_SECRET),
             ("tls", TLS_SECRET),
             ("ca", CA_SECRET),
+            ("ca_cert", CA_CERT_SECRET),
             ("clients", CLIENTS_SECRET),
         )
     }
@@ -106,6 +108,7 @@ def site(tmp_path, emulator, pki, cluster):
         admin_secret_arn=arns["admin"],
         tls_secret_arn=arns["tls"],
         ca_secret_arn=arns["ca"],
+        ca_cert_secret_arn=arns["ca_cert"],
         clients_secret_arn=arns["clients"],
         db_secret_arn=arns["db"],
         db_host="localhost",

@@ -28,6 +28,7 @@ from config.facts import (
     ORTHANC_ADMIN_USER,
 )
 from tests.bootstrap.conftest import SITE_DNS, SITE_IP
+from tools.harness.awsproxy import AwsProxy
 from tools.harness.pki import issue, make_ca, make_server_cert
 
 pytestmark = pytest.mark.programs
@@ -234,6 +235,29 @@ def test_a_new_site_name_reaches_the_certificate(site):
     # The old CA's constraints do not cover the new name: a new CA, said loudly.
     assert "beyond the site CA's name constraints" in log and site.secret("ca")["ca_cert"] != old_ca
     assert (site.run / "nginx" / "site-cert.pem").read_text() == site.secret("tls")["cert"]
+
+
+def test_the_site_ca_key_is_read_only_to_issue_a_certificate(site):
+    """The CA key lives in its own secret, read at the first boot, at a renewal and for new names;
+    a run with current certificates reads only the certificate-only secret, which clients fetch
+    (no key in it). Seen from the calls the host makes (the recording proxy in front of AWS)."""
+
+    def reads(**extra: str) -> list[str]:
+        with AwsProxy(site.emulator_endpoint) as proxy:
+            site.bootstrap(ORTHWEB_AWS_ENDPOINT=proxy.endpoint, **extra)
+        return [c.kind for c in proxy.calls if c.operation == "GetSecretValue"]
+
+    assert "site-ca" in reads()  # first boot: the CA is made and the certificate issued
+    published = site.secret("ca_cert")
+    assert published == {"ca_cert": site.secret("ca")["ca_cert"]} and "PRIVATE KEY" not in json.dumps(published)
+    assert site.versions("ca_cert") == 1
+    (site.etc / "modality-ca.pem").write_text(make_ca(site.tmp / "modality-ca", "Modality CA").cert.read_text())
+    assert "site-ca" in reads()  # Orthanc's DICOM TLS client certificate is issued: the key is read
+    for _ in range(2):  # the refreshes that follow: current certificates, no key read
+        found = reads()
+        assert "site-ca" not in found and "site-ca-cert" in found and "site-tls" in found, found
+    assert "site-ca" in reads(ORTHWEB_RENEW_DAYS="900")  # a renewal reads it again
+    assert site.versions("ca_cert") == 1, "the same CA certificate is not published twice"
 
 
 def test_the_server_certificate_is_renewed_before_it_expires_by_the_same_ca(site):

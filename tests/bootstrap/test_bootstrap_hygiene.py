@@ -151,7 +151,7 @@ def test_missing_site_env_fails_clearly(tmp_path):
 
 def test_unknown_step_is_refused(site):
     proc = subprocess.run([str(site.program), "deploy"], env=site.env, capture_output=True, text=True)
-    assert proc.returncode == 2 and "usage: orthweb-bootstrap [boot|secrets|refresh]" in proc.stdout
+    assert proc.returncode == 2 and "usage: orthweb-bootstrap [boot|secrets|refresh|egress]" in proc.stdout
 
 
 def test_unknown_boot_step_is_refused_naming_the_setting(site):

@@ -7,6 +7,7 @@ import json
 from cdktf_cdktf_provider_aws.secretsmanager_secret import SecretsmanagerSecret
 
 from modules.access import HostAccess, HostAccessProps
+from tests.conftest import SITE_SECRETS
 
 
 def props(account, **overrides) -> HostAccessProps:
@@ -38,12 +39,12 @@ def host_statements(built) -> dict[str, dict]:
 def test_the_host_cannot_read_the_client_ca_key_and_writes_only_what_it_generates(build):
     built = build(lambda stack, account: HostAccess(stack, "access", props=props(account)))
     secrets = built.resources(SecretsmanagerSecret.TF_RESOURCE_TYPE)
-    assert set(secrets) == {"admin_secret", "tls_secret", "ca_secret", "client_ca_secret", "clients_secret"}
+    assert set(secrets) == SITE_SECRETS
     statements = host_statements(built)
     readable, writable = statements["ReadSecrets"]["resources"], statements["WriteGeneratedSecrets"]["resources"]
     assert not any("client_ca_secret" in r for r in readable + writable), "operators alone hold the client CA key"
     assert any("clients_secret" in r for r in readable) and not any("clients_secret" in r for r in writable)
-    assert sorted(r.split(".")[1] for r in writable) == ["admin_secret", "ca_secret", "tls_secret"]
+    assert sorted(r.split(".")[1] for r in writable) == ["admin_secret", "ca_cert_secret", "ca_secret", "tls_secret"]
 
 
 def test_session_manager_with_the_agents_minimal_permissions_and_logged_sessions(build):

@@ -161,13 +161,22 @@ TOKEN_LENGTH = 256
 _INTERPOLATION = re.compile(r"\$\{[^{}]*\}")
 
 
+def gzipped_template(expression: str) -> str | None:
+    """The text inside ``${base64gzip("...")}`` with every value Terraform fills in at apply written
+    as TOKEN_LENGTH characters (an interpolation may hold quotes of its own: join(" ", ...)); None
+    when ``expression`` is not one."""
+    if not (expression.startswith("${base64gzip(") and expression.endswith(")}")):
+        return None
+    literal = _INTERPOLATION.sub("x" * TOKEN_LENGTH, expression[len("${base64gzip(") : -len(")}")])
+    return str(json.loads(literal))
+
+
 def user_data_within_16_kb(stack: Stack) -> Iterator[str]:
     for template, body in stack.of_type("aws_launch_template").items():
         text = str(body.get("user_data", ""))
-        gzipped = text.startswith("${base64gzip(") and text.endswith(")}")
-        if gzipped:  # the JSON string literal inside base64gzip("...")
-            text = json.loads(text[len("${base64gzip(") : -len(")}")])
-        filled = _INTERPOLATION.sub("x" * TOKEN_LENGTH, text).encode()
+        inner = gzipped_template(text)
+        gzipped = inner is not None
+        filled = _INTERPOLATION.sub("x" * TOKEN_LENGTH, inner if inner is not None else text).encode()
         size = len(gzip.compress(filled, 9)) if gzipped else len(filled)  # otherwise: as written, at most
         if size > USER_DATA_LIMIT:
             yield f"{template.stable}: user data of {size} bytes, over EC2's {USER_DATA_LIMIT} ({USER_DATA_DOC})"

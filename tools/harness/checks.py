@@ -93,11 +93,8 @@ def check_bucket(d: Deployment) -> str:
     ]
     expect(bool(deny), "no statement denies non-TLS access")
     sids = {s.get("Sid") for s in policy["Statement"] if s["Effect"] == "Deny"}
-    if d.emulated:
-        # The emulator target leaves these out (stacks/emulator.py): the emulator cannot evaluate them.
-        expect(not sids & {"DenyOtherKeys", "DenyCustomerKeys"}, f"emulator bucket policy denies {sids}")
-    else:
-        expect({"DenyOtherKeys", "DenyOtherEncryption", "DenyCustomerKeys"} <= sids, f"bucket policy denies {sids}")
+    wanted = {"DenyOtherKeys", "DenyOtherEncryption", "DenyCustomerKeys", "OnlyNamedRolesTouchStudies"}
+    expect(wanted <= sids, f"bucket policy denies {sids}")
     logging = s3.get_bucket_logging(Bucket=bucket).get("LoggingEnabled", {})
     expect(logging.get("TargetBucket", "").startswith("orthweb-logs-"), f"access logging is {logging}")
     return (
@@ -206,7 +203,22 @@ def check_boot_bundle(d: Deployment) -> str:
     )
     body = s3.get_object(Bucket=bucket, Key=named.group(1))["Body"].read()
     expect(hashlib.sha256(body).hexdigest() == digest.group(1), "the bundle's SHA-256 differs from the user data's")
-    return f"boot bundle s3://{bucket}/{named.group(1)}: {len(body)} B, SSE-KMS with the site key, SHA-256 matches"
+    # What the containers may reach (userdata/host/egress.py), as Terraform rendered it at apply: the
+    # VPC's range and the S3 ranges of the region's prefix list, read back from EC2.
+    values = dict(re.findall(r"^([A-Z0-9_]+)='([^']*)'$", site_env, re.M))
+    vpc = d.attrs("aws_vpc")
+    endpoint = next(e for e in d.all_attrs("aws_vpc_endpoint") if e["vpc_endpoint_type"] == "Gateway")
+    listed = ec2.get_managed_prefix_list_entries(PrefixListId=endpoint["prefix_list_id"])["Entries"]
+    ranges = sorted(e["Cidr"] for e in listed)
+    expect(
+        bool(ranges) and sorted(values.get("S3_CIDRS", "").split()) == ranges,
+        f"S3_CIDRS {values.get('S3_CIDRS')!r}, S3 ranges {ranges}",
+    )
+    expect(values.get("VPC_CIDR") == vpc["cidr_block"], f"VPC_CIDR {values.get('VPC_CIDR')!r}, VPC {vpc['cidr_block']}")
+    return (
+        f"boot bundle s3://{bucket}/{named.group(1)}: {len(body)} B, SSE-KMS with the site key, SHA-256 matches;"
+        f" containers' egress: {len(ranges)} S3 ranges, VPC {vpc['cidr_block']}"
+    )
 
 
 def _ingress(ec2, group_id: str) -> list[dict[str, Any]]:

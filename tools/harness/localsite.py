@@ -52,6 +52,7 @@ import boto3
 from config import ROOT
 from config.facts import (
     ADMIN_SECRET,
+    CA_CERT_SECRET,
     CA_SECRET,
     CLIENT_CA_SECRET,
     CLIENTS_SECRET,
@@ -282,6 +283,7 @@ SECRET_LABELS = {
     "admin": ADMIN_SECRET,
     "tls": TLS_SECRET,
     "ca": CA_SECRET,
+    "ca_cert": CA_CERT_SECRET,
     "client_ca": CLIENT_CA_SECRET,
     "clients": CLIENTS_SECRET,
 }
@@ -448,6 +450,7 @@ class LocalSite:
             admin_secret_arn=self.arns["admin"],
             tls_secret_arn=self.arns["tls"],
             ca_secret_arn=self.arns["ca"],
+            ca_cert_secret_arn=self.arns["ca_cert"],
             clients_secret_arn=self.arns["clients"],
             db_secret_arn=self.arns["db"],
             db_host="localhost",
@@ -459,6 +462,9 @@ class LocalSite:
             orthanc_role_arn=self.orthanc_role_arn,
             config_bucket="",
             dicom_client_auth=self.dicom_client_auth,
+            # The database and the emulator's S3 are on loopback.
+            vpc_cidr="127.0.0.0/8",
+            s3_cidrs="127.0.0.0/8",
         )
 
     def bootstrap(self, host: int = 0, *, program: Path | None = None, aws_endpoint: str = "") -> str:
@@ -884,7 +890,7 @@ class LocalSite:
             "region": self.region,
             "ae_title": self.ae_title,
             "admin_secret": self.arns["admin"],
-            "ca_secret": self.arns["ca"],
+            "ca_secret": self.arns["ca_cert"],
         }
         return {name: {"sensitive": False, "type": "string", "value": value} for name, value in values.items()}
 

@@ -26,9 +26,17 @@ offerings, which moto does know per zone, are left as moto has them).
 Likewise a stand-in answer for Service Quotas' Elastic IP quota (ec2 ``L-0263D0A3``), which moto
 does not know: AWS's default of 5 a region (``make preflight ARGS=--account`` asks it).
 
-Still not checked, with or without this module: key policies, bucket and secret resource
-policies, service-linked roles, condition keys other than the request's own parameters
-(docs/security.md lists which of those the stack's requirement checks cover instead).
+Bucket policies' Deny statements are judged as AWS would: an S3 request under IAM enforcement that
+a bucket's policy denies is refused whatever IAM allows (moto judged no caller), and moto's own check
+of every object request no longer applies a Deny whose condition operator it does not know to every
+request (so the stack's real bucket policies can be applied to the emulator). Only conditions on
+keys known here are judged: ``aws:PrincipalArn`` (a role session counts as its role; known only
+under enforcement) and ``aws:SecureTransport`` (STAND-IN: true; the emulator is plain HTTP on
+loopback and stands for HTTPS); a statement with any other condition key is not judged.
+
+Still not checked, with or without this module: key policies, bucket policies' Allow statements,
+secret resource policies, service-linked roles, condition keys other than the request's own
+parameters (docs/security.md lists which of those the stack's requirement checks cover instead).
 """
 
 from __future__ import annotations
@@ -72,6 +80,46 @@ def secret_resource(response: Any) -> str:
     return "*"
 
 
+def _listed(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+CONDITION_TESTS = {
+    "ArnLike": lambda value, patterns: any(iam_pattern(p).match(value) for p in patterns),
+    "StringLike": lambda value, patterns: any(iam_pattern(p).match(value) for p in patterns),
+    "ArnNotLike": lambda value, patterns: not any(iam_pattern(p).match(value) for p in patterns),
+    "StringNotLike": lambda value, patterns: not any(iam_pattern(p).match(value) for p in patterns),
+    "StringEquals": lambda value, patterns: value in patterns,
+    "StringNotEquals": lambda value, patterns: value not in patterns,
+    "Bool": lambda value, patterns: value.lower() in [p.lower() for p in patterns],
+}
+
+
+def policy_denies(policy: dict[str, Any], action: str, resource: str, context: dict[str, str]) -> str | None:
+    """The Sid of the first Deny statement of a resource policy that applies to ``action`` on
+    ``resource`` for every principal, with every condition judged from ``context`` (None: none
+    applies). A statement naming principals, or with a condition key ``context`` lacks, is not judged."""
+    statements = policy.get("Statement")
+    for statement in [statements] if isinstance(statements, dict) else list(statements or []):
+        principal = statement.get("Principal")
+        if statement.get("Effect") != "Deny" or principal not in ("*", {"AWS": "*"}, {"AWS": ["*"]}):
+            continue
+        if not any(iam_pattern(a).match(action) for a in _listed(statement.get("Action"))):
+            continue
+        if not any(iam_pattern(r).match(resource) for r in _listed(statement.get("Resource"))):
+            continue
+        conditions = [
+            (test.removesuffix("IfExists"), key, _listed(values))
+            for test, keyed in (statement.get("Condition") or {}).items()
+            for key, values in keyed.items()
+        ]
+        if any(test not in CONDITION_TESTS or key not in context for test, key, _ in conditions):
+            continue
+        if all(CONDITION_TESTS[test](context[key], values) for test, key, values in conditions):
+            return str(statement.get("Sid") or "a Deny statement")
+    return None
+
+
 # STAND-IN answer: the classes RDS is said to offer PostgreSQL in (when no class is asked for).
 STANDIN_DB_CLASSES = tuple(
     f"db.{family}.{size}"
@@ -106,6 +154,47 @@ EIP_QUOTA_CODE = "L-0263D0A3"
 EIP_DEFAULT_QUOTA = 5.0
 
 
+def judge_bucket_policies() -> None:
+    """S3 requests under IAM enforcement are refused when the bucket's policy denies them (module docstring)."""
+    from moto.iam.access_control import S3IAMRequest
+    from moto.s3.models import s3_backends
+
+    moto_s3_check = S3IAMRequest.check_action_permitted
+
+    def s3_check(self: Any, resource: str) -> None:
+        moto_s3_check(self, resource)  # the caller's identity policies
+        bucket_name = resource.split(":::", 1)[-1].split("/", 1)[0]
+        try:
+            partition = resource.split(":")[1]
+            bucket = s3_backends[self.account_id][partition].get_bucket(bucket_name)
+        except Exception:  # noqa: BLE001 - no such bucket: S3 answers that itself
+            return
+        if not bucket.policy:
+            return
+        principal = self._access_key.arn
+        session = ASSUMED_ROLE.match(principal)
+        if session:
+            principal = self.backend.get_role(session.group(3)).arn
+        context = {"aws:PrincipalArn": principal, "aws:SecureTransport": "true"}
+        if policy_denies(json.loads(bucket.policy), self._action, resource, context):
+            self._raise_access_denied()
+
+    S3IAMRequest.check_action_permitted = s3_check  # type: ignore[method-assign]
+
+    from moto.iam.access_control import PermissionResult
+    from moto.s3.models import FakeBucket
+
+    def bucket_permission(self: Any, action: str, resource: str) -> Any:
+        """moto's own check of every object request (enforcement on or off, no caller known): it applied
+        a Deny whose condition operator it does not know (Bool, ArnNotLike, Null, ...IfExists) to every
+        request. Here such a statement is judged only when its keys are known without a caller."""
+        if self.policy and policy_denies(json.loads(self.policy), action, resource, {"aws:SecureTransport": "true"}):
+            return PermissionResult.DENIED
+        return PermissionResult.NEUTRAL
+
+    FakeBucket.get_permission = bucket_permission  # type: ignore[method-assign]
+
+
 def install() -> None:
     from moto.core.exceptions import AccessDeniedError, JsonRESTError
     from moto.iam.access_control import IAMPolicyStatement, IAMRequest
@@ -128,6 +217,8 @@ def install() -> None:
         if expected is None:
             return not self._statement.get("Principal")
         return any(principal_matches(principal, e) for e in ([expected] if isinstance(expected, str) else expected))
+
+    judge_bucket_policies()
 
     from moto.core.responses import ActionResult
     from moto.ec2.models import ec2_backends

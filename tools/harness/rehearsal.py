@@ -31,7 +31,8 @@ class PhaseError(RuntimeError):
 
 
 # The resource types whose settings decide what a destroy deletes (allow_data_destroy, deletion protection).
-UNPROTECT_TYPES = ("aws_db_instance", "aws_lb", "aws_s3_bucket", "aws_secretsmanager_secret")
+# (The DICOM bucket's policy too: with allow_data_destroy it no longer refuses Terraform the deletes.)
+UNPROTECT_TYPES = ("aws_db_instance", "aws_lb", "aws_s3_bucket", "aws_s3_bucket_policy", "aws_secretsmanager_secret")
 
 
 # What the AWS API emulator (moto) does not store or returns in another form, so the provider sees
@@ -90,6 +91,26 @@ def classify_second_plan(plan: dict[str, Any]) -> tuple[list[str], list[str]]:
         else:
             gaps.append(f"{label}: follows from the above")
     return real, gaps
+
+
+def _study_attempts(who: str, s3: Any, bucket: str, key: str) -> dict[str, str]:
+    """List, read, write and delete a study as ``who``: "ok" or the error code of each."""
+    from botocore.exceptions import ClientError
+
+    calls = {
+        "lists": lambda: s3.list_objects_v2(Bucket=bucket, Prefix="access-check/"),
+        "reads": lambda: s3.get_object(Bucket=bucket, Key=key)["Body"].read(),
+        "writes": lambda: s3.put_object(Bucket=bucket, Key=f"{key}.{who}", Body=b"x"),
+        "deletes": lambda: s3.delete_object(Bucket=bucket, Key=key),
+    }
+    found = {}
+    for verb, call in calls.items():
+        try:
+            call()
+            found[f"{who} {verb}"] = "ok"
+        except ClientError as exc:
+            found[f"{who} {verb}"] = str(exc.response["Error"]["Code"])
+    return found
 
 
 @dataclass
@@ -290,6 +311,55 @@ class Rehearsal:
             raise PhaseError(f"Orthanc's role: the object written is not what is listed or read back ({listed})")
         s3.delete_object(Bucket=bucket, Key=key)
         return bucket
+
+    def study_access(self, break_glass_role: str = "") -> dict[str, str]:
+        """Who reads and writes a study in the deployed DICOM bucket, under IAM enforcement with its
+        bucket policy judged (tools/harness/moto_server.py): an administrator whose IAM policy
+        allows every action, and the break-glass role (assumed by that administrator) when given.
+        Answers per attempt: "ok" or the error code."""
+        import boto3
+
+        bucket = self.outputs["s3bucket"].split(".")[0]
+        key = "access-check/study.dcm"
+        base = {"region_name": self.region, "endpoint_url": self.emulator.endpoint}
+        boto3.client("s3", **self.emulator.boto_kwargs()).put_object(Bucket=bucket, Key=key, Body=b"DICM")
+        iam = boto3.client("iam", **self.emulator.boto_kwargs())
+        iam.create_user(UserName="cloud-admin")
+        everything = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="cloud-admin", PolicyName="everything", PolicyDocument=json.dumps(everything))
+        made = iam.create_access_key(UserName="cloud-admin")["AccessKey"]
+        admin = {**base, "aws_access_key_id": made["AccessKeyId"], "aws_secret_access_key": made["SecretAccessKey"]}
+        people = {"administrator": admin}
+        if break_glass_role:
+            trust = {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"AWS": iam.get_user(UserName="cloud-admin")["User"]["Arn"]},
+                        "Action": "sts:AssumeRole",
+                    }
+                ],
+            }
+            iam.create_role(RoleName=break_glass_role.rsplit("/", 1)[-1], AssumeRolePolicyDocument=json.dumps(trust))
+            iam.put_role_policy(
+                RoleName=break_glass_role.rsplit("/", 1)[-1],
+                PolicyName="everything",
+                PolicyDocument=json.dumps(everything),
+            )
+        found: dict[str, str] = {}
+        with self.emulator.iam_enforced():
+            if break_glass_role:
+                session = boto3.client("sts", **admin).assume_role(RoleArn=break_glass_role, RoleSessionName="incident")
+                people["break-glass"] = {
+                    **base,
+                    "aws_access_key_id": session["Credentials"]["AccessKeyId"],
+                    "aws_secret_access_key": session["Credentials"]["SecretAccessKey"],
+                    "aws_session_token": session["Credentials"]["SessionToken"],
+                }
+            for who, credentials in people.items():
+                found.update(_study_attempts(who, boto3.client("s3", **credentials), bucket, key))
+        return found
 
     def unprotect(self) -> None:
         """What a user does before destroying a site for good: allow it, then apply."""

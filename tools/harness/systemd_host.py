@@ -15,7 +15,11 @@ What cannot be real here, each a named STAND-IN (see ``install_standins``):
   systemd's DefaultEnvironment (on EC2 the host finds the real endpoints and its role's credentials
   in instance metadata itself);
 - Docker: a ``docker.service`` that only says it started, and a ``docker`` command whose
-  ``compose`` starts the real nginx and Orthanc as transient systemd units (tools/harness/compose_standin.py).
+  ``compose`` starts the real nginx and Orthanc as transient systemd units (tools/harness/compose_standin.py);
+- iptables: this container shares the machine's network, so the containers' egress rules would
+  filter the machine itself; ``iptables`` and ``iptables-restore`` record what they are given in
+  /var/lib/orthweb-standin/iptables.log (the rules themselves are proven with the real iptables
+  in network namespaces: tests/test_egress.py).
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ PACKAGES = (
 MASKED = ("nginx.service", "orthanc.service")
 CACHE = ROOT / "build" / "systemd-root"
 SOURCE_MOUNT = "/opt/orthweb-src"
+STANDIN_STATE = "/var/lib/orthweb-standin"
+IPTABLES_LOG = f"{STANDIN_STATE}/iptables.log"
 
 
 class MachineError(RuntimeError):
@@ -260,6 +266,16 @@ def install_standins(
         f'PYTHONPATH={SOURCE_MOUNT} exec python3 -m tools.harness.compose_standin "$@"\n',
         mode=0o755,
     )
+    for tool in ("iptables", "iptables-restore"):
+        machine.write(
+            f"/usr/sbin/{tool}",
+            f"#!/bin/sh\n# STAND-IN for {tool}: records what it is given (module docstring).\n"
+            f"mkdir -p {STANDIN_STATE}\n"
+            f'{{ echo "{tool} $*"; [ {tool} = iptables-restore ] && cat; true; }} >> {IPTABLES_LOG}\n'
+            # "-C" (is the jump there?) answers no, so the log also shows the jump being added.
+            'case " $* " in *" -C "*) exit 1;; esac\n',
+            mode=0o755,
+        )
     machine.write("/etc/orthweb-standin.json", json.dumps({**ports, "s3_endpoint": s3_endpoint}))
     machine.write(
         "/etc/systemd/system/orthweb-refresh.timer.d/test-timing.conf",

@@ -30,7 +30,7 @@ class StateBucketError(RuntimeError):
     pass
 
 
-def bucket_policy(bucket: str, key_arn: str, *, objects_tls: bool = True) -> dict[str, Any]:
+def bucket_policy(bucket: str, key_arn: str) -> dict[str, Any]:
     """TLS only; objects only under the state key (no SSE-S3, no other key, no SSE-C)."""
     arn = f"arn:aws:s3:::{bucket}"
     statements: list[dict[str, Any]] = [
@@ -39,29 +39,26 @@ def bucket_policy(bucket: str, key_arn: str, *, objects_tls: bool = True) -> dic
             "Effect": "Deny",
             "Principal": "*",
             "Action": "s3:*",
-            "Resource": [arn, f"{arn}/*"] if objects_tls else [arn],
+            "Resource": [arn, f"{arn}/*"],
             "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-        }
+        },
+        {
+            "Sid": "DenyOtherKeys",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": f"{arn}/*",
+            "Condition": {"StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption-aws-kms-key-id": key_arn}},
+        },
+        {
+            "Sid": "DenyCustomerProvidedKeys",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": f"{arn}/*",
+            "Condition": {"Null": {"s3:x-amz-server-side-encryption-customer-algorithm": "false"}},
+        },
     ]
-    if objects_tls:
-        statements += [
-            {
-                "Sid": "DenyOtherKeys",
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:PutObject",
-                "Resource": f"{arn}/*",
-                "Condition": {"StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption-aws-kms-key-id": key_arn}},
-            },
-            {
-                "Sid": "DenyCustomerProvidedKeys",
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:PutObject",
-                "Resource": f"{arn}/*",
-                "Condition": {"Null": {"s3:x-amz-server-side-encryption-customer-algorithm": "false"}},
-            },
-        ]
     return {"Version": "2012-10-17", "Statement": statements}
 
 
@@ -147,9 +144,7 @@ class StateBucket:
                 ]
             },
         )
-        # The AWS API emulator speaks plain HTTP and cannot evaluate the key conditions: there only
-        # the bucket-level TLS rule (the same stand-in rule as stacks/emulator.py).
-        policy = bucket_policy(bucket, key_arn, objects_tls=self.endpoint_url is None)
+        policy = bucket_policy(bucket, key_arn)
         s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
 
     def run(self) -> list[str]:

@@ -7,6 +7,8 @@
                                 credentials, runtime files (orthweb.service runs it before compose)
     orthweb-bootstrap refresh   ``secrets`` (certificate renewed when due), then recreate or reload what
                                 changed (orthweb-refresh.timer, every 5 minutes)
+    orthweb-bootstrap egress    the containers' egress rules (egress.py; orthweb.service runs it
+                                before compose: no container starts without them)
 
 Deploy-time values come from /etc/orthweb/site.env (no secret in it). Secret values are never
 printed, passed as command arguments or put in environment variables: they live in Secrets
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .aws import Aws, AwsError, Imds, SecretsManager, SecretValue, assume_role, credentials_from
+from .egress import Egress, EgressError, apply
 
 # docker compose v2 plugin, pinned by release and SHA-256 (value as pinned and verified by the
 # Docker Official Image build of docker:28, docker-library/docker 28/cli/Dockerfile).
@@ -59,7 +62,8 @@ BOOT_STEPS = ("network", "packages", "compose", "rds_ca", "monitoring", "service
 # What the host needs from dnf: Docker, psql for the database role, cryptography for the certificates.
 PACKAGES = ("docker", "postgresql15", "python3-cryptography")
 NO_CLIENT_CA = "Orthweb: no DICOM client certificate issued yet"
-USAGE = "usage: orthweb-bootstrap [boot|secrets|refresh]"
+USAGE = "usage: orthweb-bootstrap [boot|secrets|refresh|egress]"
+STEPS = ("boot", "secrets", "refresh", "egress")
 _SITE_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)='([^'\n\\]*)'$")
 
 
@@ -399,40 +403,80 @@ class Host:
 
     def site_ca(self) -> SecretValue:
         """The site CA (certificate and key), made at the first boot, made again when the site's
-        names go beyond its name constraints."""
-        from . import pki
-
+        names go beyond its name constraints. Its key is read only here, and this runs only when a
+        certificate is to be issued; its certificate is published without the key (publish_ca)."""
         ca_arn = self.site["CA_SECRET_ARN"]
         ca = self.ensure(ca_arn, self.new_ca)
-        ca_cert = pki.load_cert(json.loads(ca.text)["ca_cert"])
-        if not set(self.site.names()) <= (pki.permitted_names(ca_cert) or set()):
+        if not self.ca_covers_names(json.loads(ca.text)["ca_cert"]):
             log(
                 f"WARNING: the site names ({self.site.sorted_names()}) are beyond the site CA's name constraints: "
                 "a new site CA; clients must trust it"
             )
             ca = self.replace(ca_arn, ca, "new names", "ca", self.new_ca())
-            ca_cert = pki.load_cert(json.loads(ca.text)["ca_cert"])
-        if pki.expires_within(pki.not_after(ca_cert), WARN_DAYS):
-            log("WARNING: the site CA expires within 180 days; plan a new CA (README: Trust the site CA)")
+        self.warn_ca_expiry(json.loads(ca.text)["ca_cert"])
         return ca
+
+    def ca_covers_names(self, ca_pem: str) -> bool:
+        from . import pki
+
+        return set(self.site.names()) <= (pki.permitted_names(pki.load_cert(ca_pem)) or set())
+
+    def warn_ca_expiry(self, ca_pem: str) -> None:
+        from . import pki
+
+        if pki.expires_within(pki.not_after(pki.load_cert(ca_pem)), WARN_DAYS):
+            log("WARNING: the site CA expires within 180 days; plan a new CA (README: Trust the site CA)")
+
+    def published_ca(self) -> str | None:
+        """The site CA's certificate as published for clients and for this check (no key in it);
+        None before it is published (or on a site.env without the secret)."""
+        arn = self.site["CA_CERT_SECRET_ARN"]
+        found = self.read(arn) if arn else None
+        try:
+            return str(json.loads(found.text)["ca_cert"]) if found else None
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def publish_ca(self, ca: SecretValue, published: str | None) -> None:
+        """The CA certificate of ``ca`` in the certificate-only secret, when it is not there yet
+        (hosts publishing the same certificate at once send the same request: one version)."""
+        arn, pem = self.site["CA_CERT_SECRET_ARN"], json.loads(ca.text)["ca_cert"]
+        if arn and published != pem:
+            token = "orthweb-" + hashlib.sha256(pem.encode()).hexdigest()[:32]
+            self.store(arn, json.dumps({"ca_cert": pem}), token, "site CA certificate published", "published it")
+
+    def server_tls(self) -> tuple[SecretValue, str, SecretValue | None]:
+        """The site-tls value, the site CA's certificate, and the CA with its key when it had to be
+        read: only when the server certificate is not current (first boot, renewal, new names) or
+        the published certificate is missing or cannot vouch for today's names."""
+        published = self.published_ca()
+        if published and self.ca_covers_names(published):
+            tls = self.read(self.site["TLS_SECRET_ARN"])
+            if tls is not None and self.server_cert_current(tls, published):
+                log(f"server certificate: current (names {self.site.sorted_names()}); the site CA key was not read")
+                self.warn_ca_expiry(published)
+                return tls, published, None
+        ca = self.site_ca()
+        self.publish_ca(ca, published)
+        return self.site_certificate(ca), json.loads(ca.text)["ca_cert"], ca
 
     def reaches_modalities_over_tls(self) -> bool:
         """A modality has tls: the bundle carries their CA (config requires it then)."""
         path = self.settings.etc / "modality-ca.pem"
         return path.is_file() and "BEGIN CERTIFICATE" in path.read_text()
 
-    def dicom_tls_identity(self, ca: SecretValue) -> list[str]:
+    def dicom_tls_identity(self, ca_pem: str, ca: SecretValue | None) -> list[str]:
         """Orthanc's certificate as a DICOM TLS client (C-MOVE and C-STORE to modalities with tls):
         clientAuth, from the site CA, for the site's names, made on this host and kept on its tmpfs
         (the key never leaves the host); renewed like the server certificate. Orthanc reads the files
-        at every association, so nothing restarts."""
+        at every association, so nothing restarts. The CA key is read (``ca`` None) only to issue."""
         from . import pki
 
         folder = private_dir(self.settings.dicom_tls_dir)
         cert_path, key_path = folder / "orthanc-cert.pem", folder / "orthanc-key.pem"
-        value = json.loads(ca.text)
-        if key_path.is_file() and cert_path.is_file() and self.cert_current(cert_path.read_text(), value["ca_cert"]):
+        if key_path.is_file() and cert_path.is_file() and self.cert_current(cert_path.read_text(), ca_pem):
             return []
+        value = json.loads((ca or self.site_ca()).text)
         cert, key = pki.issue(
             pki.load_cert(value["ca_cert"]),
             pki.load_key(value["ca_key"]),
@@ -621,7 +665,7 @@ COMMIT;
         with locked(s.run), scratch(s.run) as work:
             admin_value = self.ensure(self.site["ADMIN_SECRET_ARN"], self.new_admin_secret)
             byo = self.site["BYO_TLS_SECRET"]
-            ca = None
+            ca, ca_pem = None, ""
             if byo:
                 found = self.read(byo)
                 if found is None:
@@ -629,14 +673,16 @@ COMMIT;
                 tls_value = found
                 log(f"using your certificate from {byo}")
             else:
-                ca = self.site_ca()
-                tls_value = self.site_certificate(ca)
+                tls_value, ca_pem, ca = self.server_tls()
             admin = json.loads(admin_value.text)
             self.ensure_db_role(admin, work)
             self.orthanc_credentials()
             changed = self.runtime_files(admin, json.loads(tls_value.text)) + self.orthanc_config()
             if self.reaches_modalities_over_tls():
-                changed += self.dicom_tls_identity(ca or self.site_ca())
+                if not ca_pem:  # your own server certificate: Orthanc's client one still comes from the site CA
+                    ca = self.site_ca()
+                    ca_pem = json.loads(ca.text)["ca_cert"]
+                changed += self.dicom_tls_identity(ca_pem, ca)
             log(f"runtime files changed: {' '.join(changed)}" if changed else "runtime files: unchanged")
             install_file(s.run / "last-changed", "".join(f"{name}\n" for name in changed))
             return changed
@@ -755,6 +801,15 @@ COMMIT;
         run_checked(["systemctl", "restart", "orthweb.service"])
         log("services started: orthweb.service, orthweb-refresh.timer")
 
+    def egress(self) -> None:
+        """The containers' egress rules (egress.py), applied before compose starts them."""
+        egress = Egress.from_site(self.site, self.settings.etc / "egress.json")
+        apply(egress)
+        log(
+            f"container egress: database, {len(egress.s3_cidrs)} S3 range(s), "
+            f"{len(egress.modalities)} C-MOVE destination(s); everything else refused"
+        )
+
     def backoff(self) -> None:
         """A failed boot is retried by systemd; wait longer each time (15 s doubling, at most 5 min)."""
         counter = private_dir(self.settings.run) / "boot-attempts"
@@ -820,13 +875,13 @@ def main(argv: list[str], env: Mapping[str, str] | None = None) -> int:
     logs = environment.get("LOGS_DIRECTORY", "").split(":")[0]  # set by systemd for LogsDirectory=
     _log_to[:] = [Path(logs) / LOG_FILE] if logs else []
     step = argv[0] if argv else "boot"
-    if step not in ("boot", "secrets", "refresh") or len(argv) > 1:
+    if step not in STEPS or len(argv) > 1:
         log(f"ERROR: {USAGE}")
         return 2
     try:
         host = Host(Settings.from_env(environment))
-        {"boot": host.boot, "secrets": host.secrets, "refresh": host.refresh}[step]()
-    except BootError as exc:
+        {"boot": host.boot, "secrets": host.secrets, "refresh": host.refresh, "egress": host.egress}[step]()
+    except (BootError, EgressError) as exc:
         log(f"ERROR: {exc}")
         return 1
     log(f"done: {step}")
