@@ -33,7 +33,7 @@ APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose a
 	orthanc orthanc-postgresql orthanc-python orthanc-dicomweb python3-boto3 python3-cryptography dcmtk graphviz haproxy \
 	systemd-container mmdebstrap iptables iproute2
 
-.PHONY: test-deps systemd-root security-deps bench check compile cost cost-docs diagram state-bucket validate db-tunnel modality-cert recover local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
+.PHONY: test-deps systemd-root security-deps bench check compile cost cost-docs diagram state-bucket validate db-tunnel user modality-cert recover local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
 	pytest pytest-unit cli cli-synth diff deploy destroy output snapshot clean
 
 ## synth: install runtime dependencies and synthesize cdktf.out/stacks/<name> (no AWS account needed)
@@ -129,6 +129,10 @@ local-down:
 ## security: checkov (own virtualenv) + custom policies on the default and prod stacks and the plan
 security: setup-dev
 	$(PY) -m tools.ci.security
+
+## user: named users with roles, e.g. ARGS="add alice --role viewer", ARGS=list, ARGS="disable alice"
+user: setup-dev
+	$(PY) -m tools.ops.users $(ARGS)
 
 ## modality-cert: DICOM client certificates, e.g. ARGS="issue CT1 --out certs/", ARGS=list, ARGS="revoke CT1"
 modality-cert: setup-dev

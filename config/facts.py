@@ -17,6 +17,8 @@ SSH_PORT = 22  # never opened: administration goes through SSM Session Manager
 # -- DICOM and Orthanc --------------------------------------------------------------------------
 DEFAULT_AE_TITLE = "ORTHANC"
 ORTHANC_ADMIN_USER = "admin"
+# Named users' roles (docker/orthweb_roles.py enforces them inside Orthanc; the admin user is "admin").
+USER_ROLES = ("viewer", "uploader", "researcher", "admin")
 # Called "Name" in Orthanc; shown in the UI.
 SITE_LABEL = "Orthweb"
 
@@ -39,6 +41,9 @@ CA_SECRET = "site-ca"  # noqa: S105
 CA_CERT_SECRET = "site-ca-cert"  # noqa: S105 - a secret name, not a value
 CLIENT_CA_SECRET = "dicom-client-ca"  # noqa: S105
 CLIENTS_SECRET = "dicom-clients"  # noqa: S105
+# <name>/users: the named users ({"users": {name: {"role", "password", "enabled"}}}), written by
+# `make user`, read by the host.
+USERS_SECRET = "users"  # noqa: S105 - a secret name, not a value
 TRAIL_PREFIX = "cloudtrail"  # key prefix of CloudTrail log files in the log bucket
 # unique_suffix: "-" and this many random bytes as hex after the name (unknown until apply).
 NAME_SUFFIX_BYTES = 3

@@ -22,6 +22,7 @@ from config.facts import (
     CLIENTS_SECRET,
     PORT_FORWARDING_DOCUMENT,
     TLS_SECRET,
+    USERS_SECRET,
 )
 from modules.account import Account
 from modules.key import ACCOUNT_KEY_ACTIONS
@@ -124,6 +125,9 @@ class HostAccess(Construct):
         self.clients_secret = self._secret(
             "clients-secret", CLIENTS_SECRET, "DICOM client CA certificate, revocation list and issued certificates"
         )
+        self.users_secret = self._secret(
+            "users-secret", USERS_SECRET, "Named users, roles, passwords: written by make user, read by the host"
+        )
 
     def _log_groups(self) -> None:
         props = self.props
@@ -182,6 +186,7 @@ class HostAccess(Construct):
             self.ca_secret.arn,
             self.ca_cert_secret.arn,
             self.clients_secret.arn,
+            self.users_secret.arn,
         ]
         if props.byo_tls_secret:
             readable.append(secret_arn_pattern(acct, props.byo_tls_secret))

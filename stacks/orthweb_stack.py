@@ -351,6 +351,7 @@ class OrthwebStack(TerraformStack):
             tls_secret_arn=self.access.tls_secret.arn,
             ca_secret_arn=self.access.ca_secret.arn,
             ca_cert_secret_arn=self.access.ca_cert_secret.arn,
+            users_secret_arn=self.access.users_secret.arn,
             clients_secret_arn=self.access.clients_secret.arn,
             db_secret_arn=self.database.secret_arn,
             db_host=self.database.instance.address,
@@ -423,6 +424,7 @@ class OrthwebStack(TerraformStack):
             "region": (region, "The site's AWS region"),
             "ae_title": (self.config.ae_title, "Called AE title of the site"),
             "admin_secret": (self.access.admin_secret.arn, "Secret holding the Orthanc admin password"),
+            "users_secret": (self.access.users_secret.arn, "Secret holding the named users (make user)"),
             "ca_secret": (
                 "" if self.config.tls_certificate_secret else self.access.ca_cert_secret.arn,
                 "Secret whose ca_cert clients trust (empty: your own, publicly trusted certificate)",

@@ -89,7 +89,10 @@ def synth_json(config: OrthwebConfig, outdir: Path) -> dict[str, Any]:
 
 
 # The site's secrets, by the stack's logical IDs (created empty: the host or operators fill them).
-SITE_SECRETS = {"admin_secret", "tls_secret", "ca_secret", "ca_cert_secret", "client_ca_secret", "clients_secret"}
+SITE_SECRETS = {
+    *("admin_secret", "tls_secret", "ca_secret", "ca_cert_secret", "client_ca_secret", "clients_secret"),
+    "users_secret",
+}
 
 
 class Synth:

@@ -31,10 +31,11 @@ def _run(tmp_path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_modality_cert_without_credentials_exits_2_naming_them(tmp_path):
-    proc = _run(tmp_path, "tools.ops.modalities", "--site", "orthweb", "--region", "us-east-1", "list")
+@pytest.mark.parametrize("command", ["modalities", "users"])
+def test_modality_cert_and_user_without_credentials_exit_2_naming_them(tmp_path, command):
+    proc = _run(tmp_path, f"tools.ops.{command}", "--site", "orthweb", "--region", "us-east-1", "list")
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == f"modalities: error: {NO_CREDENTIALS}"
+    assert proc.stderr.strip() == f"{command}: error: {NO_CREDENTIALS}"
     assert "Unable to locate credentials" not in proc.stderr + proc.stdout and proc.stdout == ""
 
 

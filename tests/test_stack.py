@@ -361,6 +361,7 @@ SINGLE_OUTPUTS = {
     "region",
     "ae_title",
     "admin_secret",
+    "users_secret",
     "ca_secret",
 }
 SCALED_OUTPUTS = {"load_balancer_dns", "load_balancer_addresses", "host_group"}

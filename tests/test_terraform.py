@@ -60,7 +60,7 @@ DEFAULT_PLAN = {
     "aws_s3_bucket_server_side_encryption_configuration": 3,
     "aws_s3_bucket_versioning": 3,
     "aws_s3_object": 1,
-    "aws_secretsmanager_secret": 6,
+    "aws_secretsmanager_secret": 7,
     "aws_security_group": 2,
     "aws_sns_topic": 1,
     "aws_sns_topic_policy": 1,

@@ -161,6 +161,7 @@ def test_bundle_is_deterministic_and_unpacks_where_the_host_expects():
         "etc/orthweb/rds-ca.pem",
         "etc/orthweb/modality-ca.pem",
         "etc/orthweb/egress.json",
+        "etc/orthweb/orthweb_roles.py",
         "etc/systemd/system/orthweb.service",
         "etc/systemd/system/orthweb-refresh.service",
         "etc/systemd/system/orthweb-refresh.timer",
@@ -257,7 +258,11 @@ def test_compose_file_passes_docker_compose_config(tmp_path, files):
     # The image writes the merged configuration, secrets included, to /tmp: in memory only.
     assert any(str(t).startswith("/tmp") for t in orthanc["tmpfs"])
     assert orthanc["logging"]["options"]["awslogs-group"] == "/orthweb/containers"
-    assert set(config["secrets"]) == {"ORTHANC__POSTGRESQL__CONNECTION_URI", "ORTHANC__REGISTERED_USERS"}
+    assert set(config["secrets"]) == {
+        "ORTHANC__POSTGRESQL__CONNECTION_URI",
+        "ORTHANC__REGISTERED_USERS",
+        "ORTHANC__ORTHWEB_ROLES",
+    }
     assert "environment" not in nginx and not any("PASSWORD" in k for k in environment)
 
 

@@ -40,6 +40,7 @@ from config.facts import (
 from config.inputs import DicomModality
 from userdata.host import egress
 from userdata.site import (
+    DOCKER_DIR,
     ComposeValues,
     NginxValues,
     OrthancValues,
@@ -93,6 +94,8 @@ class HostValues:
     # The site CA's certificate without its key (what clients trust; the host checks against it
     # without reading the CA key). Empty: the host reads the CA secret on every run.
     ca_cert_secret_arn: str = ""
+    # The named users (`make user`); empty: the admin user only.
+    users_secret_arn: str = ""
     # What the containers may reach (userdata/host/egress.py): the VPC's range (the database in it)
     # and S3's address ranges in the region, space-separated (the S3 gateway endpoint's prefix list).
     vpc_cidr: str = ""
@@ -160,6 +163,7 @@ def bundle_files(a: AppValues) -> dict[str, tuple[int, str]]:
         ),
         "etc/orthweb/rds-ca.pem": (unit, rds_ca.pem_for(a.region_name)),
         "etc/orthweb/modality-ca.pem": (unit, a.modality_ca),
+        "etc/orthweb/orthweb_roles.py": (unit, (DOCKER_DIR / "orthweb_roles.py").read_text()),
         "etc/orthweb/egress.json": (
             unit,
             # S3 answers on the HTTPS port.
@@ -203,6 +207,7 @@ def site_env(v: HostValues, bundle: Bundle | None = None) -> str:
         "TLS_SECRET_ARN": v.tls_secret_arn,
         "CA_SECRET_ARN": v.ca_secret_arn,
         "CA_CERT_SECRET_ARN": v.ca_cert_secret_arn,
+        "USERS_SECRET_ARN": v.users_secret_arn,
         "CLIENTS_SECRET_ARN": v.clients_secret_arn,
         "DB_SECRET_ARN": v.db_secret_arn,
         "DB_HOST": v.db_host,

@@ -63,6 +63,8 @@ LOGIN_FAILURE_RATE = "6r/m"
 # the CA of the modalities it reaches over DICOM TLS (from the boot bundle).
 ORTHANC_DICOM_TLS = "/etc/orthanc/dicom-tls"
 ORTHANC_MODALITY_CA = "/etc/orthanc/modality-ca.pem"
+# The roles script in the container (docker/orthweb_roles.py, mounted by compose).
+ORTHANC_ROLES_SCRIPT = "/etc/orthanc/orthweb_roles.py"
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,8 @@ def render_orthanc(v: OrthancValues) -> str:
         )
     config["AwsS3Storage"].update({"BucketName": v.bucket, "Region": v.region})
     config["DicomWeb"]["Root"] = DICOMWEB_ROOT
+    # Orthanc's Python plugin runs the roles script (the production image enables it with this key).
+    config["PythonScript"] = ORTHANC_ROLES_SCRIPT
     if v.several_servers:
         config["SaveJobs"] = False
     if v.server_identifier:

@@ -22,6 +22,7 @@ from config.facts import (
     DB_MASTER_USER,
     DB_NAME,
     TLS_SECRET,
+    USERS_SECRET,
 )
 from tools.harness.emulator import Emulator
 from tools.harness.hostsim import bootstrap_env, host_program, run_bootstrap
@@ -91,6 +92,7 @@ def site(tmp_path, emulator, pki, cluster):
             ("tls", TLS_SECRET),
             ("ca", CA_SECRET),
             ("ca_cert", CA_CERT_SECRET),
+            ("users", USERS_SECRET),
             ("clients", CLIENTS_SECRET),
         )
     }
@@ -109,6 +111,7 @@ def site(tmp_path, emulator, pki, cluster):
         tls_secret_arn=arns["tls"],
         ca_secret_arn=arns["ca"],
         ca_cert_secret_arn=arns["ca_cert"],
+        users_secret_arn=arns["users"],
         clients_secret_arn=arns["clients"],
         db_secret_arn=arns["db"],
         db_host="localhost",

@@ -237,6 +237,31 @@ def test_a_new_site_name_reaches_the_certificate(site):
     assert (site.run / "nginx" / "site-cert.pem").read_text() == site.secret("tls")["cert"]
 
 
+def test_named_users_reach_orthanc_with_their_roles_and_nginx_with_their_logins(site):
+    """The users secret (`make user`) as the host applies it: enabled users registered with Orthanc
+    beside the admin, each one's role for the roles script, every login in nginx's failed-login map;
+    a disabled user, an unknown role and a user named like the admin are left out. A change is a
+    change of Orthanc's secret files, so the refresh recreates Orthanc."""
+    site.bootstrap()
+    users = {
+        "vera": {"role": "viewer", "password": "pw-vera", "enabled": True},
+        "otto": {"role": "viewer", "password": "pw-otto", "enabled": False},
+        "mal": {"role": "root", "password": "pw-mal", "enabled": True},
+        "admin": {"role": "viewer", "password": "pw-admin", "enabled": True},
+    }
+    site.sm.put_secret_value(SecretId=site.arns["users"], SecretString=json.dumps({"users": users}))
+    log = site.bootstrap("refresh")
+    registered = json.loads((site.run / "secrets" / "registered-users").read_text())
+    roles = json.loads((site.run / "secrets" / "user-roles").read_text())
+    assert set(registered) == {"admin", "vera"} and registered["vera"] == "pw-vera"
+    assert registered["admin"] == site.secret("admin")["password"], "the admin keeps the break-glass password"
+    assert roles == {"admin": "admin", "vera": "viewer"}
+    assert stat.S_IMODE((site.run / "secrets" / "user-roles").stat().st_mode) == 0o600
+    logins = (site.run / "nginx" / "users.map").read_text()
+    assert logins.count("Basic ") == 2 and "pw-vera" not in logins, "base64 of user:password, one per login"
+    assert "recreating orthanc" in log and "force-recreate --no-deps orthanc" in (site.tmp / "docker-calls").read_text()
+
+
 def test_the_site_ca_key_is_read_only_to_issue_a_certificate(site):
     """The CA key lives in its own secret, read at the first boot, at a renewal and for new names;
     a run with current certificates reads only the certificate-only secret, which clients fetch

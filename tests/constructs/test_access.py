@@ -44,6 +44,9 @@ def test_the_host_cannot_read_the_client_ca_key_and_writes_only_what_it_generate
     readable, writable = statements["ReadSecrets"]["resources"], statements["WriteGeneratedSecrets"]["resources"]
     assert not any("client_ca_secret" in r for r in readable + writable), "operators alone hold the client CA key"
     assert any("clients_secret" in r for r in readable) and not any("clients_secret" in r for r in writable)
+    assert any("users_secret" in r for r in readable) and not any("users_secret" in r for r in writable), (
+        "operators write users"
+    )
     assert sorted(r.split(".")[1] for r in writable) == ["admin_secret", "ca_cert_secret", "ca_secret", "tls_secret"]
 
 

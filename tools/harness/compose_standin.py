@@ -66,6 +66,7 @@ def start_orthanc() -> None:
         storage_dir=STATE / "orthanc-db",
         s3_endpoint=s["s3_endpoint"],
         modality_ca=ETC / "modality-ca.pem",
+        roles_script=ETC / "orthweb_roles.py",  # where the bundle installs it
     )
     # As the image does: the merged configuration (secrets included) on tmpfs, root only.
     path = RUN / "standin-orthanc.json"

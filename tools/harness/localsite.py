@@ -61,6 +61,7 @@ from config.facts import (
     DEFAULT_AE_TITLE,
     ORTHANC_ADMIN_USER,
     TLS_SECRET,
+    USERS_SECRET,
 )
 from config.inputs import DicomModality
 from tools.harness.emulator import Emulator
@@ -88,6 +89,7 @@ STORAGE_KINDS = ("s3", "disk")
 # (users and database password), one site CA, one server certificate and key.
 SHARED_RUNTIME_FILES = (
     "secrets/registered-users",
+    "secrets/user-roles",
     "secrets/db-connection-uri",
     "nginx/site-cert.pem",
     "nginx/site-key.pem",
@@ -130,6 +132,7 @@ def native_orthanc_config(
     storage_dir: Path,
     s3_endpoint: str | None,
     modality_ca: Path | None = None,
+    roles_script: Path = ROOT / "docker" / "orthweb_roles.py",
 ) -> dict[str, Any]:
     """A host's orthanc.json made ready for Debian's Orthanc running natively: the runtime secret
     files merged in (as the orthancteam image does with Docker secrets), local ports and folders,
@@ -139,6 +142,7 @@ def native_orthanc_config(
     config["StorageDirectory"] = config["IndexDirectory"] = str(storage_dir)
     config["PostgreSQL"] = {**config["PostgreSQL"], "ConnectionUri": (secrets / "db-connection-uri").read_text()}
     config["RegisteredUsers"] = json.loads((secrets / "registered-users").read_text())
+    config["OrthwebRoles"] = json.loads((secrets / "user-roles").read_text())
     # Orthanc's DICOM TLS identity where the host wrote it, the modalities' CA where it lies.
     for key in ("DicomTlsCertificate", "DicomTlsPrivateKey"):
         if key in config:
@@ -148,12 +152,15 @@ def native_orthanc_config(
             raise ValueError("a modality has tls: the local Orthanc needs the modalities' CA file")
         config["DicomTlsTrustedCertificates"] = str(modality_ca)
     # The index in PostgreSQL and DICOMweb (Debian's plugin 1.7; the image has 1.24), as on a host.
-    config["Plugins"] = [str(ORTHANC_PLUGINS / p) for p in ("libOrthancPostgreSQLIndex.so", "libOrthancDicomWeb.so")]
+    # The Python plugin runs the roles script, as in the image; with the S3 STAND-IN (a Python plugin
+    # script too, and Orthanc's Python plugin runs one), the stand-in runs it after itself.
+    plugins = ("libOrthancPostgreSQLIndex.so", "libOrthancDicomWeb.so", "libOrthancPython.so")
+    config["Plugins"] = [str(ORTHANC_PLUGINS / p) for p in plugins]
+    config["PythonScript"] = str(roles_script)
     if s3_endpoint:
         config["AwsS3Storage"] = {**config["AwsS3Storage"], "Endpoint": s3_endpoint, "VirtualAddressing": False}
-        config["Plugins"].append(str(ORTHANC_PLUGINS / "libOrthancPython.so"))
-        config["Python"] = {"Path": str(PLUGIN)}
         config["PythonScript"] = str(PLUGIN)
+        config["OrthwebLocalScripts"] = [str(roles_script)]
     else:
         del config["AwsS3Storage"]
     return config
@@ -284,6 +291,7 @@ SECRET_LABELS = {
     "tls": TLS_SECRET,
     "ca": CA_SECRET,
     "ca_cert": CA_CERT_SECRET,
+    "users": USERS_SECRET,
     "client_ca": CLIENT_CA_SECRET,
     "clients": CLIENTS_SECRET,
 }
@@ -451,6 +459,7 @@ class LocalSite:
             tls_secret_arn=self.arns["tls"],
             ca_secret_arn=self.arns["ca"],
             ca_cert_secret_arn=self.arns["ca_cert"],
+            users_secret_arn=self.arns["users"],
             clients_secret_arn=self.arns["clients"],
             db_secret_arn=self.arns["db"],
             db_host="localhost",
@@ -541,7 +550,7 @@ class LocalSite:
         its files changed (or Orthanc was restarted)."""
         log = self.bootstrap(host)
         changed = (self.host(host).run / "last-changed").read_text()
-        if "db-connection-uri" in changed or "registered-users" in changed:
+        if any(name in changed for name in ("db-connection-uri", "registered-users", "user-roles")):
             self.restart_orthanc(host)
             changed += " nginx-upstream"
         if any(name in changed for name in ("site-cert", "site-key", "client-ca", "client-crl", "nginx-upstream")):

@@ -8,6 +8,7 @@ configuration. Orthanc acknowledges a C-STORE only after this returns, as with t
 """
 
 import json
+import runpy
 
 import boto3  # Debian's python3-boto3: the Orthanc Python plugin runs on the system Python
 import orthanc
@@ -37,3 +38,8 @@ def _remove(uuid, content_type):
 
 
 orthanc.RegisterStorageArea(_create, _read, _remove)
+
+# Orthanc's Python plugin runs one script, and on the local site that is this stand-in: it runs after
+# itself the scripts a host's Orthanc runs as its PythonScript (the roles script).
+for _script in json.loads(orthanc.GetConfiguration()).get("OrthwebLocalScripts", []):
+    runpy.run_path(_script)

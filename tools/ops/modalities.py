@@ -157,7 +157,7 @@ class Secrets:
             if error.get("Code") == "ResourceNotFoundException" and missing_is_usage:
                 raise UsageError(
                     f"--site: no secret {kwargs['SecretId']} in region {self.region}; "
-                    "is the site deployed there under that name, with DICOM client certificates?"
+                    "is the site deployed there under that name?"
                 ) from None
             raise StateError(f"{what}: {error.get('Code')}: {error.get('Message')}") from None
         except BotoCoreError as exc:
@@ -362,7 +362,7 @@ def cmd_revoke(secrets: Secrets, modality: str) -> list[str]:
 # -- command line ---------------------------------------------------------------------------------
 
 
-def _site_problems(site: str) -> list[str]:
+def site_problems(site: str) -> list[str]:
     # The same rule as the stack's `name` input: secret names are `<name>/...`.
     return field_problems("name", site, "--site")
 
@@ -384,7 +384,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _secrets_client(p: argparse.ArgumentParser, a: argparse.Namespace) -> Any:
+def secrets_client(p: argparse.ArgumentParser, a: argparse.Namespace) -> Any:
     """Secrets Manager for the site's region, or the exit code: 2 without credentials, 1 otherwise."""
     import boto3
     from botocore.exceptions import BotoCoreError, NoRegionError
@@ -395,12 +395,12 @@ def _secrets_client(p: argparse.ArgumentParser, a: argparse.Namespace) -> Any:
         require_credentials(a.endpoint_url)
         return boto3.client("secretsmanager", region_name=a.region, endpoint_url=a.endpoint_url)
     except NoCredentials as exc:
-        print(f"modalities: error: {exc}", file=sys.stderr)
+        print(f"{p.prog.rsplit('.', 1)[-1]}: error: {exc}", file=sys.stderr)
         return 2
     except NoRegionError:
         p.error("--region: no region given and none in the AWS configuration; give the site's region")
     except BotoCoreError as exc:
-        print(f"modalities: error: {exc}", file=sys.stderr)
+        print(f"{p.prog.rsplit('.', 1)[-1]}: error: {exc}", file=sys.stderr)
         return 1
 
 
@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error("; ".join(exc.problems))
         a.site = a.site or config.name
         a.region = a.region or config.region
-    problems = _site_problems(a.site)
+    problems = site_problems(a.site)
     if a.command in ("issue", "revoke") and not MODALITY_NAME.fullmatch(a.modality):
         problems.append(allowed("MODALITY", a.modality, MODALITY_RULE))
     if a.command == "issue" and not 1 <= a.days <= MAX_DAYS:
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         p.error("; ".join(problems))
 
-    client = _secrets_client(p, a)
+    client = secrets_client(p, a)
     if isinstance(client, int):
         return client
     secrets = Secrets(client, a.site, client.meta.region_name)

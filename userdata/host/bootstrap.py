@@ -59,6 +59,8 @@ SERVER_DAYS = 825  # the longest lifetime macOS and iOS accept for a TLS server 
 WARN_DAYS = 180  # CA and CRL expiry warnings
 CREDENTIAL_SECONDS = 3600  # Orthanc's role credentials; renewed at every run (every 5 minutes)
 BOOT_STEPS = ("network", "packages", "compose", "rds_ca", "monitoring", "services")
+# The roles of named users (config/facts.py USER_ROLES; the host's program cannot import config).
+USER_ROLES = ("viewer", "uploader", "researcher", "admin")
 # What the host needs from dnf: Docker, psql for the database role, cryptography for the certificates.
 PACKAGES = ("docker", "postgresql15", "python3-cryptography")
 NO_CLIENT_CA = "Orthweb: no DICOM client certificate issued yet"
@@ -616,6 +618,23 @@ COMMIT;
 
     # -- runtime files ------------------------------------------------------------------------------
 
+    def named_users(self) -> dict[str, dict[str, Any]]:
+        """The enabled named users of the users secret (`make user`), by name; none when the site has
+        no such secret or it holds no value yet. A user named like the admin is left out."""
+        arn = self.site["USERS_SECRET_ARN"]
+        found = self.read(arn) if arn else None
+        if found is None:
+            return {}
+        try:
+            users = json.loads(found.text)["users"]
+        except (ValueError, KeyError, TypeError):
+            raise BootError(f"secret {short(arn)} is not the users document make user writes") from None
+        return {
+            name: user
+            for name, user in users.items()
+            if user.get("enabled", True) and name != self.site["ADMIN_USER"] and user.get("role") in USER_ROLES
+        }
+
     def runtime_files(self, admin: Mapping[str, str], tls: Mapping[str, str]) -> list[str]:
         """Orthanc's secret files and nginx's certificate and names files; returns the names that changed."""
         s, site = self.settings, self.site
@@ -627,13 +646,17 @@ COMMIT;
             f"@{site['DB_HOST']}:{site['DB_PORT']}/{site['DB_NAME']}"
             f"?sslmode=verify-full&sslrootcert={quote(s.rds_ca_container_path)}"
         )
+        users = self.named_users()
+        passwords = {admin["username"]: admin["password"], **{n: u["password"] for n, u in users.items()}}
+        roles = {admin["username"]: "admin", **{n: u["role"] for n, u in users.items()}}
         files = {
             s.secrets_dir / "db-connection-uri": uri,
-            s.secrets_dir / "registered-users": json.dumps({admin["username"]: admin["password"]}),
+            s.secrets_dir / "registered-users": json.dumps(passwords, sort_keys=True),
+            s.secrets_dir / "user-roles": json.dumps(roles, sort_keys=True),
             s.nginx_dir / "site-cert.pem": tls["cert"],
             s.nginx_dir / "site-key.pem": tls["key"],
             s.nginx_dir / "site-names.map": site.nginx_names(),
-            s.nginx_dir / "users.map": nginx_credentials({admin["username"]: admin["password"]}),
+            s.nginx_dir / "users.map": nginx_credentials(passwords),
         }
         if site["DICOM_CLIENT_AUTH"] == "certificate":
             ca, crl = self.client_trust()
@@ -698,7 +721,7 @@ COMMIT;
 
     def refresh(self) -> None:
         changed = set(self.secrets())
-        if changed & {"db-connection-uri", "registered-users", "orthanc.json"}:
+        if changed & {"db-connection-uri", "registered-users", "user-roles", "orthanc.json"}:
             log("Orthanc's configuration changed: recreating orthanc")
             self.compose("up", "-d", "--force-recreate", "--no-deps", "orthanc")
             changed.add("nginx-upstream")  # the new container may have a new address: nginx resolves it again
