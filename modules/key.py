@@ -41,6 +41,23 @@ ACCOUNT_KEY_ACTIONS = (
 LOGS_KEY_ACTIONS = ("kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*")
 
 
+def only_named_decrypt(bucket_arn: str, principal_arns: Sequence[str]) -> Statement:
+    """The key policy statement that refuses decrypting a bucket's objects (the key's encryption
+    context through S3 names the bucket: bucket keys are on) to every principal but
+    ``principal_arns``, whatever IAM allows: the bucket policy's twin, so loosening one of them
+    alone exposes nothing."""
+    return Statement(
+        sid="OnlyNamedRolesDecryptStudies",
+        effect="Deny",
+        actions=["kms:Decrypt"],
+        principals={"AWS": ["*"]},
+        conditions=[
+            ("ArnLike", "kms:EncryptionContext:aws:s3:arn", [bucket_arn, f"{bucket_arn}/*"]),
+            ("ArnNotLike", "aws:PrincipalArn", list(principal_arns)),
+        ],
+    )
+
+
 @dataclass(frozen=True)
 class SiteKeyProps:
     name: str
@@ -120,21 +137,8 @@ class SiteKey(Construct):
         self.key.policy = resource_policy_json(self.statements)
 
     def limit_study_decrypt(self, bucket_arn: str, principal_arns: Sequence[str]) -> None:
-        """Only ``principal_arns`` decrypt the DICOM bucket's objects (the key's encryption context
-        through S3 names the bucket: bucket keys are on), whatever IAM allows; the bucket policy's
-        twin, so loosening one of them alone exposes nothing."""
-        self._allow(
-            Statement(
-                sid="OnlyNamedRolesDecryptStudies",
-                effect="Deny",
-                actions=["kms:Decrypt"],
-                principals={"AWS": ["*"]},
-                conditions=[
-                    ("ArnLike", "kms:EncryptionContext:aws:s3:arn", [bucket_arn, f"{bucket_arn}/*"]),
-                    ("ArnNotLike", "aws:PrincipalArn", list(principal_arns)),
-                ],
-            )
-        )
+        """Only ``principal_arns`` decrypt the DICOM bucket's objects (only_named_decrypt)."""
+        self._allow(only_named_decrypt(bucket_arn, principal_arns))
 
     def allow_alarm_notifications(self) -> None:
         """Let CloudWatch (this account's alarms) publish to SNS topics encrypted with the key."""

@@ -6,7 +6,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cdktf import Fn, Op, Precondition, TerraformResourceLifecycle, Token
+from cdktf import Fn, Op, Precondition, TerraformResourceLifecycle
 from cdktf_cdktf_provider_aws.data_aws_availability_zones import (
     DataAwsAvailabilityZones,
     DataAwsAvailabilityZonesFilter,
@@ -20,6 +20,7 @@ from cdktf_cdktf_provider_aws.data_aws_rds_orderable_db_instance import DataAwsR
 from cdktf_cdktf_provider_aws.default_security_group import DefaultSecurityGroup
 from cdktf_cdktf_provider_aws.eip import Eip
 from cdktf_cdktf_provider_aws.flow_log import FlowLog
+from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.internet_gateway import InternetGateway
 from cdktf_cdktf_provider_aws.nat_gateway import NatGateway
 from cdktf_cdktf_provider_aws.route import Route
@@ -36,7 +37,7 @@ from constructs import Construct
 from config.facts import DICOM_TLS_PORT, HTTPS_PORT
 from modules.account import Account
 from modules.logs import encrypted_log_group
-from modules.policy import Statement, service_role
+from modules.policy import Statement, grant, service_role
 
 # RDS requires a DB subnet group spanning at least two availability zones.
 MIN_DB_SUBNET_AZS = 2
@@ -225,10 +226,23 @@ class Network(Construct):
             route_table_ids=[self.public_route_table.id, self.private_route_table.id, *(t.id for t in host_tables)],
             tags={"Name": f"{props.name}-s3"},
         )
-        # S3's address ranges in the region (AWS's managed prefix list, read at plan time), space-
-        # separated: where the host lets Orthanc's container reach its bucket (userdata/host/egress.py).
-        s3_ranges = DataAwsEc2ManagedPrefixList(self, "s3-ranges", name=f"com.amazonaws.{props.account.region}.s3")
-        self.s3_cidrs = Fn.join(" ", Token.as_list(s3_ranges.get_list_attribute("entries[*].cidr")))
+        # AWS's managed prefix list of S3's ranges in the region: the host reads its entries to let
+        # Orthanc's container reach its bucket (userdata/host/egress.py); its ID never changes.
+        self.s3_ranges = DataAwsEc2ManagedPrefixList(self, "s3-ranges", name=f"com.amazonaws.{props.account.region}.s3")
+
+    def grant_s3_ranges_read(self, id_: str, role: IamRole) -> None:
+        """Let ``role`` read the entries of S3's prefix list (the host, for the containers' egress)."""
+        grant(
+            self,
+            id_,
+            role,
+            [
+                Statement(
+                    sid="ReadS3Ranges", actions=["ec2:GetManagedPrefixListEntries"], resources=[self.s3_ranges.arn]
+                )
+            ],
+            "read-s3-ranges",
+        )
 
     def _nat_routes(self, props: NetworkProps) -> list[RouteTable]:
         """One NAT gateway per zone in that zone's public subnet, and a route table sending the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cdktf import TerraformProvider
@@ -30,7 +31,7 @@ from cdktf_cdktf_provider_aws.s3_bucket_versioning import S3BucketVersioningA
 from constructs import Construct
 
 from modules.account import Account
-from modules.key import ACCOUNT_KEY_ACTIONS
+from modules.key import ACCOUNT_KEY_ACTIONS, only_named_decrypt
 from modules.policy import Statement, resource_policy_json, service_role
 from modules.storage import (
     ABORT_UPLOADS,
@@ -39,6 +40,7 @@ from modules.storage import (
     deny_insecure_transport,
     log_rules,
     noncurrent_rule,
+    only_named_roles,
     protect,
 )
 
@@ -99,8 +101,23 @@ class Replica(Construct):
         self._role()
         self._rule()
 
+    def limit_study_access(self, principal_arns: Sequence[str]) -> None:
+        """The replica's studies as the site's: only ``principal_arns`` read, write or delete them or
+        decrypt them through S3 (replication writes with s3:Replicate*, which is not refused)."""
+        self._bucket_statements.append(only_named_roles(self.bucket, principal_arns, self.props.force_destroy))
+        self.bucket_policy.policy = resource_policy_json(self._bucket_statements)
+        self._key_statements.append(only_named_decrypt(self.bucket.arn, principal_arns))
+        self.key.policy = resource_policy_json(self._key_statements)
+
     def _key(self) -> None:
         props, acct = self.props, self.props.account
+        self._key_statements = [
+            Statement(
+                sid="AccountAdministersAndDelegates",
+                actions=ACCOUNT_KEY_ACTIONS,
+                principals={"AWS": [f"arn:{acct.partition}:iam::{acct.account_id}:root"]},
+            )
+        ]
         self.key = KmsKey(
             self,
             "key",
@@ -108,15 +125,7 @@ class Replica(Construct):
             description=f"{props.name}: Orthweb DICOM replica key ({props.region})",
             enable_key_rotation=True,
             deletion_window_in_days=KEY_DELETION_WINDOW_DAYS,
-            policy=resource_policy_json(
-                [
-                    Statement(
-                        sid="AccountAdministersAndDelegates",
-                        actions=ACCOUNT_KEY_ACTIONS,
-                        principals={"AWS": [f"arn:{acct.partition}:iam::{acct.account_id}:root"]},
-                    )
-                ]
-            ),
+            policy=resource_policy_json(self._key_statements),
         )
         # Stateful: every replica depends on this key; keep the logical ID stable.
         self.key.override_logical_id("replica_key")
@@ -195,14 +204,16 @@ class Replica(Construct):
                 ]
             ),
         )
+        self._bucket_statements = [
+            deny_insecure_transport(self.bucket),
+            *deny_foreign_encryption(self.bucket, self.key.arn),
+        ]
         self.bucket_policy = S3BucketPolicy(
             self,
             "replica-policy",
             provider=props.provider,
             bucket=self.bucket.id,
-            policy=resource_policy_json(
-                [deny_insecure_transport(self.bucket), *deny_foreign_encryption(self.bucket, self.key.arn)]
-            ),
+            policy=resource_policy_json(self._bucket_statements),
         )
         S3BucketLoggingA(
             self,

@@ -129,6 +129,19 @@ def deny_foreign_encryption(bucket: S3Bucket, key_arn: str) -> list[Statement]:
     ]
 
 
+def only_named_roles(bucket: S3Bucket, principal_arns: Sequence[str], force_destroy: bool) -> Statement:
+    """The bucket policy statement that refuses reading, writing and deleting studies to every
+    principal but ``principal_arns`` (deletes left to IAM when destroy may empty the bucket)."""
+    return Statement(
+        sid="OnlyNamedRolesTouchStudies",
+        effect="Deny",
+        actions=STUDY_READ_WRITE_ACTIONS + (() if force_destroy else STUDY_DELETE_ACTIONS),
+        resources=[f"{bucket.arn}/*"],
+        principals={"AWS": ["*"]},
+        conditions=[("ArnNotLike", "aws:PrincipalArn", list(principal_arns))],
+    )
+
+
 def noncurrent_rule(days: int) -> S3BucketLifecycleConfigurationRule:
     """Replaced and deleted object versions expire ``days`` after they stop being current."""
     return S3BucketLifecycleConfigurationRule(
@@ -358,17 +371,7 @@ class Storage(Construct):
     def limit_dicom_objects(self, principal_arns: Sequence[str]) -> None:
         """Only ``principal_arns`` (roles; a role's sessions count as the role) read, write or delete
         DICOM objects, whatever any IAM policy allows: an administrator's, or a leaked key's."""
-        actions = STUDY_READ_WRITE_ACTIONS + (() if self.props.force_destroy else STUDY_DELETE_ACTIONS)
-        self._dicom_statements.append(
-            Statement(
-                sid="OnlyNamedRolesTouchStudies",
-                effect="Deny",
-                actions=actions,
-                resources=[f"{self.bucket.arn}/*"],
-                principals={"AWS": ["*"]},
-                conditions=[("ArnNotLike", "aws:PrincipalArn", list(principal_arns))],
-            )
-        )
+        self._dicom_statements.append(only_named_roles(self.bucket, principal_arns, self.props.force_destroy))
         self.bucket_policies["dicom"].policy = resource_policy_json(self._dicom_statements)
 
     def grant_dicom_objects(self, id_: str, role: IamRole) -> None:

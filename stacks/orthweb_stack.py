@@ -252,6 +252,7 @@ class OrthwebStack(TerraformStack):
         host, orthanc = self.access.role, self.access.orthanc_role
         self.database.grant_master_secret_read("host-master-secret", host)
         self.storage.grant_config_read("host-config", host)
+        self.network.grant_s3_ranges_read("host-s3-ranges", host)
         self.storage.grant_dicom_objects("orthanc-dicom", orthanc)
         # The host decrypts its secrets and the boot bundle; Orthanc's role its DICOM objects.
         self.key.grant_use(
@@ -265,6 +266,8 @@ class OrthwebStack(TerraformStack):
         named = [self.access.orthanc_role.arn, *config.break_glass_role_arns]
         if config.replication:
             named.append(self.replica.role.arn)
+            # The replica's copy: replication and the break-glass roles (Orthanc never reads it).
+            self.replica.limit_study_access([self.replica.role.arn, *config.break_glass_role_arns])
         self.storage.limit_dicom_objects(named)
         self.key.limit_study_decrypt(self.storage.bucket.arn, named)
 
@@ -370,7 +373,7 @@ class OrthwebStack(TerraformStack):
             byo_tls_secret=config.tls_certificate_secret,
             dicom_client_auth=config.dicom_client_auth,
             vpc_cidr=config.vpc_cidr,
-            s3_cidrs=self.network.s3_cidrs,
+            s3_prefix_list=self.network.s3_ranges.id,
         )
 
     @staticmethod
@@ -426,7 +429,10 @@ class OrthwebStack(TerraformStack):
             "admin_secret": (self.access.admin_secret.arn, "Secret holding the Orthanc admin password"),
             "users_secret": (self.access.users_secret.arn, "Secret holding the named users (make user)"),
             "ca_secret": (
-                "" if self.config.tls_certificate_secret else self.access.ca_cert_secret.arn,
+                # Empty with your own certificate, unless a modality reached over DICOM TLS must trust the site CA.
+                ""
+                if self.config.tls_certificate_secret and not any(m.tls for m in self.config.dicom_modalities)
+                else self.access.ca_cert_secret.arn,
                 "Secret whose ca_cert clients trust (empty: your own, publicly trusted certificate)",
             ),
             "dashboard": (

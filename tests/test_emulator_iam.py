@@ -183,3 +183,26 @@ def test_a_bucket_policy_deny_refuses_whatever_iam_allows(emulator):
     s3.put_bucket_policy(Bucket="studies", Policy=json.dumps({"Version": "2012-10-17", "Statement": [unknown]}))
     with emulator.iam_enforced():
         assert sessions["cloud-admin"].get_object(Bucket="studies", Key="a.dcm")["Body"].read() == b"DICM"
+
+
+def test_a_prefix_list_grant_reads_that_list_only(emulator):
+    """EC2's GetManagedPrefixListEntries is authorized against the list's ARN, as AWS does: the host's
+    grant on S3's list reads it, and no other list."""
+    admin = emulator.boto_kwargs()
+    ec2, iam = boto3.client("ec2", **admin), boto3.client("iam", **admin)
+    lists = {pl["PrefixListName"]: pl for pl in ec2.describe_managed_prefix_lists()["PrefixLists"]}
+    s3_list, other = lists[f"com.amazonaws.{emulator.region}.s3"], lists[f"com.amazonaws.{emulator.region}.dynamodb"]
+    iam.create_role(RoleName="ranges-reader", AssumeRolePolicyDocument=_trust({"AWS": ACCOUNT}))
+    iam.put_role_policy(
+        RoleName="ranges-reader",
+        PolicyName="p",
+        PolicyDocument=_allow([("ec2:GetManagedPrefixListEntries", s3_list["PrefixListArn"])]),
+    )
+    reader = _session(emulator, f"arn:aws:iam::{ACCOUNT}:role/ranges-reader").client(
+        "ec2", endpoint_url=emulator.endpoint
+    )
+    with emulator.iam_enforced():
+        entries = reader.get_managed_prefix_list_entries(PrefixListId=s3_list["PrefixListId"])["Entries"]
+        assert entries
+        refused = _code(lambda: reader.get_managed_prefix_list_entries(PrefixListId=other["PrefixListId"]))
+        assert "Unauthorized" in refused or "AccessDenied" in refused

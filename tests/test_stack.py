@@ -272,6 +272,16 @@ def test_only_named_roles_touch_studies(prod_stack, tmp_path):
     assert {"s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:DeleteObjectVersion"} <= set(objects["Action"])
     assert decrypt["Action"] == "kms:Decrypt"
     assert "aws_s3_bucket.dicom_bucket.arn" in json.dumps(decrypt["Condition"]["ArnLike"])
+    # The replica's copy, in its own bucket and under its own key: replication's role and break-glass.
+    policies = data["resource"]["aws_s3_bucket_policy"]
+    replica_bucket = json.loads(next(p for k, p in policies.items() if k.startswith("replica_replica"))["policy"])
+    replica_key = json.loads(data["resource"]["aws_kms_key"]["replica_key"]["policy"])
+    for statement in (*replica_bucket["Statement"], *replica_key["Statement"]):
+        if statement.get("Sid", "").startswith("OnlyNamedRoles"):
+            listed = statement["Condition"]["ArnNotLike"]["aws:PrincipalArn"]
+            assert glass in listed and len(listed) == 2 and not any("orthanc-role" in r for r in listed)
+    sids = {s.get("Sid") for s in (*replica_bucket["Statement"], *replica_key["Statement"])}
+    assert {"OnlyNamedRolesTouchStudies", "OnlyNamedRolesDecryptStudies"} <= sids
     destroyable, _ = named(synth_json(OrthwebConfig(allow_data_destroy=True), tmp_path / "b"))
     assert not {"s3:DeleteObject", "s3:DeleteObjectVersion"} & set(destroyable["Action"])
     assert "s3:GetObject" in destroyable["Action"]

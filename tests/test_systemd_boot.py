@@ -123,9 +123,10 @@ def test_a_first_boot_without_aws_is_retried_by_its_unit_until_the_site_is_up(ho
     shipped = m.run("cat", "/var/log/orthweb/host.log").stdout
     assert "done: boot" in shipped and "done: secrets" in shipped
     # orthweb.service applied the containers' egress rules before compose (the iptables STAND-IN's record).
-    assert "done: egress" in shipped and "container egress: database, 1 S3 range(s)" in shipped
+    # S3's ranges were read from the emulator's prefix list as the host role (IAM enforced).
+    assert "done: egress" in shipped and "container egress: DNS, database, 3 S3 range(s)" in shipped
     rules = m.run("cat", IPTABLES_LOG).stdout
-    assert f"-A ORTHWEB-EGRESS -d 127.0.0.0/8 -p tcp -m tcp --dport {HTTPS_PORT}" in rules
+    assert f"-A ORTHWEB-EGRESS -d 52.216.0.0/15 -p tcp -m tcp --dport {HTTPS_PORT}" in rules
     assert "iptables -w -I DOCKER-USER 1 -i orthweb0 -j ORTHWEB-EGRESS" in rules
     enabled = m.run("systemctl", "is-enabled", *UNITS).stdout.split()
     assert enabled == ["enabled"] * len(UNITS), enabled

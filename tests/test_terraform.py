@@ -39,7 +39,7 @@ DEFAULT_PLAN = {
     "aws_flow_log": 1,
     "aws_iam_instance_profile": 1,
     "aws_iam_role": 4,
-    "aws_iam_role_policy": 9,
+    "aws_iam_role_policy": 10,
     "aws_iam_policy": 1,
     "aws_iam_role_policy_attachment": 1,
     "aws_instance": 1,

@@ -96,10 +96,10 @@ class HostValues:
     ca_cert_secret_arn: str = ""
     # The named users (`make user`); empty: the admin user only.
     users_secret_arn: str = ""
-    # What the containers may reach (userdata/host/egress.py): the VPC's range (the database in it)
-    # and S3's address ranges in the region, space-separated (the S3 gateway endpoint's prefix list).
+    # What the containers may reach (userdata/host/egress.py): the VPC's range (the database and the
+    # DNS resolver in it) and the ID of AWS's managed prefix list of S3's ranges in the region.
     vpc_cidr: str = ""
-    s3_cidrs: str = ""
+    s3_prefix_list: str = ""
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,7 @@ def site_env(v: HostValues, bundle: Bundle | None = None) -> str:
         "SITE_EXTRA_NAMES": v.site_extra_names,
         "NAME": v.name,
         "VPC_CIDR": v.vpc_cidr,
-        "S3_CIDRS": v.s3_cidrs,
+        "S3_PREFIX_LIST": v.s3_prefix_list,
         "METRICS_NAMESPACE": HOST_METRICS_NAMESPACE,
         **(
             {"BUNDLE_BUCKET": v.config_bucket, "BUNDLE_OBJECT": bundle.key, "BUNDLE_SHA256": bundle.sha256}

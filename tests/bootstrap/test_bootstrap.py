@@ -172,7 +172,8 @@ def test_rds_master_rotation_is_followed_when_the_role_needs_repair(site):
     assert site.connect() == APP_DB_USER
 
 
-def test_bring_your_own_certificate(site):
+def _your_own_certificate(site):
+    """A certificate of the hospital's CA in a secret of the user's, named in site.env."""
     ca = make_ca(site.tmp / "byo", "Hospital CA")
     own = make_server_cert(site.tmp / "byo", ca, "pacs", "DNS:pacs.example.org")
     arn = site.sm.create_secret(
@@ -181,12 +182,35 @@ def test_bring_your_own_certificate(site):
     )["ARN"]
     with open(site.etc / "site.env", "a") as env:
         env.write(f"BYO_TLS_SECRET='{arn}'\n")
+    return own
+
+
+def test_bring_your_own_certificate(site):
+    own = _your_own_certificate(site)
     log = site.bootstrap()
     assert "using your certificate" in log
     assert (site.run / "nginx" / "site-key.pem").read_text() == own.key.read_text()
     for name in ("tls", "ca"):
         with pytest.raises(Exception, match="ResourceNotFound"):
             site.secret(name)  # no self-signed CA or certificate was made
+
+
+def test_your_own_certificate_with_a_tls_modality_reads_the_ca_key_once_and_publishes_its_certificate(site):
+    """Orthanc's DICOM TLS client certificate comes from the site CA even when the server's is yours:
+    the CA is made and its certificate published once (the modality must trust it: output ca_secret);
+    the refreshes that follow read no key."""
+    _your_own_certificate(site)
+    (site.etc / "modality-ca.pem").write_text(make_ca(site.tmp / "modality-ca", "Modality CA").cert.read_text())
+
+    def reads() -> list[str]:
+        with AwsProxy(site.emulator_endpoint) as proxy:
+            site.bootstrap(ORTHWEB_AWS_ENDPOINT=proxy.endpoint)
+        return [c.kind for c in proxy.calls if c.operation == "GetSecretValue"]
+
+    assert "site-ca" in reads()
+    assert site.secret("ca_cert") == {"ca_cert": site.secret("ca")["ca_cert"]}
+    for _ in range(2):
+        assert "site-ca" not in reads()
 
 
 def test_orthancs_dicom_tls_identity_is_made_when_a_modality_has_tls_and_kept(site):

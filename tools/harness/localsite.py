@@ -398,6 +398,10 @@ class LocalSite:
         self.sm = boto3.client("secretsmanager", **self.emulator.boto_kwargs())
         self.s3 = boto3.client("s3", **self.emulator.boto_kwargs())
         self.s3.create_bucket(Bucket=self.bucket)
+        ec2 = boto3.client("ec2", **self.emulator.boto_kwargs())
+        named = [{"Name": "prefix-list-name", "Values": [f"com.amazonaws.{self.region}.s3"]}]
+        listed = ec2.describe_managed_prefix_lists(Filters=named)["PrefixLists"][0]
+        self.s3_prefix_list, self.s3_prefix_list_arn = listed["PrefixListId"], listed["PrefixListArn"]
         master_pw = os.urandom(16).hex()
         # What Terraform creates on AWS: the empty secrets, Orthanc's role.
         self.arns = {
@@ -436,6 +440,7 @@ class LocalSite:
             "aws_s3_bucket.dicom_bucket.arn": f"arn:aws:s3:::{self.bucket}",
             "aws_iam_role.access_host-role.arn": host_arn,
             "aws_iam_role.access_orthanc-role.arn": self.orthanc_role_arn,
+            "data.aws_ec2_managed_prefix_list.network_s3-ranges.arn": self.s3_prefix_list_arn,
         }
         host = role_documents(stack_json, f"{self.name}-host", values)
         orthanc = role_documents(stack_json, f"{self.name}-orthanc", values)
@@ -471,9 +476,9 @@ class LocalSite:
             orthanc_role_arn=self.orthanc_role_arn,
             config_bucket="",
             dicom_client_auth=self.dicom_client_auth,
-            # The database and the emulator's S3 are on loopback.
+            # The database is on loopback; S3's ranges are the emulator's prefix list's.
             vpc_cidr="127.0.0.0/8",
-            s3_cidrs="127.0.0.0/8",
+            s3_prefix_list=self.s3_prefix_list,
         )
 
     def bootstrap(self, host: int = 0, *, program: Path | None = None, aws_endpoint: str = "") -> str:

@@ -6,7 +6,8 @@ differs from AWS in three ways that would make a correct policy fail or a wrong 
 closes them before it starts moto's own server:
 
 - Secrets Manager is authorized against resource ``*``, so a statement scoped to the secret's ARN
-  (as AWS wants it) never matches: here the request's resource is the secret's ARN.
+  (as AWS wants it) never matches: here the request's resource is the secret's ARN (and for EC2's
+  GetManagedPrefixListEntries, the prefix list's ARN).
 - IAM wildcards: ``?`` matches one character and every other character is literal; moto read the
   pattern as a regular expression with only ``*`` translated.
 - A JSON-protocol service (Secrets Manager) answers a refusal as AWS does, a JSON
@@ -118,6 +119,14 @@ def policy_denies(policy: dict[str, Any], action: str, resource: str, context: d
         if all(CONDITION_TESTS[test](context[key], values) for test, key, values in conditions):
             return str(statement.get("Sid") or "a Deny statement")
     return None
+
+
+def prefix_list_resource(response: Any) -> str:
+    """The ARN of the prefix list an EC2 GetManagedPrefixListEntries names (``*`` for any other call)."""
+    if response._get_action() != "GetManagedPrefixListEntries":
+        return "*"
+    found = response.ec2_backend.managed_prefix_lists.get(response._get_param("PrefixListId"))
+    return str(found.prefix_list_arn) if found else "*"
 
 
 # STAND-IN answer: the classes RDS is said to offer PostgreSQL in (when no class is asked for).
@@ -262,6 +271,9 @@ def install() -> None:
     IAMPolicyStatement._match = staticmethod(match)  # type: ignore[method-assign]
     IAMPolicyStatement._check_principal = check_principal  # type: ignore[method-assign]
     SecretsManagerResponse._determine_resource = secret_resource  # type: ignore[attr-defined]
+    from moto.ec2.responses import EC2Response
+
+    EC2Response._determine_resource = prefix_list_resource  # type: ignore[attr-defined]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -252,6 +252,13 @@ class SecretsManager:
         return str(answer["VersionId"])
 
 
+def prefix_list_cidrs(aws: Aws, prefix_list_id: str) -> list[str]:
+    """The address ranges of a managed prefix list (EC2 GetManagedPrefixListEntries; S3's has a
+    handful, well under one page)."""
+    root = aws.query_call("ec2", "2016-11-15", "GetManagedPrefixListEntries", {"PrefixListId": prefix_list_id})
+    return sorted(e.text or "" for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "cidr")
+
+
 def assume_role(aws: Aws, role_arn: str, session: str, seconds: int) -> dict[str, str]:
     """Short-lived credentials of ``role_arn``: AccessKeyId, SecretAccessKey, SessionToken, Expiration."""
     root = aws.query_call(

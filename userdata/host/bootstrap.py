@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .aws import Aws, AwsError, Imds, SecretsManager, SecretValue, assume_role, credentials_from
+from .aws import Aws, AwsError, Imds, SecretsManager, SecretValue, assume_role, credentials_from, prefix_list_cidrs
 from .egress import Egress, EgressError, apply
 
 # docker compose v2 plugin, pinned by release and SHA-256 (value as pinned and verified by the
@@ -458,9 +458,15 @@ class Host:
                 log(f"server certificate: current (names {self.site.sorted_names()}); the site CA key was not read")
                 self.warn_ca_expiry(published)
                 return tls, published, None
+        ca = self.site_ca_published(published)
+        return self.site_certificate(ca), json.loads(ca.text)["ca_cert"], ca
+
+    def site_ca_published(self, published: str | None) -> SecretValue:
+        """The site CA with its key (site_ca), its certificate published (publish_ca) whenever the key
+        is read, so the certificate-only secret follows the CA."""
         ca = self.site_ca()
         self.publish_ca(ca, published)
-        return self.site_certificate(ca), json.loads(ca.text)["ca_cert"], ca
+        return ca
 
     def reaches_modalities_over_tls(self) -> bool:
         """A modality has tls: the bundle carries their CA (config requires it then)."""
@@ -478,7 +484,7 @@ class Host:
         cert_path, key_path = folder / "orthanc-cert.pem", folder / "orthanc-key.pem"
         if key_path.is_file() and cert_path.is_file() and self.cert_current(cert_path.read_text(), ca_pem):
             return []
-        value = json.loads((ca or self.site_ca()).text)
+        value = json.loads((ca or self.site_ca_published(ca_pem)).text)
         cert, key = pki.issue(
             pki.load_cert(value["ca_cert"]),
             pki.load_key(value["ca_key"]),
@@ -703,7 +709,9 @@ COMMIT;
             changed = self.runtime_files(admin, json.loads(tls_value.text)) + self.orthanc_config()
             if self.reaches_modalities_over_tls():
                 if not ca_pem:  # your own server certificate: Orthanc's client one still comes from the site CA
-                    ca = self.site_ca()
+                    ca_pem = self.published_ca() or ""
+                if not ca_pem:
+                    ca = self.site_ca_published(None)
                     ca_pem = json.loads(ca.text)["ca_cert"]
                 changed += self.dicom_tls_identity(ca_pem, ca)
             log(f"runtime files changed: {' '.join(changed)}" if changed else "runtime files: unchanged")
@@ -720,6 +728,7 @@ COMMIT;
             raise BootError(f"docker compose {' '.join(args)} failed")
 
     def refresh(self) -> None:
+        self.egress(only_if_changed=True)
         changed = set(self.secrets())
         if changed & {"db-connection-uri", "registered-users", "user-roles", "orthanc.json"}:
             log("Orthanc's configuration changed: recreating orthanc")
@@ -824,12 +833,32 @@ COMMIT;
         run_checked(["systemctl", "restart", "orthweb.service"])
         log("services started: orthweb.service, orthweb-refresh.timer")
 
-    def egress(self) -> None:
-        """The containers' egress rules (egress.py), applied before compose starts them."""
-        egress = Egress.from_site(self.site, self.settings.etc / "egress.json")
+    def egress_rules(self) -> Egress:
+        """The containers' egress rules for today's S3 ranges (egress.py)."""
+
+        def s3_ranges(prefix_list: str) -> list[str]:
+            try:
+                return prefix_list_cidrs(self.aws, prefix_list)
+            except AwsError as exc:
+                log(f"reading the S3 prefix list {prefix_list} failed: {exc}")
+                raise BootError(f"cannot read S3's address ranges ({prefix_list})") from None
+
+        return Egress.from_site(self.site, self.settings.etc / "egress.json", s3_ranges)
+
+    def egress(self, *, only_if_changed: bool = False) -> None:
+        """Apply the containers' egress rules (orthweb.service, before compose starts them). With
+        ``only_if_changed`` (the refresh): only when rules were applied before and S3's ranges changed."""
+        applied = self.settings.run / "egress.rules"
+        if only_if_changed and not applied.is_file():
+            return  # orthweb.service has not applied them (yet, or off EC2): its start will
+        egress = self.egress_rules()
+        if only_if_changed and applied.read_text() == egress.rules():
+            return
         apply(egress)
+        private_dir(self.settings.run)
+        install_file(applied, egress.rules(), mode=0o644)
         log(
-            f"container egress: database, {len(egress.s3_cidrs)} S3 range(s), "
+            f"container egress: DNS, database, {len(egress.s3_cidrs)} S3 range(s), "
             f"{len(egress.modalities)} C-MOVE destination(s); everything else refused"
         )
 

@@ -8,9 +8,13 @@ leaves to its users and never rewrites; docs.docker.com "Docker with iptables").
 bridge (``orthweb0``, named in docker-compose.yml) only these leave:
 
 - replies to connections made to the containers (the site's HTTPS and DICOM TLS clients);
+- name lookups: DNS (UDP and TCP 53) to the VPC's resolver (the VPC range's base + 2, and
+  169.254.169.253), which Docker's embedded DNS asks from inside the container's network;
 - the database: TCP ``DB_PORT`` inside the VPC (``VPC_CIDR``);
-- the DICOM bucket: HTTPS to S3's address ranges in the region (``S3_CIDRS``: AWS's managed
-  prefix list com.amazonaws.<region>.s3, which Terraform reads at plan time);
+- the DICOM bucket: HTTPS to S3's address ranges in the region: the entries of AWS's managed prefix
+  list ``S3_PREFIX_LIST`` (com.amazonaws.<region>.s3), read from EC2 at every start and refresh, so
+  a range AWS adds is open within one refresh (Terraform names the list, never its ranges: they
+  would freeze in the user data and a change would replace the host);
 - each modality that receives C-MOVE, at its address and port.
 
 The ports of S3 and of each modality come from ``egress.json`` in the boot bundle (config/facts.py
@@ -19,7 +23,8 @@ writes each port once).
 Everything else is refused (TCP reset, so a refused call fails at once) and logged by the kernel
 (``orthweb-egress-refused:``, at most 6 a minute). The rules live in the chain ``ORTHWEB-EGRESS``,
 replaced in one ``iptables-restore`` transaction on every start of orthweb.service, which fails to
-start when they cannot be applied: no container runs without them.
+start when they cannot be applied: no container runs without them; the refresh applies them again
+when S3's ranges have changed.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ from typing import Any
 CHAIN = "ORTHWEB-EGRESS"
 DOCKER_CHAIN = "DOCKER-USER"
 BRIDGE = "orthweb0"
+DNS_PORT = 53
+# The Amazon-provided DNS server's fixed address (besides the VPC range's base + 2).
+AMAZON_DNS = "169.254.169.253"
 LOG_PREFIX = "orthweb-egress-refused: "
 
 
@@ -56,18 +64,24 @@ class Egress:
     def __post_init__(self) -> None:
         _network("VPC_CIDR", self.vpc_cidr)
         if not self.s3_cidrs:
-            raise EgressError("S3_CIDRS is empty: Orthanc could not reach its bucket (S3's ranges in the region)")
+            raise EgressError("no S3 ranges (S3_PREFIX_LIST empty or unknown): Orthanc could not reach its bucket")
         for cidr in self.s3_cidrs:
-            _network("S3_CIDRS", cidr)
+            _network("S3_PREFIX_LIST entries", cidr)
         for address, port in self.modalities:
             _network("egress.json modalities", address)
             _port("egress.json modalities", port)
         _port("DB_PORT", self.db_port)
         _port("egress.json s3_port", self.s3_port)
 
+    @property
+    def resolvers(self) -> tuple[str, str]:
+        """The VPC's DNS resolver: the range's base + 2, and the fixed Amazon DNS address."""
+        return str(ipaddress.ip_network(self.vpc_cidr)[2]), AMAZON_DNS
+
     @classmethod
-    def from_site(cls, site: Any, bundle_file: Path) -> Egress:
-        """From site.env's values (``site[...]``) and the boot bundle's egress.json."""
+    def from_site(cls, site: Any, bundle_file: Path, s3_ranges: Callable[[str], list[str]]) -> Egress:
+        """From site.env's values (``site[...]``), the boot bundle's egress.json, and S3's ranges
+        (``s3_ranges``: the entries of the prefix list site.env names)."""
         try:
             listed = json.loads(bundle_file.read_text()) if bundle_file.is_file() else {}
         except ValueError as exc:
@@ -78,7 +92,7 @@ class Egress:
         return cls(
             vpc_cidr=site["VPC_CIDR"],
             db_port=int(port),
-            s3_cidrs=tuple(site["S3_CIDRS"].split()),
+            s3_cidrs=tuple(s3_ranges(site["S3_PREFIX_LIST"])) if site["S3_PREFIX_LIST"] else (),
             s3_port=int(listed.get("s3_port", 0)),
             modalities=tuple((str(a), int(p)) for a, p in listed.get("modalities", [])),
         )
@@ -90,6 +104,12 @@ class Egress:
             f":{CHAIN} - [0:0]",
             f"-A {CHAIN} -o {BRIDGE} -m comment --comment site-containers -j RETURN",
             f"-A {CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -m comment --comment replies -j RETURN",
+            *(
+                f"-A {CHAIN} -d {resolver}/32 -p {protocol} -m {protocol} --dport {DNS_PORT}"
+                " -m comment --comment dns -j RETURN"
+                for resolver in self.resolvers
+                for protocol in ("udp", "tcp")
+            ),
             f"-A {CHAIN} -d {self.vpc_cidr} -p tcp -m tcp --dport {self.db_port}"
             " -m comment --comment database -j RETURN",
         ]
