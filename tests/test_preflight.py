@@ -105,6 +105,7 @@ WARNED: list[tuple[str, dict[str, Any], str]] = [
     ("scaled-profile", {"db_multi_az": False}, "db_multi_az"),
     ("backups", {"backup_retention_days": 35, "noncurrent_version_expiration_days": 7}, "less than 30 days"),
     ("image-digests", {"nginx_image": "nginx:1.30.4"}, "nginx:1.30.4"),
+    ("break-glass", {"break_glass_role_arns": ()}, "make recover"),
 ]
 
 
@@ -163,6 +164,7 @@ def test_a_site_with_every_item_done_passes_them_all(tmp_path):
         orthanc_image=f"orthancteam/orthanc:26.8.1{DIGEST}",
         nginx_image=f"nginx:1.30.4{DIGEST}",
         cloudtrail=True,
+        break_glass_role_arns=("arn:aws:iam::123456789012:role/pacs-break-glass",),
     ).validate()
     stack = synth_json(config, tmp_path)
     found = findings(config, stack)

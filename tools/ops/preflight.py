@@ -228,6 +228,16 @@ def _image_digests(site: Site) -> Verdict:
     return PASS, "both images pinned by digest"
 
 
+def _break_glass(site: Site) -> Verdict:
+    roles = site.config.break_glass_role_arns
+    if not roles:
+        return WARN, (
+            "no break_glass_role_arns: only Orthanc's role reads the studies, so make recover and an "
+            "emergency read of the bucket need a policy change first (docs/recovery.md)"
+        )
+    return PASS, f"{len(roles)} break-glass role(s) may read the studies besides Orthanc"
+
+
 def _session_manager_only(site: Site) -> Verdict:
     if site.config.ssh_public_key:
         return FAIL, "an SSH key pair is installed: a credential outside Session Manager's logged sessions"
@@ -329,6 +339,7 @@ ITEMS: tuple[Item, ...] = (
     ),
     Item("image-digests", "Image digests pinned", ("orthanc_image", "nginx_image"), _image_digests),
     Item("session-manager-only", "Session Manager only", ("ssh_public_key",), _session_manager_only),
+    Item("break-glass", "A break-glass role for the studies", ("break_glass_role_arns",), _break_glass),
     Item("log-retention", "Log retention", ("log_retention_days", "container_logs", "cloudtrail"), _log_retention),
     Item("elastic-ips", "Elastic IP addresses within the quota", ("hosts", "az_count"), _elastic_ips),
     Item(
