@@ -28,10 +28,11 @@ PYTEST_WORKERS ?= 6
 # config, and the bootstrap against the emulator (awscli v2, PostgreSQL 15 with TLS, openssl).
 # The host's program runs on the system python3 with its cryptography (as on Amazon Linux); systemd-nspawn
 # and mmdebstrap boot a host under real systemd (tests/test_systemd_boot.py); iptables and iproute2 prove
-# the containers' egress rules in network namespaces (tests/test_egress.py).
+# the containers' egress rules in network namespaces (tests/test_egress.py); headless Chromium opens
+# the local site's start page as a person would (tests/test_e2e_users.py).
 APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose awscli postgresql-15 openssl \
 	orthanc orthanc-postgresql orthanc-python orthanc-dicomweb python3-boto3 python3-cryptography dcmtk graphviz haproxy \
-	systemd-container mmdebstrap iptables iproute2
+	systemd-container mmdebstrap iptables iproute2 chromium
 
 .PHONY: test-deps systemd-root security-deps bench check compile cost cost-docs diagram state-bucket validate db-tunnel user modality-cert recover local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
 	pytest pytest-unit cli cli-synth diff deploy destroy output snapshot clean

@@ -75,6 +75,8 @@ def allowed(role: str, method: str, uri: str) -> bool:
     path, method = normalized(uri), method.upper()
     if role == "admin":
         return True
+    if method in READS and path == "/":
+        return role in ROLES  # the start page: Orthanc Explorer 2 redirects it to the UI
     if role in ("viewer", "uploader"):
         if method in READS and VIEWER_READ.match(path):
             return True

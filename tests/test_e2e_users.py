@@ -7,10 +7,15 @@ log (on a host, the container log the Docker awslogs driver ships to CloudWatch)
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import subprocess
 import time
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from tests.local_site import auth, send_site
 from tools.harness.dicom_sender import make_instances
@@ -99,3 +104,34 @@ def test_each_role_gets_what_it_is_for_and_403_for_the_rest_and_a_disabled_user_
     assert ("ulf", "POST", "/instances", 200) in mine and ("vera", "POST", "/instances", 403) in mine
     assert ("rita", "GET", f"/instances/{instance}/file", 403) in mine and ("vera", "GET", "/system", 401) in mine
     assert all(e.get("client") == "127.0.0.1" and "?" not in e["path"] for e in entries if e.get("user") == "vera")
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess:
+    """Headless Chromium (Debian's), as root in CI: no sandbox."""
+    command = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_a_viewer_opening_the_site_in_a_browser_sees_the_start_page(site, tmp_path):
+    """A real browser (headless Chromium) opens https://<site>/ as a named viewer: the front door and
+    Orthanc lead it to /ui/app/ (on a host Orthanc Explorer 2; here its named STAND-IN,
+    tools/harness/local_ui.py), which lists the stored study. The browser trusts exactly the site's
+    certificate (its public key pinned), and the assertions are on the page's DOM, not its pixels."""
+    s = site
+    password = _password(_user_command(s, "add", "paula", "viewer"))
+    s.refresh()
+    cert = x509.load_pem_x509_certificate((s.host().run / "nginx" / "site-cert.pem").read_bytes())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    url = f"https://paula:{password}@127.0.0.1:{s.ports['https']}/"
+    trust = f"--ignore-certificate-errors-spki-list={pin}"
+    dom = _chromium(trust, "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    page = dom.stdout
+    assert "<title>Orthweb</title>" in page and 'name="orthweb-ui"' in page, page[:2000]
+    assert 'id="count">1 studies' in page and page.count('class="study"') == 1
+    shot = tmp_path / "start-page.png"
+    assert _chromium(trust, f"--screenshot={shot}", "--window-size=1024,768", url).returncode == 0
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The browser's requests are in the audit trail under the viewer's name.
+    assert any(e.get("user") == "paula" and e["path"] == "/ui/app/" and e["status"] == 200 for e in _access_log(s))

@@ -21,6 +21,7 @@ ROLES, allowed, basic_user, normalized = roles.ROLES, roles.allowed, roles.basic
 STUDY = "/dicom-web/studies/1.2.3"
 CASES = [
     # (method, path, roles allowed)
+    ("GET", "/", set(ROLES)),  # the start page (Orthanc Explorer 2 redirects it to /ui/app/)
     ("GET", "/studies", {"viewer", "uploader", "admin"}),
     ("GET", "/instances/abc/file", {"viewer", "uploader", "admin"}),
     ("GET", "/ui/app/", {"viewer", "uploader", "admin"}),

@@ -80,6 +80,7 @@ from userdata.site import (
 )
 
 PLUGIN = Path(__file__).resolve().parent / "s3_storage_plugin.py"
+LOCAL_UI = Path(__file__).resolve().parent / "local_ui.py"
 ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 STATE_FILE = Path(os.environ.get("ORTHWEB_LOCALSITE_DIR", ROOT / "build" / "localsite")) / "site.json"
@@ -160,7 +161,8 @@ def native_orthanc_config(
     if s3_endpoint:
         config["AwsS3Storage"] = {**config["AwsS3Storage"], "Endpoint": s3_endpoint, "VirtualAddressing": False}
         config["PythonScript"] = str(PLUGIN)
-        config["OrthwebLocalScripts"] = [str(roles_script)]
+        # The roles script, then the STAND-IN start page (tools/harness/local_ui.py).
+        config["OrthwebLocalScripts"] = [str(roles_script), str(LOCAL_UI)]
     else:
         del config["AwsS3Storage"]
     return config
