@@ -37,10 +37,13 @@ def _password(lines: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    s = LocalSite(tmp_path_factory.mktemp("users-site")).start()
-    send_site(s, make_instances(1))
-    yield s
-    s.stop()
+    s = LocalSite(tmp_path_factory.mktemp("users-site"))
+    try:
+        s.start()
+        send_site(s, make_instances(1))
+        yield s
+    finally:
+        s.stop()
 
 
 def _access_log(s: LocalSite) -> list[dict]:
