@@ -21,7 +21,6 @@ import textwrap
 from dataclasses import replace
 from pathlib import Path
 
-import boto3
 import pytest
 
 from config.facts import HTTPS_PORT, POSTGRES_PORT
@@ -193,12 +192,6 @@ def emulator(tmp_path_factory):
         yield emu
 
 
-def _s3_prefix_list(emulator: Emulator) -> str:
-    ec2 = boto3.client("ec2", **emulator.boto_kwargs())
-    named = [{"Name": "prefix-list-name", "Values": [f"com.amazonaws.{HOST_VALUES.region}.s3"]}]
-    return str(ec2.describe_managed_prefix_lists(Filters=named)["PrefixLists"][0]["PrefixListId"])
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     ns = Namespaces(f"ow{os.getpid() % 100000}", tmp_path_factory.mktemp("namespaces"))
@@ -225,7 +218,7 @@ def test_containers_reach_the_database_the_bucket_and_move_destinations_and_noth
     before = world.connect(world.container, DATABASE, S3, MODALITY, INTERNET, *lookups)
     assert set(before.values()) == {"connected", "answered"}, before  # the network works: without rules all leave
     moving = (DicomModality("PACS", MODALITY[0], MODALITY[1], rights=("echo", "move")),)
-    found = _egress(world, _etc(tmp_path / "etc", moving, _s3_prefix_list(emulator)), emulator)
+    found = _egress(world, _etc(tmp_path / "etc", moving, emulator.s3_prefix_list()[0]), emulator)
     assert found.returncode == 0, found.stderr + found.stdout
     assert "container egress: DNS, database, 3 S3 range(s), 1 C-MOVE destination(s)" in found.stdout + found.stderr
     after = world.connect(
@@ -252,7 +245,7 @@ def test_containers_reach_the_database_the_bucket_and_move_destinations_and_noth
 
 def test_a_second_start_replaces_the_rules_and_adds_no_second_jump(world, emulator, tmp_path):
     with_pacs = (DicomModality("PACS", MODALITY[0], MODALITY[1], rights=("echo", "move")),)
-    listed = _s3_prefix_list(emulator)
+    listed = emulator.s3_prefix_list()[0]
     assert _egress(world, _etc(tmp_path / "one", with_pacs, listed), emulator).returncode == 0
     # The modality loses "move": the next start closes its way out; the rules are replaced, not appended.
     without = (DicomModality("PACS", MODALITY[0], MODALITY[1], rights=("echo", "find")),)

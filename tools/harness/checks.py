@@ -192,20 +192,18 @@ def check_boot_bundle(d: Deployment) -> str:
         )
     ).decode()
     site_env = next(f["content"] for f in yaml.safe_load(user_data)["write_files"] if f["path"].endswith("site.env"))
-    named = re.search(r"^BUNDLE_OBJECT='([^']+)'$", site_env, re.M)
-    digest = re.search(r"^BUNDLE_SHA256='([0-9a-f]{64})'$", site_env, re.M)
-    expect(bool(named and digest), "the user data names no boot bundle")
-    assert named and digest
-    head = s3.head_object(Bucket=bucket, Key=named.group(1))
+    values = dict(re.findall(r"^([A-Z0-9_]+)='([^']*)'$", site_env, re.M))
+    named, digest = values.get("BUNDLE_OBJECT", ""), values.get("BUNDLE_SHA256", "")
+    expect(bool(named and re.fullmatch(r"[0-9a-f]{64}", digest)), "the user data names no boot bundle")
+    head = s3.head_object(Bucket=bucket, Key=named)
     expect(
         head.get("ServerSideEncryption") == "aws:kms" and head.get("SSEKMSKeyId") == key_arn,
         f"bundle encryption {head.get('ServerSideEncryption')} {head.get('SSEKMSKeyId')}",
     )
-    body = s3.get_object(Bucket=bucket, Key=named.group(1))["Body"].read()
-    expect(hashlib.sha256(body).hexdigest() == digest.group(1), "the bundle's SHA-256 differs from the user data's")
+    body = s3.get_object(Bucket=bucket, Key=named)["Body"].read()
+    expect(hashlib.sha256(body).hexdigest() == digest, "the bundle's SHA-256 differs from the user data's")
     # What the containers may reach (userdata/host/egress.py), as Terraform rendered it at apply: the
     # VPC's range, and the prefix list of the S3 gateway endpoint (the host reads its ranges).
-    values = dict(re.findall(r"^([A-Z0-9_]+)='([^']*)'$", site_env, re.M))
     vpc = d.attrs("aws_vpc")
     endpoint = next(e for e in d.all_attrs("aws_vpc_endpoint") if e["vpc_endpoint_type"] == "Gateway")
     listed = ec2.get_managed_prefix_list_entries(PrefixListId=values.get("S3_PREFIX_LIST", "-"))["Entries"]
@@ -216,7 +214,7 @@ def check_boot_bundle(d: Deployment) -> str:
     )
     expect(values.get("VPC_CIDR") == vpc["cidr_block"], f"VPC_CIDR {values.get('VPC_CIDR')!r}, VPC {vpc['cidr_block']}")
     return (
-        f"boot bundle s3://{bucket}/{named.group(1)}: {len(body)} B, SSE-KMS with the site key, SHA-256 matches;"
+        f"boot bundle s3://{bucket}/{named}: {len(body)} B, SSE-KMS with the site key, SHA-256 matches;"
         f" containers' egress: {len(ranges)} S3 ranges, VPC {vpc['cidr_block']}"
     )
 

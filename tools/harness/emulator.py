@@ -51,6 +51,15 @@ class Emulator:
             "AWS_EC2_METADATA_DISABLED": "true",
         }
 
+    def s3_prefix_list(self) -> tuple[str, str]:
+        """The ID and ARN of the region's AWS-managed S3 prefix list, as the emulator holds it."""
+        import boto3
+
+        ec2 = boto3.client("ec2", **self.boto_kwargs())
+        named = [{"Name": "prefix-list-name", "Values": [f"com.amazonaws.{self.region}.s3"]}]
+        found = ec2.describe_managed_prefix_lists(Filters=named)["PrefixLists"][0]
+        return str(found["PrefixListId"]), str(found["PrefixListArn"])
+
     def boto_kwargs(self) -> dict[str, str]:
         """Keyword arguments for ``boto3.client`` talking to the emulator."""
         return {

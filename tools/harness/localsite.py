@@ -400,10 +400,7 @@ class LocalSite:
         self.sm = boto3.client("secretsmanager", **self.emulator.boto_kwargs())
         self.s3 = boto3.client("s3", **self.emulator.boto_kwargs())
         self.s3.create_bucket(Bucket=self.bucket)
-        ec2 = boto3.client("ec2", **self.emulator.boto_kwargs())
-        named = [{"Name": "prefix-list-name", "Values": [f"com.amazonaws.{self.region}.s3"]}]
-        listed = ec2.describe_managed_prefix_lists(Filters=named)["PrefixLists"][0]
-        self.s3_prefix_list, self.s3_prefix_list_arn = listed["PrefixListId"], listed["PrefixListArn"]
+        self.s3_prefix_list, self.s3_prefix_list_arn = self.emulator.s3_prefix_list()
         master_pw = os.urandom(16).hex()
         # What Terraform creates on AWS: the empty secrets, Orthanc's role.
         self.arns = {

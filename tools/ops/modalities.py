@@ -367,11 +367,32 @@ def site_problems(site: str) -> list[str]:
     return field_problems("name", site, "--site")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.ops.modalities", description=__doc__.split("\n")[0])
+def add_site_arguments(p: argparse.ArgumentParser) -> None:
+    """--site, --region (and the emulator's --endpoint-url) of a command on one site's secrets."""
     p.add_argument("--site", help="the site's name (the `name` input; default: the project's config)")
     p.add_argument("--region", default=None, help="AWS region of the site (default: the project's config)")
     p.add_argument("--endpoint-url", default=None, help=argparse.SUPPRESS)  # the AWS API emulator in tests
+
+
+def site_arguments(p: argparse.ArgumentParser, a: argparse.Namespace) -> list[str]:
+    """Fill --site and --region from the site this checkout deploys (orthweb.toml and ORTHWEB_*
+    variables, as `make synth` reads them) when not given; the problems with --site."""
+    if a.site is None or (a.region is None and a.endpoint_url is None):
+        from config import ROOT
+        from config.inputs import ConfigError, load_config
+
+        try:
+            config = load_config(ROOT, os.environ)
+        except ConfigError as exc:
+            p.error("; ".join(exc.problems))
+        a.site = a.site or config.name
+        a.region = a.region or config.region
+    return site_problems(a.site)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools.ops.modalities", description=__doc__.split("\n")[0])
+    add_site_arguments(p)
     commands = p.add_subparsers(dest="command", required=True, metavar="{issue,list,revoke}")
     issue = commands.add_parser("issue", help="issue a client certificate (creates the client CA on first use)")
     issue.add_argument("modality", metavar="MODALITY", help=MODALITY_RULE)
@@ -407,18 +428,7 @@ def secrets_client(p: argparse.ArgumentParser, a: argparse.Namespace) -> Any:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    if a.site is None or (a.region is None and a.endpoint_url is None):
-        # The site this checkout deploys: orthweb.toml and ORTHWEB_* variables, as `make synth` reads them.
-        from config import ROOT
-        from config.inputs import ConfigError, load_config
-
-        try:
-            config = load_config(ROOT, os.environ)
-        except ConfigError as exc:
-            p.error("; ".join(exc.problems))
-        a.site = a.site or config.name
-        a.region = a.region or config.region
-    problems = site_problems(a.site)
+    problems = site_arguments(p, a)
     if a.command in ("issue", "revoke") and not MODALITY_NAME.fullmatch(a.modality):
         problems.append(allowed("MODALITY", a.modality, MODALITY_RULE))
     if a.command == "issue" and not 1 <= a.days <= MAX_DAYS:

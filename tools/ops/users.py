@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import re
 import secrets
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 
 from config.facts import ORTHANC_ADMIN_USER, USER_ROLES, USERS_SECRET
 from config.inputs import allowed
-from tools.ops.modalities import Secrets, StateError, UsageError, secrets_client, site_problems
+from tools.ops.modalities import Secrets, StateError, UsageError, add_site_arguments, secrets_client, site_arguments
 
 USER_NAME = re.compile(r"^[a-z][a-z0-9._-]{1,31}$")
 USER_RULE = f"2-32 chars: lowercase letters, digits, . _ -, starting with a letter; not {ORTHANC_ADMIN_USER}"
@@ -92,9 +91,7 @@ def run(secrets_: Secrets, command: str, name: str = "", role: str = "", as_json
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.ops.users", description=__doc__.split("\n")[0])
-    p.add_argument("--site", help="the site's name (the `name` input; default: the project's config)")
-    p.add_argument("--region", default=None, help="AWS region of the site (default: the project's config)")
-    p.add_argument("--endpoint-url", default=None, help=argparse.SUPPRESS)  # the AWS API emulator in tests
+    add_site_arguments(p)
     commands = p.add_subparsers(dest="command", required=True, metavar="{add,list,disable,enable,remove,reset}")
     add = commands.add_parser("add", help="add a user with a role; prints the password once")
     add.add_argument("name", metavar="NAME", help=USER_RULE)
@@ -114,17 +111,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    if a.site is None or (a.region is None and a.endpoint_url is None):
-        from config import ROOT
-        from config.inputs import ConfigError, load_config
-
-        try:
-            config = load_config(ROOT, os.environ)
-        except ConfigError as exc:
-            p.error("; ".join(exc.problems))
-        a.site = a.site or config.name
-        a.region = a.region or config.region
-    problems = site_problems(a.site)
+    problems = site_arguments(p, a)
     name = getattr(a, "name", "")
     if a.command != "list" and (not USER_NAME.fullmatch(name) or name == ORTHANC_ADMIN_USER):
         problems.append(allowed("NAME", name, USER_RULE))

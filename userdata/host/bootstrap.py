@@ -852,11 +852,12 @@ COMMIT;
         if only_if_changed and not applied.is_file():
             return  # orthweb.service has not applied them (yet, or off EC2): its start will
         egress = self.egress_rules()
-        if only_if_changed and applied.read_text() == egress.rules():
+        rules = egress.rules()
+        if only_if_changed and applied.read_text() == rules:
             return
         apply(egress)
         private_dir(self.settings.run)
-        install_file(applied, egress.rules(), mode=0o644)
+        install_file(applied, rules, mode=0o644)
         log(
             f"container egress: DNS, database, {len(egress.s3_cidrs)} S3 range(s), "
             f"{len(egress.modalities)} C-MOVE destination(s); everything else refused"
