@@ -2,26 +2,32 @@
 AWS API emulator, the host's refresh (the real bootstrap) registers them with Orthanc and writes
 their roles, and the real Orthanc (Debian's, with its Python plugin running docker/orthweb_roles.py)
 behind the real nginx answers each role: allowed requests succeed, forbidden ones get 403, a
-disabled user gets 401 after the refresh. The audit trail is read back from the front door's access
-log (on a host, the container log the Docker awslogs driver ships to CloudWatch)."""
+disabled user gets 401 after the refresh. The audit trail is read back from CloudWatch Logs (the
+emulator's), where the front door's lines are shipped as a host's Docker awslogs driver ships them
+(tools/harness/awslogs.py, a named stand-in)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import subprocess
 import time
 
+import boto3
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.local_site import auth, send_site
+from tools.harness import awslogs
 from tools.harness.dicom_sender import make_instances
 from tools.harness.localsite import LocalSite
 from tools.ops import users
 from tools.ops.modalities import Secrets
+from userdata.site import ComposeValues, render_compose
 
 pytestmark = pytest.mark.e2e
 
@@ -92,21 +98,38 @@ def test_each_role_gets_what_it_is_for_and_403_for_the_rest_and_a_disabled_user_
     s.refresh()
     assert s.rest("/dicom-web/studies", auth=("rita", people["rita"]))[0] == 401
     assert s.rest("/system", auth=("ulf", people["ulf"]))[0] == 401 and s.rest("/system", auth=("ulf", new))[0] == 200
-    # The audit trail names the person, the method, the path without its query, the status, the address.
+    # The audit trail names the person, the method, the path without its query, the status, the
+    # address: read back from CloudWatch Logs, where the host's Docker ships nginx's output (here the
+    # awslogs STAND-IN sends the lines nginx wrote, to the group and stream compose names).
     deadline = time.monotonic() + 10
-    while True:
-        entries = _access_log(s)
-        mine = [
-            (e["user"], e["method"], e["path"], e["status"])
-            for e in entries
-            if e.get("user") in ("vera", "ulf", "rita")
-        ]
-        if ("vera", "GET", "/system", 401) in mine or time.monotonic() > deadline:
-            break
+    while ("vera", "GET", "/system", 401) not in _mine(_access_log(s)) and time.monotonic() < deadline:
         time.sleep(0.2)
+    entries = _shipped_audit(s)
+    mine = _mine(entries)
     assert ("ulf", "POST", "/instances", 200) in mine and ("vera", "POST", "/instances", 403) in mine
     assert ("rita", "GET", f"/instances/{instance}/file", 403) in mine and ("vera", "GET", "/system", 401) in mine
     assert all(e.get("client") == "127.0.0.1" and "?" not in e["path"] for e in entries if e.get("user") == "vera")
+
+
+def _mine(entries: list[dict]) -> list[tuple]:
+    return [
+        (e["user"], e["method"], e["path"], e["status"]) for e in entries if e.get("user") in ("vera", "ulf", "rita")
+    ]
+
+
+def _shipped_audit(s: LocalSite) -> list[dict]:
+    """The front door's entries as an auditor reads them: from the site's container log group in
+    CloudWatch Logs (the emulator's), the streams compose's tag gives nginx."""
+    logs = boto3.client("logs", **s.emulator.boto_kwargs())
+    group = f"/{s.name}/containers"  # modules/access.py; Terraform creates it on AWS, the test here
+    try:
+        logs.create_log_group(logGroupName=group)
+    except logs.exceptions.ResourceAlreadyExistsException:
+        pass
+    tag = yaml.safe_load(render_compose(ComposeValues()))["services"]["nginx"]["logging"]["options"]["tag"]
+    service = tag.split("/", 1)[0]
+    assert awslogs.ship_file(logs, group, service, s.host().nginx_prefix / "access.log", container="e2e-users")
+    return [json.loads(m) for m in awslogs.read(logs, group, prefix=f"{service}/e2e-users")]
 
 
 def _chromium(*args: str) -> subprocess.CompletedProcess:
@@ -118,8 +141,11 @@ def _chromium(*args: str) -> subprocess.CompletedProcess:
 def test_a_viewer_opening_the_site_in_a_browser_sees_the_start_page(site, tmp_path):
     """A real browser (headless Chromium) opens https://<site>/ as a named viewer: the front door and
     Orthanc lead it to /ui/app/ (on a host Orthanc Explorer 2; here its named STAND-IN,
-    tools/harness/local_ui.py), which lists the stored study. The browser trusts exactly the site's
-    certificate (its public key pinned), and the assertions are on the page's DOM, not its pixels."""
+    tools/harness/local_ui.py, built the same way: a page of the site's own script, which asks the
+    REST API for the studies, and one inline script). The browser enforces the front door's
+    Content-Security-Policy: the inline script is refused, the site's script and its request run.
+    It trusts exactly the site's certificate (its public key pinned); the assertions are on the
+    page's DOM, not its pixels."""
     s = site
     password = _password(_user_command(s, "add", "paula", "viewer"))
     s.refresh()
@@ -128,13 +154,52 @@ def test_a_viewer_opening_the_site_in_a_browser_sees_the_start_page(site, tmp_pa
     pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
     url = f"https://paula:{password}@127.0.0.1:{s.ports['https']}/"
     trust = f"--ignore-certificate-errors-spki-list={pin}"
-    dom = _chromium(trust, "--dump-dom", url)
+    # The page's script runs after the load event: virtual time lets it finish before the DOM is taken.
+    dom = _chromium(trust, "--virtual-time-budget=10000", "--dump-dom", url)
     assert dom.returncode == 0, dom.stderr[-2000:]
     page = dom.stdout
     assert "<title>Orthweb</title>" in page and 'name="orthweb-ui"' in page, page[:2000]
-    assert 'id="count">1 studies' in page and page.count('class="study"') == 1
+    assert 'id="count">1 studies' in page and page.count('class="study"') == 1, page[:3000]
+    assert 'data-inline="ran"' not in page, "the inline script ran: the browser got no Content-Security-Policy"
     shot = tmp_path / "start-page.png"
     assert _chromium(trust, f"--screenshot={shot}", "--window-size=1024,768", url).returncode == 0
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The browser's requests are in the audit trail under the viewer's name.
-    assert any(e.get("user") == "paula" and e["path"] == "/ui/app/" and e["status"] == 200 for e in _access_log(s))
+    visits = {(e["path"], e["status"]) for e in _access_log(s) if e.get("user") == "paula"}
+    assert {("/ui/app/", 200), ("/ui/app/app.js", 200), ("/studies", 200)} <= visits, visits
+
+
+def _head(s: LocalSite, path: str, user: tuple[str, str]) -> tuple[int, http.client.HTTPMessage]:
+    connection = http.client.HTTPSConnection("127.0.0.1", s.ports["https"], context=s.tls_context(), timeout=30)
+    token = base64.b64encode(":".join(user).encode()).decode()
+    try:
+        connection.request("GET", path, headers={"Authorization": f"Basic {token}"})
+        answer = connection.getresponse()
+        answer.read()
+        return answer.status, answer.headers
+    finally:
+        connection.close()
+
+
+def test_the_viewers_get_their_policy_and_everything_else_the_strict_one(site):
+    """The front door's Content-Security-Policy by path, from the real nginx: Stone Web Viewer and OHIF
+    (not in Debian: Orthanc answers 404 here, and the header comes with any answer) may evaluate code
+    and run WebAssembly; Orthanc Explorer 2, the REST API and the rest may run only the site's own
+    script files. Both keep data, plug-ins and framing to the site."""
+    s = site
+    viewer = ("vic", _password(_user_command(s, "add", "vic", "viewer")))
+    s.refresh()
+    policies = {
+        path: _head(s, path, viewer)[1]["Content-Security-Policy"]
+        for path in ("/stone-webviewer/index.html", "/ohif/viewer", "/ui/app/", "/studies", "/stone-webviewer-not/x")
+    }
+    for path, policy in policies.items():
+        directives = dict((d.split(" ", 1) + [""])[:2] for d in policy.split("; "))
+        assert directives["connect-src"] == "'self'" and directives["object-src"] == "'none'", path
+        assert directives["frame-ancestors"] == "'self'" and directives["default-src"] == "'self'", path
+        viewer_path = path.startswith(("/stone-webviewer/", "/ohif/"))
+        expected = "'self' 'unsafe-inline' 'unsafe-eval' 'wasm-unsafe-eval'" if viewer_path else "'self'"
+        assert directives["script-src"] == expected, path
+    # /ui/app goes to /ui/app/ by a relative redirect (Orthanc Explorer 2's inline script is refused).
+    status, headers = _head(s, "/ui/app", viewer)
+    assert status == 301 and headers["Location"] == "/ui/app/"
