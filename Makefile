@@ -18,10 +18,10 @@ PY := .venv/bin/python
 PYTHON ?= python3
 BOOTSTRAP_VENV := build/bootstrap-venv
 PIPENV := $(BOOTSTRAP_VENV)/bin/python -m pipenv
-# Extra flags for the cdktf CLI targets. tools/harness/terraform.py adds --skip-provider-lock (diff, deploy,
+# Extra flags for the cdktf CLI targets. tools/ops/terraform.py adds --skip-provider-lock (diff, deploy,
 # destroy, output) and the offline Terraform CLI configuration when the provider comes from a filesystem mirror.
 CDKTF_FLAGS ?=
-CDKTF := $(PY) -m tools.harness.terraform cdktf
+CDKTF := $(PY) -m tools.ops.terraform cdktf
 # Parallel pytest workers for `make test` (independent slow modules side by side; see docs/benchmarks.md).
 PYTEST_WORKERS ?= 6
 # Debian packages the test suite drives for real: cloud-init schema, shellcheck, nginx -t, compose
@@ -168,11 +168,11 @@ diagram: setup-dev
 
 ## cost: the monthly estimate of the stack you configured (orthweb.toml, ORTHWEB_*): each resource and the total
 cost: setup-dev synth
-	$(PY) -m tools.maint.cost --configured
+	$(PY) -m tools.ops.cost --configured
 
 ## cost-docs: (maintenance) the reference profiles' estimates into docs/operations-tools.md and README
 cost-docs: setup-dev
-	$(PY) -m tools.maint.cost --markdown --write docs/operations-tools.md --write README.md
+	$(PY) -m tools.maint.cost_docs --write docs/operations-tools.md --write README.md
 
 ## recover: restore DICOM objects deleted after a time and re-ingest them (see docs/recovery.md), RECOVER_ARGS="..."
 recover: setup-dev

@@ -17,7 +17,7 @@ import pytest
 
 from config import ROOT
 from config.inputs import OrthwebConfig
-from tools.harness.terraform import terraform_cli_config
+from tools.ops.terraform import terraform_cli_config
 from tools.profiles import EXTRAS, PROD, PROFILES  # noqa: F401 - re-exported for the test modules
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
@@ -73,7 +73,7 @@ def _tmpdir_in_project(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture
 def no_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A machine without a Terraform provider mirror: no ORTHWEB_TF_MIRROR, none of the known folders holds it."""
-    from tools.harness import terraform
+    from tools.ops import terraform
 
     monkeypatch.delenv("ORTHWEB_TF_MIRROR", raising=False)
     monkeypatch.setattr(terraform, "MIRROR_CANDIDATES", (str(tmp_path / "no-provider-mirror"),))

@@ -134,7 +134,7 @@ def test_no_dependency_is_declared_where_the_json_cannot_see_it():
 
 
 def _named(data: dict[str, Any], rtype: str, stable: str) -> dict[str, Any]:
-    from tools.maint.tfjson import stable_name
+    from tools.ops.tfjson import stable_name
 
     (found,) = [body for lid, body in data["resource"][rtype].items() if stable_name(lid) == stable]
     return found

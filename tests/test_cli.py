@@ -13,7 +13,7 @@ import pytest
 from config import ROOT
 from tests.conftest import synth_json
 from tools.harness.emulator import Emulator
-from tools.harness.terraform import SKIP_LOCK_COMMANDS
+from tools.ops.terraform import SKIP_LOCK_COMMANDS
 
 pytestmark = pytest.mark.cli
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

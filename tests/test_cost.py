@@ -1,4 +1,4 @@
-"""The cost estimate (tools/maint/cost.py with tools/maint/prices.json): every resource type is priced
+"""The cost estimate (tools/ops/cost.py with tools/ops/prices.json): every resource type is priced
 or listed as free, the figures follow the stack, and the documented tables are current."""
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import pytest
 
 from config import ROOT
 from tests.future_stack import DESIRED_HOSTS, REPLICA_REGION, with_planned_resources
-from tools.maint import cost, snapshot
-from tools.maint.cost import DOC, CostError, PriceTable, estimate, markdown, replace_block, summary, write_blocks
-from tools.maint.tfjson import Stack
+from tools.maint import snapshot
+from tools.maint.cost_docs import DOC, DOC_PROFILES, markdown, replace_block, summary, write_blocks
+from tools.ops import cost
+from tools.ops.cost import CostError, PriceTable, estimate
+from tools.ops.tfjson import Stack
 
 TABLE = PriceTable.load()
 REGIONS = (
@@ -73,7 +75,7 @@ def every_option_stack():
 @pytest.mark.parametrize("profile", ["default", "prod", "az3", "extras"])
 def test_every_resource_type_is_priced_or_free(synth_profile, profile):
     types = stack(synth_profile(profile).data).types()
-    assert TABLE.unpriced(types) == [], "add them to tools/maint/prices.json (priced or free)"
+    assert TABLE.unpriced(types) == [], "add them to tools/ops/prices.json (priced or free)"
     assert estimate(stack(synth_profile(profile).data), TABLE).total > 0
 
 
@@ -231,7 +233,7 @@ def test_an_unsupported_region_exits_2_with_a_clear_error(default_stack, tmp_pat
     source = default_stack.stack_dir / "cdk.tf.json"
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "tools.maint.cost", *args]
+        command = [sys.executable, "-m", "tools.ops.cost", *args]
         return subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
 
     proc = run(str(source), "--region", "sa-east-1")
@@ -274,7 +276,7 @@ def test_documented_cost_tables_are_current(synth_profile):
         assert abs(sum(float(c) for c in cells[:-1]) - float(cells[-1])) <= len(cells), row
     # Negative control: a different table would be noticed.
     assert replace_block(text, generated.replace("**total**", "**sum**")) != text
-    for profile in cost.DOC_PROFILES:
+    for profile in DOC_PROFILES:
         assert f"**{profile} profile**" in text
 
 
@@ -283,7 +285,7 @@ def test_make_cost_prints_the_configured_stack(default_stack, tmp_path, monkeypa
     checkout), each resource and the total; without make synth first, a line saying so and exit 2."""
     import shutil
 
-    from tools.maint import cost
+    from tools.ops import cost
 
     monkeypatch.setattr(cost, "ROOT", tmp_path)
     for name in [k for k in os.environ if k.startswith("ORTHWEB_")]:

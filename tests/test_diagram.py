@@ -16,7 +16,7 @@ from tests.conftest import PROFILES
 from tests.future_stack import DESIRED_HOSTS, REPLICA_REGION, with_planned_resources
 from tools.maint import diagram, snapshot
 from tools.maint.diagram import CLIENTS, DIAGRAMS, DOC_PROFILES, Graph, build, dot_for, port_label
-from tools.maint.tfjson import Stack, TfJsonError, stable_name
+from tools.ops.tfjson import Stack, TfJsonError, stable_name
 
 HTTPS = port_label(HTTPS_PORT)
 DICOM = port_label(DICOM_TLS_PORT)

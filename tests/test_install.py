@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from config import ROOT
-from tools.harness.terraform import SKIP_LOCK_COMMANDS, TerraformError, cdktf_command, terraform_cli_config
+from tools.ops.terraform import SKIP_LOCK_COMMANDS, TerraformError, cdktf_command, terraform_cli_config
 
 _PINNED = re.search(r"^PIPENV_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
 assert _PINNED, "the Makefile pins pipenv"
@@ -182,5 +182,5 @@ def test_the_makefile_runs_the_cdktf_targets_through_the_wrapper():
     )
     assert proc.returncode == 0, proc.stderr
     for command in ("diff", "deploy", "destroy", "output"):
-        assert f".venv/bin/python -m tools.harness.terraform cdktf {command}" in proc.stdout
+        assert f".venv/bin/python -m tools.ops.terraform cdktf {command}" in proc.stdout
     assert "npx cdktf diff" not in proc.stdout

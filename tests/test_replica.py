@@ -13,9 +13,9 @@ from config import rds_ca, regions
 from config.inputs import ConfigError, OrthwebConfig, load_config
 from main import EXIT_CONFIG_ERROR, main
 from tests.conftest import synth_json
-from tools.maint.cost import PriceTable, estimate
 from tools.maint.diagram import build
-from tools.maint.tfjson import Stack
+from tools.ops.cost import PriceTable, estimate
+from tools.ops.tfjson import Stack
 
 PROD: dict[str, Any] = {"environment": "prod", "dicom_client_auth": "certificate"}
 

@@ -19,7 +19,7 @@ from main import main as synth_main
 from stacks.state import state_object_key
 from tests.conftest import synth_json
 from tools.harness.emulator import Emulator
-from tools.harness.terraform import Terraform, TerraformError
+from tools.ops.terraform import Terraform, TerraformError
 
 KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/0b1d2c3e-4f5a-6b7c-8d9e-0f1a2b3c4d5e"
 

@@ -18,7 +18,7 @@ from config import ROOT
 from config.inputs import OrthwebConfig
 from tests.conftest import PROFILES, synth_json
 from tools.harness.emulator import Emulator
-from tools.harness.terraform import PLUGIN_CACHE, Terraform, TerraformError, provider_mirror, terraform_cli_config
+from tools.ops.terraform import PLUGIN_CACHE, Terraform, TerraformError, provider_mirror, terraform_cli_config
 
 pytestmark = pytest.mark.terraform
 # Planned against the emulator; "extras" (every optional extra) is validated only.

@@ -36,7 +36,7 @@ from config.facts import (
 from config.inputs import DicomModality, OrthwebConfig
 from tools.harness.localsite import local_nginx
 from tools.harness.pki import make_ca, make_server_cert
-from tools.harness.terraform import Terraform
+from tools.ops.terraform import Terraform
 from tools.proc import free_ports
 from userdata import (
     USER_DATA_BUDGET,

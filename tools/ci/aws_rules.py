@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from config.facts import HOST_AGENT_METRICS, HOST_METRICS_NAMESPACE, NAME_SUFFIX_BYTES, ec2_can_recover
-from tools.maint.tfjson import Address, Stack, listed
+from tools.ops.tfjson import Address, Stack, listed
 
 ASG_KEY_DOC = "https://docs.aws.amazon.com/autoscaling/ec2/userguide/key-policy-requirements-EBS-encryption.html"
 TRAIL_DOC = "https://docs.aws.amazon.com/awscloudtrail/latest/userguide/create-s3-bucket-policy-for-cloudtrail.html"

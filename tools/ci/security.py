@@ -101,7 +101,7 @@ def plan_json(outdir: Path) -> Path:
     the provider at the emulator for the plan only."""
     from stacks.emulator import provider_settings
     from tools.harness.emulator import Emulator
-    from tools.harness.terraform import Terraform
+    from tools.ops.terraform import Terraform
 
     with Emulator(outdir / "emulator") as emulator:
         stack = synth({}, outdir / "cdktf.out")

@@ -20,7 +20,7 @@ from config.facts import DICOM_TLS_PORT, HTTPS_PORT, PORT_FORWARDING_DOCUMENT, P
 from modules.access import SESSION_PREFERENCES_DOCUMENT
 from modules.storage import DICOM_BUCKET_ACTIONS, DICOM_OBJECT_ACTIONS
 from tools.harness.emulator import FAKE_CREDENTIALS
-from tools.maint.tfjson import listed
+from tools.ops.tfjson import listed
 
 
 class CheckFailed(AssertionError):

@@ -68,6 +68,7 @@ from tools.harness.emulator import Emulator
 from tools.harness.hostsim import bootstrap_env, host_program, run_bootstrap
 from tools.harness.localpg import LocalPostgres
 from tools.harness.pki import make_ca, make_server_cert
+from tools.ops.site import LOCAL_SITE_STATE
 from tools.proc import free_ports, stop_pid, stop_process, wait_for_port
 from userdata import HostValues, site_env
 from userdata.site import (
@@ -83,7 +84,7 @@ PLUGIN = Path(__file__).resolve().parent / "s3_storage_plugin.py"
 LOCAL_UI = Path(__file__).resolve().parent / "local_ui.py"
 ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
-STATE_FILE = Path(os.environ.get("ORTHWEB_LOCALSITE_DIR", ROOT / "build" / "localsite")) / "site.json"
+STATE_FILE = LOCAL_SITE_STATE
 PORT_NAMES = ("orthanc_http", "orthanc_dicom", "https", "dicom_tls")
 STORAGE_KINDS = ("s3", "disk")
 # What every host ends the bootstrap with that must be the same on all of them: one admin secret

@@ -166,7 +166,7 @@ class Rehearsal:
         self.stack_dir = out / "stacks" / self.name
 
     def init(self) -> None:
-        from tools.harness.terraform import Terraform
+        from tools.ops.terraform import Terraform
 
         self.tf = Terraform.offline(
             self.stack_dir,

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tools.maint.tfjson import Address, Stack, stable_name
+from tools.ops.tfjson import Address, Stack, stable_name
 
 _INTERPOLATION = re.compile(r"\$\{([^{}]+)\}")
 _REFERENCE = re.compile(r"^(data\.)?([a-z0-9_]+)\.([A-Za-z0-9_-]+)((?:\.[A-Za-z0-9_]+|\[\d+\])+)$")

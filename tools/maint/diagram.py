@@ -13,7 +13,7 @@ shows what Terraform will build, not what someone remembered to draw.
 Port names come from config/facts.py.
 
 The DOT text is deterministic: nodes, clusters and edges sorted, ids are ``type.name`` with
-cdktf's hash suffix dropped (tools/maint/tfjson.py). A test compares docs/diagrams/*.dot with what
+cdktf's hash suffix dropped (tools/ops/tfjson.py). A test compares docs/diagrams/*.dot with what
 the current stack gives, so a stack change needs a rerun of ``--docs``. The SVG is rendered by
 ``dot`` (Debian package ``graphviz``).
 """
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from config import ROOT, facts
-from tools.maint.tfjson import Address, Stack, TfJsonError, is_plain
+from tools.ops.tfjson import Address, Stack, TfJsonError, is_plain
 
 DIAGRAMS = ROOT / "docs" / "diagrams"
 # The reference profiles drawn into docs/diagrams (defined once, in tools/maint/snapshot.py).

@@ -96,7 +96,7 @@ class Smoke:
             raise SmokeError(f"{label} failed (exit {proc.returncode})")
 
     def go(self) -> int:
-        py, cdktf = sys.executable, [sys.executable, "-m", "tools.harness.terraform", "cdktf"]
+        py, cdktf = sys.executable, [sys.executable, "-m", "tools.ops.terraform", "cdktf"]
         failed = False
         try:
             self.step("synth", [py, "main.py"])

@@ -292,8 +292,8 @@ def _elastic_ips(site: Site) -> Verdict:
 
 
 def _cost(site: Site) -> Verdict:
-    from tools.maint.cost import CostError, estimate
-    from tools.maint.tfjson import Stack, TfJsonError
+    from tools.ops.cost import CostError, estimate
+    from tools.ops.tfjson import Stack, TfJsonError
 
     try:
         e = estimate(Stack.from_json(site.stack))

@@ -34,6 +34,9 @@ class NoCredentials(RuntimeError):
     """The operator has no AWS credentials: a matter of their environment, not of the site (exit 2)."""
 
 
+# Where `make local-up` records the local site it started (its outputs file, its emulator), which
+# `make validate SITE=local` and the other commands read.
+LOCAL_SITE_STATE = Path(os.environ.get("ORTHWEB_LOCALSITE_DIR", ROOT / "build" / "localsite")) / "site.json"
 NO_CREDENTIALS = (
     "no AWS credentials found (environment, AWS_PROFILE, ~/.aws, SSO): sign in to the site's account "
     "(for example aws sso login --profile NAME, then AWS_PROFILE=NAME) and run it again"
@@ -74,7 +77,7 @@ def output_values(raw: dict[str, Any]) -> dict[str, Any]:
 
 def deployed_outputs(stack_dir: Path) -> dict[str, Any]:
     """The outputs of the deployed stack, read by Terraform from its backend (local file or S3)."""
-    from tools.harness.terraform import Terraform, TerraformError
+    from tools.ops.terraform import Terraform, TerraformError
 
     if not (stack_dir / "cdk.tf.json").is_file():
         raise SiteUnreadable(f"no synthesized stack in {stack_dir}: run make synth (or make validate) first")

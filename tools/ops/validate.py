@@ -39,7 +39,7 @@ from typing import Any
 
 from config import ROOT
 from config.facts import DEFAULT_AE_TITLE, DICOM_TLS_PORT, DICOMWEB_ROOT, HTTPS_PORT, ORTHANC_ADMIN_USER
-from tools.ops.site import NoCredentials, SiteUnreadable, deployed_outputs, output_values
+from tools.ops.site import LOCAL_SITE_STATE, NoCredentials, SiteUnreadable, deployed_outputs, output_values
 
 TEST_PATIENT = "ORTHWEB^VALIDATION"
 
@@ -403,11 +403,9 @@ def arguments() -> argparse.ArgumentParser:
 def the_outputs(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[dict[str, Any], str | None]:
     """(outputs, emulator endpoint or None): of the local site, a file, or the deployed stack; none with --host."""
     if a.local:
-        from tools.harness.localsite import STATE_FILE
-
-        if not STATE_FILE.is_file():
+        if not LOCAL_SITE_STATE.is_file():
             raise SiteUnreadable("no local site is up: run make local-up first")
-        state = json.loads(STATE_FILE.read_text())
+        state = json.loads(LOCAL_SITE_STATE.read_text())
         return output_values(json.loads(Path(state["outputs_file"]).read_text())), a.endpoint_url or state["emulator"]
     if a.outputs:
         return output_values(json.loads(a.outputs.read_text())), a.endpoint_url

@@ -1,14 +1,14 @@
-"""A monthly cost estimate of a synthesized stack, from the dated price table tools/maint/prices.json.
+"""A monthly cost estimate of a synthesized stack, from the dated price table tools/ops/prices.json.
 
-    python -m tools.maint.cost cdktf.out/stacks/orthweb/cdk.tf.json [--region R] [--json]
-    python -m tools.maint.cost --markdown [cdk.tf.json ...] [--write docs/operations-tools.md]
+    python -m tools.ops.cost --configured [--region R] [--json]      (make cost)
+    python -m tools.ops.cost cdktf.out/stacks/orthweb/cdk.tf.json [--region R] [--json]
 
 One line per priced resource, the monthly total, the table's date and every assumption (hours per
 month, GB stored, log volume, LCUs) it used. Values written plainly in the JSON are read from it
 (instance_type, instance_class, allocated_storage, multi_az, volume_size, desired_capacity); the
 region is the provider's when it is a plain string, or ``--region``. A resource type that is neither
 priced nor listed as free in the table stops the estimate (exit 2, naming it), so a new type cannot
-slip in at zero. ``--markdown`` without a file synthesizes the reference profiles (default, prod).
+slip in at zero. The reference profiles' tables in the docs come from tools/maint/cost_docs.py.
 
 The figures are AWS public list prices as of the table's date, several of them approximations:
 an estimate to check with the AWS Pricing Calculator before budgeting, not a quote.
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
-import re
 import sys
 import textwrap
 from collections.abc import Callable, Mapping
@@ -28,11 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from config import ROOT
-from tools.maint.tfjson import Address, Stack, TfJsonError, is_plain
+from tools.ops.tfjson import Address, Stack, TfJsonError, is_plain
 
 PRICES = Path(__file__).with_name("prices.json")
-DOC = ROOT / "docs" / "operations-tools.md"
-DOC_PROFILES = ("default", "prod", "scaled")
 EXIT_ERROR = 2
 
 
@@ -161,7 +158,7 @@ class Estimate:
     def text(self) -> str:
         head = [
             f"Monthly cost estimate of stack {self.stack!r} in {self.region}",
-            f"prices: tools/maint/{PRICES.name}, dated {self.table.date} (AWS public on-demand list prices,"
+            f"prices: tools/ops/{PRICES.name}, dated {self.table.date} (AWS public on-demand list prices,"
             " estimates: check before budgeting)",
             "",
         ]
@@ -599,76 +596,6 @@ def estimate(stack: Stack, table: PriceTable | None = None, region: str | None =
     return Estimate(stack.name, pricer.region, table, tuple(sorted(lines, key=lambda x: x.address)), free)
 
 
-def markdown(estimates: Mapping[str, Estimate]) -> str:
-    """A table per estimate (keyed by its title), then the assumptions once (for README and docs)."""
-    parts = [e.markdown(title) for title, e in estimates.items()]
-    first = next(iter(estimates.values()))
-    parts.append("Assumptions:\n\n" + "\n".join(f"- {a}" for a in first.assumption_lines()))
-    return "\n\n".join(parts)
-
-
-# The summary's columns: what a reader budgets for, by resource type.
-SUMMARY_GROUPS: dict[str, tuple[str, ...]] = {
-    "hosts": ("aws_instance", "aws_autoscaling_group"),
-    "database": ("aws_db_instance",),
-    "front door and network": ("aws_eip", "aws_lb", "aws_nat_gateway", "aws_vpc_endpoint", "aws_flow_log"),
-    "S3": ("aws_s3_bucket",),
-}
-
-
-def summary(estimates: Mapping[str, Estimate]) -> str:
-    """One row per estimate: the total and what it is made of (README)."""
-    heads = [*SUMMARY_GROUPS, "the rest"]
-    first = next(iter(estimates.values()))
-    rows = [
-        f"{first.region}, {first.table.currency} per month, prices of {first.table.date},"
-        " 500 GB of DICOM in S3 Standard (assumptions and every line: docs/operations-tools.md)",
-        "",
-        "| profile | " + " | ".join(heads) + " | total |",
-        "|---|" + "---:|" * (len(heads) + 1),
-    ]
-    for title, e in estimates.items():
-        sums = dict.fromkeys(heads, 0.0)
-        for line in e.lines:
-            rtype = line.address.split(".")[0]
-            group = next((g for g, types in SUMMARY_GROUPS.items() if rtype in types), "the rest")
-            sums[group] += line.monthly
-        rows.append(f"| {title} | " + " | ".join(f"{sums[h]:.0f}" for h in heads) + f" | **{e.total:.0f}** |")
-    return "\n".join(rows)
-
-
-def reference_estimates(table: PriceTable | None = None) -> dict[str, Estimate]:
-    """Synthesize the reference profiles (tools/maint/snapshot.py) and estimate each."""
-    from tools.maint.snapshot import synthesize
-
-    return {f"{p} profile": estimate(Stack.from_json(json.loads(synthesize(p))), table) for p in DOC_PROFILES}
-
-
-BEGIN = "<!-- BEGIN cost (generated: python -m tools.maint.cost --markdown --write docs/operations-tools.md) -->"
-END = "<!-- END cost -->"
-SUMMARY_BEGIN = "<!-- BEGIN cost summary (generated: make cost-docs) -->"
-SUMMARY_END = "<!-- END cost summary -->"
-
-
-def replace_block(text: str, generated: str, begin: str = BEGIN, end: str = END) -> str:
-    """``text`` with the generated cost block between the markers replaced."""
-    found = re.search(re.escape(begin) + r".*?" + re.escape(end), text, re.S)
-    if not found:
-        raise CostError(f"the document lacks the markers {begin} ... {end}")
-    return text[: found.start()] + f"{begin}\n{generated}\n{end}" + text[found.end() :]
-
-
-def write_blocks(text: str, estimates: Mapping[str, Estimate]) -> str:
-    """Fill whichever generated blocks ``text`` has: the full tables, the summary, or both."""
-    if BEGIN not in text and SUMMARY_BEGIN not in text:
-        raise CostError(f"the document lacks the markers {BEGIN} ... {END} (or {SUMMARY_BEGIN} ... {SUMMARY_END})")
-    if BEGIN in text:
-        text = replace_block(text, markdown(estimates))
-    if SUMMARY_BEGIN in text:
-        text = replace_block(text, summary(estimates), SUMMARY_BEGIN, SUMMARY_END)
-    return text
-
-
 def configured_stack() -> Path:
     """The synthesized JSON of the site this checkout configures (make synth writes it)."""
     import os
@@ -686,8 +613,8 @@ def configured_stack() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.maint.cost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sources", nargs="*", type=Path, help="synthesized cdk.tf.json file(s)")
+    parser = argparse.ArgumentParser(prog="python -m tools.ops.cost", description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", nargs="?", type=Path, help="a synthesized cdk.tf.json")
     parser.add_argument(
         "--configured",
         action="store_true",
@@ -695,33 +622,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--region", help="price in this region instead of the provider's")
     parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
-    parser.add_argument("--markdown", action="store_true", help="print Markdown tables (reference profiles if no file)")
-    parser.add_argument(
-        "--write",
-        type=Path,
-        action="append",
-        help="with --markdown: fill the generated blocks in this file (repeatable)",
-    )
     args = parser.parse_args(argv)
     try:
-        if args.configured:
-            args.sources = [configured_stack()]
-        if args.markdown:
-            if args.sources:
-                estimates = {f"{s}": estimate(Stack.load(s), region=args.region) for s in args.sources}
-            else:
-                estimates = reference_estimates()
-            for target in args.write or []:
-                target.write_text(write_blocks(target.read_text(), estimates))
-                print(f"wrote the cost tables into {target}")
-            if not args.write:
-                print(markdown(estimates))
-            return 0
-        if len(args.sources) != 1:
+        source = configured_stack() if args.configured else args.source
+        if source is None:
             parser.print_usage(sys.stderr)
-            print("cost: give one cdk.tf.json (or --markdown)", file=sys.stderr)
+            print("cost: give one cdk.tf.json (or --configured)", file=sys.stderr)
             return EXIT_ERROR
-        result = estimate(Stack.load(args.sources[0]), region=args.region)
+        result = estimate(Stack.load(source), region=args.region)
         print(json.dumps(result.to_json(), indent=2) if args.json else result.text(), end="\n" if args.json else "")
     except (CostError, TfJsonError) as exc:
         print(f"cost: {exc}", file=sys.stderr)

@@ -5,7 +5,7 @@ The CLI config is written to a folder we own (never the user's home) and passed 
 nothing is downloaded; elsewhere Terraform installs from the registry into one plugin cache in the
 project (``build/terraform-plugin-cache``), so each provider is downloaded once.
 
-``python -m tools.harness.terraform cdktf <command> [flags]`` runs the pinned cdktf CLI the same way
+``python -m tools.ops.terraform cdktf <command> [flags]`` runs the pinned cdktf CLI the same way
 (the Makefile's diff/deploy/destroy/output targets).
 """
 
@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``cdktf <command> [flags...]``: run the pinned cdktf CLI as ``cdktf_command`` describes."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 2 or args[0] != "cdktf":
-        print("usage: python -m tools.harness.terraform cdktf <command> [flags...]", file=sys.stderr)
+        print("usage: python -m tools.ops.terraform cdktf <command> [flags...]", file=sys.stderr)
         return 2
     try:
         command, env = cdktf_command(args[1], args[2:])

@@ -1,7 +1,7 @@
 """Read a synthesized ``cdk.tf.json`` the way the maintenance generators need it: resources under
 stable names, the references between them, and the region each one is created in.
 
-Shared by ``tools.maint.diagram`` and ``tools.maint.cost``. Works on the JSON alone (no cdktf, no
+Shared by ``tools.maint.diagram`` and ``tools.ops.cost``. Works on the JSON alone (no cdktf, no
 jsii), so it reads the output of any profile, or of ``cdktf synth`` on another machine.
 """
 
