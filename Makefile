@@ -34,7 +34,7 @@ APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose a
 	orthanc orthanc-postgresql orthanc-python orthanc-dicomweb python3-boto3 python3-cryptography dcmtk graphviz haproxy \
 	systemd-container mmdebstrap iptables iproute2 chromium
 
-.PHONY: test-deps systemd-root security-deps bench check compile cost cost-docs diagram state-bucket validate db-tunnel user modality-cert recover local-up local-down security rehearsal synth test setup setup-dev system-deps lint typecheck \
+.PHONY: test-deps systemd-root security-deps bench check compile cost cost-docs diagram state-bucket validate db-tunnel user modality-cert recover local-up local-down security rehearsal synth test setup setup-operator setup-dev system-deps lint typecheck \
 	pytest pytest-unit cli cli-synth diff deploy destroy output snapshot clean
 
 ## synth: install runtime dependencies and synthesize cdktf.out/stacks/<name> (no AWS account needed)
@@ -69,6 +69,9 @@ compile: setup-dev
 	$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 
 setup: .venv/.synced-runtime
+# The operator commands (validate, user, modality-cert, recover, state-bucket, preflight, db-tunnel,
+# cost): the product's packages and the [operator] category, no dev tool.
+setup-operator: .venv/.synced-operator
 setup-dev: .venv/.synced-dev
 .PHONY: bootstrap
 bootstrap: $(BOOTSTRAP_VENV)/.pipenv-$(PIPENV_VERSION)
@@ -87,9 +90,13 @@ $(BOOTSTRAP_VENV)/.pipenv-$(PIPENV_VERSION): tools/bootstrap-constraints.txt
 	PIP_COMPILE=0 $(PIPENV) sync
 	touch $@
 
-.venv/.synced-dev: Pipfile.lock | bootstrap
-	PIP_COMPILE=0 $(PIPENV) sync --dev
+.venv/.synced-operator: Pipfile.lock | bootstrap
+	PIP_COMPILE=0 $(PIPENV) sync --categories="packages operator"
 	touch .venv/.synced-runtime $@
+
+.venv/.synced-dev: Pipfile.lock | bootstrap
+	PIP_COMPILE=0 $(PIPENV) sync --categories="packages dev-packages operator"
+	touch .venv/.synced-runtime .venv/.synced-operator $@
 
 system-deps:
 	missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done)
@@ -131,13 +138,13 @@ local-down:
 security: setup-dev
 	$(PY) -m tools.ci.security
 
-## user: named users with roles, e.g. ARGS="add alice --role viewer", ARGS=list, ARGS="disable alice"
-user: setup-dev
-	$(PY) -m tools.ops.users $(ARGS)
+## user: named users with roles, e.g. ARGS="add alice --role viewer", ARGS=list, ARGS="disable alice" (SITE=local: the site of make local-up)
+user: setup-operator
+	$(PY) -m tools.ops.users $(if $(filter local,$(SITE)),--local) $(ARGS)
 
-## modality-cert: DICOM client certificates, e.g. ARGS="issue CT1 --out certs/", ARGS=list, ARGS="revoke CT1"
-modality-cert: setup-dev
-	$(PY) -m tools.ops.modalities $(ARGS)
+## modality-cert: DICOM client certificates, e.g. ARGS="issue CT1 --out certs/", ARGS=list, ARGS="revoke CT1" (SITE=local: the site of make local-up)
+modality-cert: setup-operator
+	$(PY) -m tools.ops.modalities $(if $(filter local,$(SITE)),--local) $(ARGS)
 
 ## rehearsal: deploy to the AWS API emulator with real Terraform, check, plan again, destroy (PROFILE=scaled: 3 hosts behind a load balancer)
 PROFILE ?= single
@@ -146,7 +153,7 @@ rehearsal: setup-dev system-deps
 
 ## validate: check the deployed site end to end, reading its outputs and secrets itself (SITE=local: the site of make local-up); ARGS=--json
 SITE ?= aws
-validate: setup-dev
+validate: setup-operator
 	if [ "$(SITE)" = local ]; then $(PY) -m tools.ops.validate --local $(ARGS); else $(PY) main.py >/dev/null && $(PY) -m tools.ops.validate $(ARGS); fi
 
 ## aws-smoke: on your AWS account: deploy the default profile as orthweb-smoke, validate it (C-STORE, DICOMweb), destroy it; about one hour of the default profile's cost; ARGS="--cidr a.b.c.d/32 --keep"
@@ -154,12 +161,12 @@ aws-smoke: setup-dev cli
 	$(PY) -m tools.ops.aws_smoke $(ARGS)
 
 ## db-tunnel: a Session Manager tunnel from 127.0.0.1:15432 through a host to the database, and the psql line (ARGS="--local-port N")
-db-tunnel: setup-dev
+db-tunnel: setup-operator
 	$(PY) main.py >/dev/null
 	$(PY) -m tools.ops.db_tunnel $(ARGS)
 
 ## state-bucket: create once the encrypted, versioned S3 bucket and KMS key for team state (prints the two settings)
-state-bucket: setup-dev
+state-bucket: setup-operator
 	$(PY) -m tools.ops.state_bucket $(ARGS)
 
 ## diagram: docs/diagrams/{default,prod,scaled}.dot and .svg from the synthesized stacks (graphviz renders the SVG)
@@ -167,7 +174,7 @@ diagram: setup-dev
 	$(PY) -m tools.maint.diagram --docs
 
 ## cost: the monthly estimate of the stack you configured (orthweb.toml, ORTHWEB_*): each resource and the total
-cost: setup-dev synth
+cost: setup-operator synth
 	$(PY) -m tools.ops.cost --configured
 
 ## cost-docs: (maintenance) the reference profiles' estimates into docs/operations-tools.md and README
@@ -175,12 +182,12 @@ cost-docs: setup-dev
 	$(PY) -m tools.maint.cost_docs --write docs/operations-tools.md --write README.md
 
 ## recover: restore DICOM objects deleted after a time and re-ingest them (see docs/recovery.md), RECOVER_ARGS="..."
-recover: setup-dev
+recover: setup-operator
 	$(PY) -m tools.ops.recover $(RECOVER_ARGS)
 
 ## preflight: the configured site against docs/production.md, item by item (PASS/WARN/FAIL; exit 1 on a FAIL in prod); ARGS=--account also asks your AWS account (Elastic IP quota)
 .PHONY: preflight
-preflight: setup
+preflight: setup-operator
 	$(PY) -m tools.ops.preflight $(ARGS)
 
 ## snapshot: write (or, with SNAPSHOT_COMPARE=dir, compare) the synthesized JSON of the reference profiles

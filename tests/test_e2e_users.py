@@ -12,8 +12,10 @@ import base64
 import hashlib
 import http.client
 import json
+import os
 import subprocess
 import time
+from pathlib import Path
 
 import boto3
 import pytest
@@ -21,6 +23,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from config import ROOT
 from tests.local_site import auth, send_site
 from tools.harness import awslogs
 from tools.harness.dicom_sender import make_instances
@@ -203,3 +206,61 @@ def test_the_viewers_get_their_policy_and_everything_else_the_strict_one(site):
     # /ui/app goes to /ui/app/ by a relative redirect (Orthanc Explorer 2's inline script is refused).
     status, headers = _head(s, "/ui/app", viewer)
     assert status == 301 and headers["Location"] == "/ui/app/"
+
+
+@pytest.fixture(scope="module")
+def operator_python(tmp_path_factory) -> Path:
+    """A virtualenv with the [operator] category of Pipfile.lock alone (its exact versions, hashes
+    checked by pip): what an operator's laptop installs for the commands, and no dev tool."""
+    folder = tmp_path_factory.mktemp("operator")
+    lock = json.loads((ROOT / "Pipfile.lock").read_text())["operator"]
+    requirements = folder / "requirements.txt"
+    requirements.write_text(
+        "".join(
+            f"{name}{spec['version']} " + " ".join(f"--hash={h}" for h in spec["hashes"]) + "\n"
+            for name, spec in sorted(lock.items())
+        )
+    )
+    venv = folder / "venv"
+    subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--require-hashes"]
+    installed = subprocess.run([*pip, "-r", str(requirements)], capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    return venv / "bin" / "python"
+
+
+def test_an_operator_install_without_dev_packages_runs_the_commands_against_the_local_site(
+    site, operator_python, tmp_path
+):
+    """The operator commands with only the [operator] category installed (no pytest, moto, mypy,
+    cdktf): `make validate SITE=local`, `make modality-cert SITE=local ARGS=...` and `make user
+    SITE=local ARGS=list` against this local site, as `make local-up` records it."""
+    listed = subprocess.run(
+        [str(operator_python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True
+    )
+    installed = {p["name"].lower() for p in json.loads(listed.stdout)}
+    assert {"boto3", "cryptography", "pydicom", "pynetdicom"} <= installed
+    assert not installed & {"pytest", "moto", "mypy", "ruff", "cdktf", "jsonschema", "pre-commit"}, installed
+    site.record(tmp_path / "site.json")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PYTHON", "VIRTUAL_ENV"))}
+    env["ORTHWEB_LOCALSITE_DIR"] = str(tmp_path)
+
+    def command(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(operator_python), "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    validate = command("tools.ops.validate", "--local")
+    assert validate.returncode == 0, validate.stdout[-3000:] + validate.stderr[-3000:]
+    assert "PASS" in validate.stdout and "FAIL" not in validate.stdout
+    issued = command("tools.ops.modalities", "--local", "issue", "OPCT1", "--out", str(tmp_path / "certs"))
+    assert issued.returncode == 0, issued.stderr[-2000:]
+    listing = command("tools.ops.modalities", "--local", "list", "--json")
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    assert [c["name"] for c in json.loads(listing.stdout)] == ["OPCT1"]
+    users_listing = command("tools.ops.users", "--local", "list")
+    assert users_listing.returncode == 0 and "vera" in users_listing.stdout, users_listing.stderr[-2000:]
+    # Without a local site: exit 2 and the reason, nothing else.
+    env["ORTHWEB_LOCALSITE_DIR"] = str(tmp_path / "none")
+    missing = command("tools.ops.modalities", "--local", "list")
+    assert missing.returncode == 2 and "run make local-up first" in missing.stderr

@@ -908,6 +908,30 @@ class LocalSite:
         }
         return {name: {"sensitive": False, "type": "string", "value": value} for name, value in values.items()}
 
+    def record(self, state_file: Path) -> dict[str, Any]:
+        """Write what the operator commands read of a running local site (``make validate SITE=local``,
+        ``make user SITE=local``...: ``--local``) into ``state_file`` and beside it: the outputs, like
+        a deployed stack's, the emulator, the site's name and region, the admin password file, and
+        what ``make local-down`` stops. Returns what it wrote."""
+        workdir = state_file.parent
+        info = self.describe()
+        password_file = workdir / "admin-password"
+        password_file.write_text(self.admin()["password"])
+        password_file.chmod(0o600)
+        info["password_file"] = str(password_file)
+        info["pids"] = {name: p.pid for name, p in self.processes.items()}
+        for name, process in (("emulator", self.emulator.process), ("postgres", self.pg.process)):
+            if process is not None:
+                info["pids"][name] = process.pid
+        info["pg_root"] = str(self.pg.root)
+        info["balancer_dir"] = str(self.balancer_dir or "")
+        outputs_file = workdir / "outputs.json"
+        outputs_file.write_text(json.dumps(self.outputs(), indent=1))
+        info["outputs_file"], info["emulator"] = str(outputs_file), self.emulator.endpoint
+        info["name"], info["region"] = self.name, self.region
+        state_file.write_text(json.dumps(info, indent=1))
+        return info
+
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "https": f"https://127.0.0.1:{self.ports['https']}/",
@@ -955,22 +979,7 @@ def main(argv: list[str]) -> int:
             print(f"Orthweb local site is NOT up: {exc}", file=sys.stderr)
             site.stop()
             return 1
-        info = site.describe()
-        password_file = workdir / "admin-password"
-        password_file.write_text(site.admin()["password"])
-        password_file.chmod(0o600)
-        info["password_file"] = str(password_file)
-        info["pids"] = {name: p.pid for name, p in site.processes.items()}
-        for name, process in (("emulator", site.emulator.process), ("postgres", site.pg.process)):
-            if process is not None:
-                info["pids"][name] = process.pid
-        info["pg_root"] = str(site.pg.root)
-        info["balancer_dir"] = str(site.balancer_dir or "")
-        # What `make validate SITE=local` reads: outputs like a deployed stack's, and the emulator.
-        outputs_file = workdir / "outputs.json"
-        outputs_file.write_text(json.dumps(site.outputs(), indent=1))
-        info["outputs_file"], info["emulator"] = str(outputs_file), site.emulator.endpoint
-        STATE_FILE.write_text(json.dumps(info, indent=1))
+        info = site.record(STATE_FILE)
         print(
             f"Orthweb local site is up (stand-in S3 plugin; see README)\n"
             f"  web/REST : {info['https']}  user admin, password in {info['password_file']}\n"

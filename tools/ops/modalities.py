@@ -371,12 +371,21 @@ def add_site_arguments(p: argparse.ArgumentParser) -> None:
     """--site, --region (and the emulator's --endpoint-url) of a command on one site's secrets."""
     p.add_argument("--site", help="the site's name (the `name` input; default: the project's config)")
     p.add_argument("--region", default=None, help="AWS region of the site (default: the project's config)")
+    p.add_argument("--local", action="store_true", help="the site of make local-up (make ... SITE=local)")
     p.add_argument("--endpoint-url", default=None, help=argparse.SUPPRESS)  # the AWS API emulator in tests
 
 
 def site_arguments(p: argparse.ArgumentParser, a: argparse.Namespace) -> list[str]:
     """Fill --site and --region from the site this checkout deploys (orthweb.toml and ORTHWEB_*
-    variables, as `make synth` reads them) when not given; the problems with --site."""
+    variables, as `make synth` reads them) when not given, or from the local site (--local); the
+    problems with --site."""
+    if a.local:
+        from tools.ops.site import LOCAL_SITE_STATE
+
+        if not LOCAL_SITE_STATE.is_file():
+            p.error("--local: no local site is up: run make local-up first")
+        state = json.loads(LOCAL_SITE_STATE.read_text())
+        a.site, a.region, a.endpoint_url = state["name"], state["region"], state["emulator"]
     if a.site is None or (a.region is None and a.endpoint_url is None):
         from config import ROOT
         from config.inputs import ConfigError, load_config
@@ -407,14 +416,13 @@ def parser() -> argparse.ArgumentParser:
 
 def secrets_client(p: argparse.ArgumentParser, a: argparse.Namespace) -> Any:
     """Secrets Manager for the site's region, or the exit code: 2 without credentials, 1 otherwise."""
-    import boto3
     from botocore.exceptions import BotoCoreError, NoRegionError
 
-    from tools.ops.site import NoCredentials, require_credentials
+    from tools.ops.site import NoCredentials, client, require_credentials
 
     try:
         require_credentials(a.endpoint_url)
-        return boto3.client("secretsmanager", region_name=a.region, endpoint_url=a.endpoint_url)
+        return client("secretsmanager", a.region, a.endpoint_url)
     except NoCredentials as exc:
         print(f"{p.prog.rsplit('.', 1)[-1]}: error: {exc}", file=sys.stderr)
         return 2
