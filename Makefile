@@ -127,7 +127,7 @@ bench: setup-dev system-deps
 	$(PY) -m bench.ingest
 	$(PY) -m bench.suite
 
-## local-up / local-down: the whole site on this machine (no AWS; see README "Try it locally"); HOSTS=2: two hosts behind a local TCP balancer
+## local-up / local-down: the whole site on this machine (no AWS; see docs/deploy.md, "Try it locally"); HOSTS=2: two hosts behind a local TCP balancer
 HOSTS ?= 1
 local-up: setup-dev system-deps
 	$(PY) -m tools.harness.localsite up --hosts $(HOSTS)

@@ -2,7 +2,7 @@
 
 Each field of ``OrthwebConfig`` is one ``setting(...)``: its type (the annotation), its default,
 its description and its single-field checks, together, the way a Terraform ``variable`` block
-holds type, default, description and validation. The README inputs table is generated from this
+holds type, default, description and validation. The inputs table (docs/inputs.md) is generated from this
 metadata (``python -m tools.maint.docs``); rules that involve several fields live in one function,
 ``cross_field_problems``.
 
@@ -257,7 +257,7 @@ _IMAGE_RULE = "empty, or name:tag with an exact release tag (not latest), option
 
 
 def setting(default: Any, description: str, *checks: Check, empty_means_default: bool = False) -> Any:
-    """One input: default, description (the README's words) and its single-field checks."""
+    """One input: default, description (the words of docs/inputs.md) and its single-field checks."""
     metadata = {"description": description, "checks": checks, "empty_means_default": empty_means_default}
     return field(default=default, metadata=metadata)
 
@@ -277,7 +277,7 @@ class DicomModality:
 
 @dataclass(frozen=True)
 class OrthwebConfig:
-    """Every input of a deployment (the README's inputs table is generated from these settings)."""
+    """Every input of a deployment (docs/inputs.md's table is generated from these settings)."""
 
     name: str = setting(
         "orthweb",
@@ -817,7 +817,7 @@ def load_config(root: Path, environ: Mapping[str, str]) -> OrthwebConfig:
             raise ConfigError([f"{CONFIG_FILE_NAME}: not valid TOML ({exc})"]) from None
         for key, value in data.items():
             if key not in known:
-                problems.append(allowed(f"{CONFIG_FILE_NAME}: {key}", key, "the fields listed in README"))
+                problems.append(allowed(f"{CONFIG_FILE_NAME}: {key}", key, "the fields listed in docs/inputs.md"))
             else:
                 values[key] = _coerce(key, known[key], value, problems)
     for env_name, value in environ.items():
@@ -825,7 +825,7 @@ def load_config(root: Path, environ: Mapping[str, str]) -> OrthwebConfig:
             continue
         key = env_name[len(ENV_PREFIX) :].lower()
         if key not in known:
-            problems.append(allowed(env_name, "set", "ORTHWEB_<FIELD> for the fields listed in README"))
+            problems.append(allowed(env_name, "set", "ORTHWEB_<FIELD> for the fields listed in docs/inputs.md"))
         else:
             values[key] = _coerce(key, known[key], value, problems)
     if problems:

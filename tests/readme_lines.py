@@ -1,5 +1,5 @@
-"""The DICOM command lines the README shows, taken from the README itself so the tests run exactly
-what a user copies (placeholders filled in for the local site)."""
+"""The DICOM command lines the README and docs/access.md show, taken from them so the tests run
+exactly what a user copies (placeholders filled in for the local site)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ from collections.abc import Sequence
 from config.facts import DICOM_TLS_PORT
 from tools.maint.docs import README
 
+ACCESS_DOC = README.parent / "docs" / "access.md"
+
 PROGRAMS = ("echoscu", "storescu")
 
 
 def readme_lines(program: str) -> list[str]:
     """Every inline code span of the README that runs the dcmtk ``program`` (optionally after
     ``TCP_NODELAY=1``), in order, without duplicates."""
-    spans = re.findall(r"`([^`\n]+)`", README.read_text())
+    spans = re.findall(r"`([^`\n]+)`", README.read_text() + "\n" + ACCESS_DOC.read_text())
     pattern = re.compile(rf"^(TCP_NODELAY=1 )?{program} \+")
     found: list[str] = []
     for span in spans:

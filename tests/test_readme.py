@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import re
 
-from tools.maint.docs import README, render
+from tools.maint.docs import INPUTS_DOC, README, render
 
 
 def test_inputs_table_matches_config():
+    text = INPUTS_DOC.read_text()
+    assert render(text) == text, "docs/inputs.md's table is stale: run python -m tools.maint.docs"
+
+
+def test_the_readme_stays_short_and_points_at_every_doc():
+    """A newcomer reads the README in five minutes: about 250 lines at most, and every document in
+    docs/ (and CONTRIBUTING.md) is one link away."""
     text = README.read_text()
-    assert render(text) == text, "README inputs table is stale: run python -m tools.maint.docs"
+    assert len(text.splitlines()) <= 250, len(text.splitlines())
+    root = README.parent
+    for doc in [*sorted((root / "docs").glob("*.md")), root / "CONTRIBUTING.md"]:
+        assert f"]({doc.relative_to(root)})" in text, f"README does not link {doc.relative_to(root)}"
 
 
 def test_outputs_table_matches_stack(default_stack, synth_profile):
@@ -52,7 +62,7 @@ def test_every_test_the_docs_name_exists():
     exists and holds each named test (``::name`` after a path means that file)."""
     root = README.parent
     missing = []
-    for doc in [README, *sorted((root / "docs").glob("*.md"))]:
+    for doc in [README, root / "CONTRIBUTING.md", *sorted((root / "docs").glob("*.md"))]:
         current = None
         for path, name in re.findall(r"`(tests/[\w/]+\.py)?(?:::(\w+))?`", doc.read_text()):
             if path:

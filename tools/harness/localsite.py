@@ -981,7 +981,7 @@ def main(argv: list[str]) -> int:
             return 1
         info = site.record(STATE_FILE)
         print(
-            f"Orthweb local site is up (stand-in S3 plugin; see README)\n"
+            f"Orthweb local site is up (stand-in S3 plugin; see docs/deploy.md)\n"
             f"  web/REST : {info['https']}  user admin, password in {info['password_file']}\n"
             f"  DICOM TLS: {info['dicom_host']}:{info['dicom_port']}  AE title {info['ae_title']}\n"
             f"  site CA  : {info['ca']}\n  stop with: make local-down"

@@ -1,6 +1,6 @@
-"""Tables for the README generated from the code, so they cannot drift (a test compares them).
+"""Tables for the docs generated from the code, so they cannot drift (a test compares them).
 
-``python -m tools.maint.docs`` rewrites the marked blocks in README.md. The inputs table comes
+``python -m tools.maint.docs`` rewrites the marked blocks in docs/inputs.md. The inputs table comes
 from each setting's metadata in config/inputs.py (type, default, description), never from the
 source text.
 """
@@ -16,6 +16,7 @@ from config import ROOT
 from config.inputs import ENV_PREFIX, OrthwebConfig
 
 README = ROOT / "README.md"
+INPUTS_DOC = ROOT / "docs" / "inputs.md"
 
 
 def _show(value: object) -> str:
@@ -46,11 +47,11 @@ def render(readme: str) -> str:
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
         found = pattern.search(readme)
         if not found:
-            raise SystemExit(f"README.md lacks the {name} block markers")
+            raise SystemExit(f"{INPUTS_DOC.name} lacks the {name} block markers")
         readme = readme[: found.start()] + f"{begin}\n{make()}\n{end}" + readme[found.end() :]
     return readme
 
 
 if __name__ == "__main__":
-    README.write_text(render(README.read_text()))
+    INPUTS_DOC.write_text(render(INPUTS_DOC.read_text()))
     sys.exit(0)
