@@ -68,3 +68,18 @@ def test_credentials_in_the_environment_or_the_emulator_are_enough(tmp_path, mon
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE12")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-not-a-secret")
     require_credentials()
+
+
+def test_validate_without_a_site_to_read_exits_2_saying_what_to_run_first(tmp_path):
+    """No local site up, or outputs of an older stack: what the operator must run first, exit 2
+    (a FAIL line and exit 1 stay for a site that does not answer)."""
+    env = {**_without_credentials(tmp_path), "ORTHWEB_LOCALSITE_DIR": str(tmp_path / "none")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.ops.validate", "--local"], capture_output=True, text=True, cwd=ROOT, env=env
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == "validate: error: no local site is up: run make local-up first"
+    older = tmp_path / "outputs.json"
+    older.write_text(json.dumps({"site_url": {"value": "https://pacs.example.org"}}))
+    proc = _run(tmp_path, "tools.ops.validate", "--outputs", str(older))
+    assert proc.returncode == 2 and "deploy this version of the stack first" in proc.stderr, proc.stdout + proc.stderr

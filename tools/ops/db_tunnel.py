@@ -26,7 +26,7 @@ from typing import Any
 
 from config import ROOT
 from config.facts import APP_DB_USER, DB_MASTER_USER, DB_NAME, PORT_FORWARDING_DOCUMENT
-from tools.ops.site import SiteUnreadable, client, site_outputs
+from tools.ops.site import NoOutputs, SiteUnreadable, client, site_outputs
 
 DEFAULT_LOCAL_PORT = 15432
 RDS_CA = ROOT / "config" / "rds-ca-bundle.pem"
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         command = tunnel_command(outputs, a_host(outputs, a.endpoint_url), a.local_port)
     except SiteUnreadable as exc:
         print(f"db-tunnel: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, NoOutputs) else 1
     print("In another terminal, once the session below says it is waiting for connections:")
     print(f"  {psql_line(outputs, a.local_port)}")
     print(f"  (or user={APP_DB_USER}, the role Orthanc uses; psql asks for the password)")

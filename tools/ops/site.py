@@ -68,6 +68,11 @@ class SiteUnreadable(RuntimeError):
     """The outputs or the secrets could not be read (a FAIL line, exit 1)."""
 
 
+class NoOutputs(SiteUnreadable):
+    """There is no deployed site to read here: nothing synthesized, nothing deployed, no local site
+    up, or outputs of an older stack. A matter of what the operator ran first, not of the site (exit 2)."""
+
+
 def output_values(raw: dict[str, Any]) -> dict[str, Any]:
     """``terraform output -json`` / ``cdktf output --outputs-file`` (keyed by stack) -> name: value."""
     if "site_url" not in raw and len(raw) == 1:
@@ -80,7 +85,7 @@ def deployed_outputs(stack_dir: Path) -> dict[str, Any]:
     from tools.ops.terraform import Terraform, TerraformError
 
     if not (stack_dir / "cdk.tf.json").is_file():
-        raise SiteUnreadable(f"no synthesized stack in {stack_dir}: run make synth (or make validate) first")
+        raise NoOutputs(f"no synthesized stack in {stack_dir}: run make synth (or make validate) first")
     try:
         tf = Terraform.offline(stack_dir, stack_dir.parent.parent / ".terraform-cli")
         if not (stack_dir / ".terraform").is_dir():
@@ -89,7 +94,7 @@ def deployed_outputs(stack_dir: Path) -> dict[str, Any]:
     except TerraformError as exc:
         raise SiteUnreadable(f"terraform could not read the outputs: {str(exc)[-600:]}") from exc
     if not raw:
-        raise SiteUnreadable(f"the stack in {stack_dir} has no outputs: deploy it first (make deploy)")
+        raise NoOutputs(f"the stack in {stack_dir} has no outputs: deploy it first (make deploy)")
     return output_values(raw)
 
 
@@ -104,6 +109,7 @@ __all__ = [
     "ConfigError",
     "NoCredentials",
     "require_credentials",
+    "NoOutputs",
     "SiteUnreadable",
     "client",
     "deployed_outputs",

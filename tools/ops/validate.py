@@ -39,7 +39,14 @@ from typing import Any
 
 from config import ROOT
 from config.facts import DEFAULT_AE_TITLE, DICOM_TLS_PORT, DICOMWEB_ROOT, HTTPS_PORT, ORTHANC_ADMIN_USER
-from tools.ops.site import LOCAL_SITE_STATE, NoCredentials, SiteUnreadable, deployed_outputs, output_values
+from tools.ops.site import (
+    LOCAL_SITE_STATE,
+    NoCredentials,
+    NoOutputs,
+    SiteUnreadable,
+    deployed_outputs,
+    output_values,
+)
 
 TEST_PATIENT = "ORTHWEB^VALIDATION"
 
@@ -357,7 +364,7 @@ def site_secrets(outputs: dict[str, Any], endpoint_url: str | None, folder: Path
 
     missing = [k for k in ("admin_secret", "ca_secret", "region") if k not in outputs]
     if missing:
-        raise SiteUnreadable(f"the outputs lack {', '.join(missing)}: deploy this version of the stack first")
+        raise NoOutputs(f"the outputs lack {', '.join(missing)}: deploy this version of the stack first")
     require_credentials(endpoint_url)
     secrets = client("secretsmanager", outputs["region"], endpoint_url)
     try:
@@ -404,7 +411,7 @@ def the_outputs(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[dict
     """(outputs, emulator endpoint or None): of the local site, a file, or the deployed stack; none with --host."""
     if a.local:
         if not LOCAL_SITE_STATE.is_file():
-            raise SiteUnreadable("no local site is up: run make local-up first")
+            raise NoOutputs("no local site is up: run make local-up first")
         state = json.loads(LOCAL_SITE_STATE.read_text())
         return output_values(json.loads(Path(state["outputs_file"]).read_text())), a.endpoint_url or state["emulator"]
     if a.outputs:
@@ -479,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="orthweb-validate-") as folder:
         try:
             target, as_json = parse(argv, Path(folder))
-        except NoCredentials as exc:
+        except (NoCredentials, NoOutputs) as exc:
             print(f"validate: error: {exc}", file=sys.stderr)
             return 2
         except SiteUnreadable as exc:
