@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from cdktf_cdktf_provider_aws.iam_instance_profile import IamInstanceProfile
 from cdktf_cdktf_provider_aws.iam_policy import IamPolicy
 from cdktf_cdktf_provider_aws.iam_role import IamRole
-from cdktf_cdktf_provider_aws.kms_key import KmsKey
 from cdktf_cdktf_provider_aws.secretsmanager_secret import SecretsmanagerSecret
 from cdktf_cdktf_provider_aws.ssm_document import SsmDocument
 from constructs import Construct
@@ -25,9 +24,9 @@ from config.facts import (
     USERS_SECRET,
 )
 from modules.account import Account
-from modules.key import ACCOUNT_KEY_ACTIONS
+from modules.key import CustomerKey
 from modules.logs import encrypted_log_group
-from modules.policy import Statement, grant, policy_document, resource_policy_json, service_role
+from modules.policy import Statement, grant, policy_document, service_role
 
 LOG_WRITE_ACTIONS = ("logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")
 # What the SSM agent needs for Session Manager and nothing else (AmazonSSMManagedInstanceCore would
@@ -159,24 +158,13 @@ class HostAccess(Construct):
         """A key of its own for Session Manager's channel encryption: the agent decrypts session data
         keys with it directly (no AWS service in between), so the host role gets kms:Decrypt on this
         key alone, never unconditioned on the site key that protects the data."""
-        acct = self.props.account
-        self.session_key = KmsKey(
+        self.session_key = CustomerKey(
             self,
             "session-key",
+            account=self.props.account,
             description=f"{self.props.name}: Session Manager channel encryption",
-            enable_key_rotation=True,
-            deletion_window_in_days=30,
-            policy=resource_policy_json(
-                [
-                    Statement(
-                        sid="AccountAdministersAndDelegates",
-                        actions=ACCOUNT_KEY_ACTIONS,
-                        principals={"AWS": [f"arn:{acct.partition}:iam::{acct.account_id}:root"]},
-                    )
-                ]
-            ),
-        )
-        self.session_key.override_logical_id("session_key")
+            logical_id="session_key",
+        ).key
 
     def _roles(self) -> None:
         props, acct = self.props, self.props.account

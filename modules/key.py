@@ -1,10 +1,11 @@
-"""The site's customer-managed KMS key."""
+"""Customer-managed KMS keys: how each is built (``CustomerKey``) and the site's key."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cdktf import TerraformProvider
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.kms_alias import KmsAlias
 from cdktf_cdktf_provider_aws.kms_key import KmsKey
@@ -38,6 +39,8 @@ ACCOUNT_KEY_ACTIONS = (
     "kms:CreateGrant",
     "kms:RetireGrant",
 )
+# AWS's longest waiting period: a key scheduled for deletion by mistake can be cancelled for 30 days.
+DELETION_WINDOW_DAYS = 30
 LOGS_KEY_ACTIONS = ("kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*")
 
 
@@ -58,11 +61,65 @@ def only_named_decrypt(bucket_arn: str, principal_arns: Sequence[str]) -> Statem
     )
 
 
+class CustomerKey:
+    """A customer-managed symmetric KMS key with rotation on, its key policy and, if named, its alias.
+
+    The policy starts with the account's administration of the key (IAM policies then decide who
+    may use it), then ``statements``; the key's owner adds its own with ``allow``. Not a construct:
+    the key and the alias (id ``alias``) are built in ``scope``, so their construct paths and hence
+    their Terraform addresses are the owner's.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        account: Account,
+        description: str,
+        logical_id: str,
+        statements: Sequence[Statement] = (),
+        alias_name: str | None = None,
+        provider: TerraformProvider | None = None,
+        deletion_window_days: int = DELETION_WINDOW_DAYS,
+    ):
+        self.statements = [
+            Statement(
+                sid="AccountAdministersAndDelegates",
+                actions=ACCOUNT_KEY_ACTIONS,
+                principals={"AWS": [f"arn:{account.partition}:iam::{account.account_id}:root"]},
+            ),
+            *statements,
+        ]
+        self.key = KmsKey(
+            scope,
+            id_,
+            provider=provider,
+            description=description,
+            enable_key_rotation=True,
+            deletion_window_in_days=deletion_window_days,
+            policy=resource_policy_json(self.statements),
+        )
+        # Stateful: every byte encrypted under the key depends on it; keep the logical ID stable.
+        self.key.override_logical_id(logical_id)
+        self.alias = (
+            None
+            if alias_name is None
+            else KmsAlias(scope, "alias", provider=provider, name=f"alias/{alias_name}", target_key_id=self.key.key_id)
+        )
+        self.arn = self.key.arn
+
+    def allow(self, *statements: Statement) -> None:
+        """Append ``statements`` to the key policy."""
+        self.statements.extend(statements)
+        self.key.policy = resource_policy_json(self.statements)
+
+
 @dataclass(frozen=True)
 class SiteKeyProps:
     name: str
     account: Account
-    deletion_window_days: int = 30
+    deletion_window_days: int = DELETION_WINDOW_DAYS
 
 
 class SiteKey(Construct):
@@ -75,37 +132,30 @@ class SiteKey(Construct):
     def __init__(self, scope: Construct, id_: str, *, props: SiteKeyProps):
         super().__init__(scope, id_)
         self.account = acct = props.account
-        self.statements = [
-            Statement(
-                sid="AccountAdministersAndDelegates",
-                actions=ACCOUNT_KEY_ACTIONS,
-                principals={"AWS": [f"arn:{acct.partition}:iam::{acct.account_id}:root"]},
-            ),
-            Statement(
-                sid="CloudWatchLogsUse",
-                actions=LOGS_KEY_ACTIONS,
-                principals={"Service": [f"logs.{acct.region}.amazonaws.com"]},
-                conditions=[
-                    (
-                        "ArnLike",
-                        "kms:EncryptionContext:aws:logs:arn",
-                        [f"arn:{acct.partition}:logs:{acct.region}:{acct.account_id}:log-group:*"],
-                    )
-                ],
-            ),
-        ]
-        self.key = KmsKey(
+        self.customer_key = CustomerKey(
             self,
             "key",
+            account=acct,
             description=f"{props.name}: Orthweb site data key",
-            enable_key_rotation=True,
-            deletion_window_in_days=props.deletion_window_days,
-            policy=resource_policy_json(self.statements),
+            logical_id="site_key",
+            statements=[
+                Statement(
+                    sid="CloudWatchLogsUse",
+                    actions=LOGS_KEY_ACTIONS,
+                    principals={"Service": [f"logs.{acct.region}.amazonaws.com"]},
+                    conditions=[
+                        (
+                            "ArnLike",
+                            "kms:EncryptionContext:aws:logs:arn",
+                            [f"arn:{acct.partition}:logs:{acct.region}:{acct.account_id}:log-group:*"],
+                        )
+                    ],
+                ),
+            ],
+            alias_name=props.name,
+            deletion_window_days=props.deletion_window_days,
         )
-        # Stateful: every encrypted byte depends on this key; keep the logical ID stable.
-        self.key.override_logical_id("site_key")
-        self.alias = KmsAlias(self, "alias", name=f"alias/{props.name}", target_key_id=self.key.key_id)
-        self.arn = self.key.arn
+        self.key, self.alias, self.arn = self.customer_key.key, self.customer_key.alias, self.customer_key.arn
 
     def grant_use(self, id_: str, role: IamRole, *, actions: Sequence[str], via_services: Sequence[str]) -> None:
         """Let ``role`` use the key for ``actions``, only through the named AWS services (``kms:ViaService``):
@@ -132,18 +182,14 @@ class SiteKey(Construct):
             f"use-site-key-{id_}",
         )
 
-    def _allow(self, *statements: Statement) -> None:
-        self.statements.extend(statements)
-        self.key.policy = resource_policy_json(self.statements)
-
     def limit_study_decrypt(self, bucket_arn: str, principal_arns: Sequence[str]) -> None:
         """Only ``principal_arns`` decrypt the DICOM bucket's objects (only_named_decrypt)."""
-        self._allow(only_named_decrypt(bucket_arn, principal_arns))
+        self.customer_key.allow(only_named_decrypt(bucket_arn, principal_arns))
 
     def allow_alarm_notifications(self) -> None:
         """Let CloudWatch (this account's alarms) publish to SNS topics encrypted with the key."""
         acct = self.account
-        self._allow(
+        self.customer_key.allow(
             Statement(
                 sid="CloudWatchAlarmsPublishToEncryptedTopic",
                 actions=["kms:GenerateDataKey*", "kms:Decrypt"],
@@ -157,7 +203,7 @@ class SiteKey(Construct):
         the hosts it launches: the key operations, and grants only for AWS resources (EC2 attaches
         the volume through one). AWS: "Required KMS key policy for use with encrypted volumes"
         (https://docs.aws.amazon.com/autoscaling/ec2/userguide/key-policy-requirements-EBS-encryption.html)."""
-        self._allow(
+        self.customer_key.allow(
             Statement(
                 sid="AutoScalingUsesKeyForHostVolumes",
                 actions=["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"],
@@ -174,7 +220,7 @@ class SiteKey(Construct):
     def allow_cloudtrail(self) -> None:
         """Let CloudTrail encrypt this account's trail logs with the key and publish to encrypted topics."""
         acct = self.account
-        self._allow(
+        self.customer_key.allow(
             Statement(
                 sid="CloudTrailEncryptsLogs",
                 actions=["kms:GenerateDataKey*", "kms:DescribeKey"],

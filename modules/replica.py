@@ -6,8 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cdktf import TerraformProvider
-from cdktf_cdktf_provider_aws.kms_alias import KmsAlias
-from cdktf_cdktf_provider_aws.kms_key import KmsKey
 from cdktf_cdktf_provider_aws.s3_bucket import S3Bucket
 from cdktf_cdktf_provider_aws.s3_bucket_lifecycle_configuration import S3BucketLifecycleConfiguration
 from cdktf_cdktf_provider_aws.s3_bucket_logging import S3BucketLoggingA
@@ -31,7 +29,7 @@ from cdktf_cdktf_provider_aws.s3_bucket_versioning import S3BucketVersioningA
 from constructs import Construct
 
 from modules.account import Account
-from modules.key import ACCOUNT_KEY_ACTIONS, only_named_decrypt
+from modules.key import CustomerKey, only_named_decrypt
 from modules.policy import Statement, resource_policy_json, service_role
 from modules.storage import (
     ABORT_UPLOADS,
@@ -59,7 +57,6 @@ DELETE_MARKERS = "Disabled"
 # The replica key's use by replication, through S3 in the replica's region only: kms:Encrypt for the
 # replicas, kms:Decrypt because S3 checks the bucket key with it (S3 Bucket Keys with replication).
 REPLICA_KEY_ACTIONS = ("kms:Encrypt", "kms:Decrypt")
-KEY_DELETION_WINDOW_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -106,32 +103,20 @@ class Replica(Construct):
         decrypt them through S3 (replication writes with s3:Replicate*, which is not refused)."""
         self._bucket_statements.append(only_named_roles(self.bucket, principal_arns, self.props.force_destroy))
         self.bucket_policy.policy = resource_policy_json(self._bucket_statements)
-        self._key_statements.append(only_named_decrypt(self.bucket.arn, principal_arns))
-        self.key.policy = resource_policy_json(self._key_statements)
+        self.customer_key.allow(only_named_decrypt(self.bucket.arn, principal_arns))
 
     def _key(self) -> None:
-        props, acct = self.props, self.props.account
-        self._key_statements = [
-            Statement(
-                sid="AccountAdministersAndDelegates",
-                actions=ACCOUNT_KEY_ACTIONS,
-                principals={"AWS": [f"arn:{acct.partition}:iam::{acct.account_id}:root"]},
-            )
-        ]
-        self.key = KmsKey(
+        props = self.props
+        self.customer_key = CustomerKey(
             self,
             "key",
-            provider=props.provider,
+            account=props.account,
             description=f"{props.name}: Orthweb DICOM replica key ({props.region})",
-            enable_key_rotation=True,
-            deletion_window_in_days=KEY_DELETION_WINDOW_DAYS,
-            policy=resource_policy_json(self._key_statements),
+            logical_id="replica_key",
+            alias_name=f"{props.name}-replica",
+            provider=props.provider,
         )
-        # Stateful: every replica depends on this key; keep the logical ID stable.
-        self.key.override_logical_id("replica_key")
-        KmsAlias(
-            self, "alias", provider=props.provider, name=f"alias/{props.name}-replica", target_key_id=self.key.key_id
-        )
+        self.key = self.customer_key.key
 
     def _buckets(self) -> None:
         props = self.props
