@@ -74,9 +74,6 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         for problem in exc.problems:
             print(f"orthweb: config error: {problem}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    if environ.get("ORTHWEB_AWS_BINDING") == "stock":
-        # Imported whole before modules/ can install the lazy binding (the stock path, for comparison).
-        import cdktf_cdktf_provider_aws  # noqa: F401
     # The cdktf CLI tells the app where to write through CDKTF_OUTDIR.
     outdir = synth(config, Path(environ.get("CDKTF_OUTDIR", ROOT / DEFAULT_OUTDIR)))
     print(f"orthweb: synthesized stack '{config.name}' into {outdir}/stacks/{config.name}")

@@ -37,7 +37,6 @@ CONFIG_FILE_NAME = "orthweb.toml"
 # Variables with the same prefix that tune Orthweb's tools, not the deployment: never config fields.
 TOOL_VARIABLES = frozenset(
     {
-        "ORTHWEB_AWS_BINDING",
         "ORTHWEB_TF_MIRROR",
         "ORTHWEB_PG_BIN",
         "ORTHWEB_LOCALSITE_DIR",

@@ -14,13 +14,13 @@ import modules.aws_binding as binding
 from config import ROOT
 
 
-def synth(out: Path, **env: str) -> bytes:
+def synth(out: Path, *program: str) -> bytes:
     subprocess.run(
-        [sys.executable, str(ROOT / "main.py")],
+        [sys.executable, *(program or (str(ROOT / "main.py"),))],
         check=True,
         capture_output=True,
         cwd=ROOT,
-        env={**os.environ, "CDKTF_OUTDIR": str(out), **env},
+        env={**os.environ, "CDKTF_OUTDIR": str(out)},
         timeout=300,
     )
     return (out / "stacks" / "orthweb" / "cdk.tf.json").read_bytes()
@@ -28,7 +28,7 @@ def synth(out: Path, **env: str) -> bytes:
 
 @pytest.mark.slow
 def test_lazy_and_stock_binding_synthesize_identical_json(tmp_path):
-    assert synth(tmp_path / "lazy") == synth(tmp_path / "stock", ORTHWEB_AWS_BINDING="stock")
+    assert synth(tmp_path / "lazy") == synth(tmp_path / "stock", "-m", "tools.harness.stock_synth")
 
 
 def test_test_process_uses_the_lazy_binding():

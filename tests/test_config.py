@@ -246,7 +246,7 @@ def test_config_file_then_environment(tmp_path):
 
 
 def test_tool_variables_are_not_config(tmp_path):
-    config = load_config(tmp_path, {"ORTHWEB_TF_MIRROR": "/opt/x", "ORTHWEB_AWS_BINDING": "stock"})
+    config = load_config(tmp_path, {"ORTHWEB_TF_MIRROR": "/opt/x", "ORTHWEB_PG_BIN": "/usr/lib/postgresql/17/bin"})
     assert config == OrthwebConfig()
 
 
