@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from config import ROOT
-from tests.future_stack import DESIRED_HOSTS, REPLICA_REGION, with_planned_resources
 from tools.maint import snapshot
 from tools.maint.cost_docs import DOC, DOC_PROFILES, markdown, replace_block, summary, write_blocks
 from tools.ops import cost
 from tools.ops.cost import CostError, PriceTable, estimate
 from tools.ops.tfjson import Stack
+from tools.profiles import SCALED
 
 TABLE = PriceTable.load()
 REGIONS = (
@@ -31,8 +31,8 @@ REGIONS = (
     "ca-central-1",
     "ap-southeast-2",
 )
-# Types the next changes will add: priced or free already.
-PLANNED_TYPES = (
+# Types the first stack did not have and the scaled profile (prod with a fleet) builds now.
+FLEET_AND_REPLICA_TYPES = (
     "aws_lb",
     "aws_lb_target_group",
     "aws_lb_listener",
@@ -46,7 +46,6 @@ PLANNED_TYPES = (
     "aws_s3_bucket_replication_configuration",
     "aws_iam_policy",
     "aws_iam_role",
-    "aws_kms_replica_key",
     "aws_kms_key",
     "aws_cloudwatch_log_group",
 )
@@ -87,20 +86,20 @@ def test_every_option_stack_is_priced(every_option_stack):
     assert {"random_id", "aws_key_pair"} <= set(e.free_types)
 
 
-def test_planned_types_are_priced_or_free(default_stack):
-    assert TABLE.unpriced(set(PLANNED_TYPES)) == []
-    future = stack(with_planned_resources(default_stack.data))
-    assert set(PLANNED_TYPES) <= future.types()
-    assert TABLE.unpriced(future.types()) == []
-    e = estimate(future, TABLE)
+def test_the_fleet_and_the_second_region_are_priced(synth_profile):
+    """The real scaled stack (prod with a fleet): the fleet by its count, the balancer, alarms and
+    dashboard, and the replica's resources in their provider's region."""
+    scaled = stack(synth_profile("scaled").data)
+    assert set(FLEET_AND_REPLICA_TYPES) <= scaled.types() and TABLE.unpriced(scaled.types()) == []
+    e = estimate(scaled, TABLE)
     asg = line(e, "aws_autoscaling_group")
-    assert asg.detail.startswith(f"{DESIRED_HOSTS} x t3.medium")
-    hourly = TABLE.regions["us-east-1"]["ec2_hour"]["t3.medium"]
-    assert asg.items[0].usd == pytest.approx(DESIRED_HOSTS * 730 * hourly)
+    hosts, instance_type = SCALED["hosts"], asg.detail.split(" x ")[1].split()[0]
+    assert asg.detail.startswith(f"{hosts} x ")
+    hourly = TABLE.regions["us-east-1"]["ec2_hour"][instance_type]
+    assert asg.items[0].usd == pytest.approx(hosts * 730 * hourly)
     # Second-region resources are priced in their provider's region.
-    assert line(e, "replica_bucket").region == REPLICA_REGION
-    assert line(e, "aws_kms_replica_key").region == REPLICA_REGION
-    assert line(e, "aws_kms_key.replica_region_key").region == REPLICA_REGION
+    assert line(e, "aws_s3_bucket.replica_bucket").region == "us-west-2"
+    assert line(e, "aws_kms_key.replica_key").region == "us-west-2"
     assert line(e, "aws_s3_bucket_replication_configuration").monthly > 0
     assert line(e, "aws_lb").monthly > 0 and line(e, "aws_cloudwatch_dashboard").monthly > 0
 

@@ -13,10 +13,10 @@ import pytest
 
 from config.facts import DICOM_TLS_PORT, HTTPS_PORT, POSTGRES_PORT
 from tests.conftest import PROFILES
-from tests.future_stack import DESIRED_HOSTS, REPLICA_REGION, with_planned_resources
 from tools.maint import diagram, snapshot
 from tools.maint.diagram import CLIENTS, DIAGRAMS, DOC_PROFILES, Graph, build, dot_for, port_label
 from tools.ops.tfjson import Stack, TfJsonError, stable_name
+from tools.profiles import SCALED
 
 HTTPS = port_label(HTTPS_PORT)
 DICOM = port_label(DICOM_TLS_PORT)
@@ -187,25 +187,19 @@ def test_optional_extras_are_drawn(synth_profile):
     assert "Object Lock" in g.node(dicom).label
 
 
-def test_planned_resources_are_drawn(default_stack):
-    g = graph_of(with_planned_resources(default_stack.data))
-    eip, lb, asg = one(g, "aws_eip"), one(g, "aws_lb"), one(g, "aws_autoscaling_group")
-    assert heads(g, CLIENTS, eip) == {HTTPS, DICOM}
-    assert heads(g, eip, lb) == {"Elastic IP"}
-    assert heads(g, lb, asg) == {HTTPS, DICOM}
-    assert not g.edges_between(eip, asg) and not g.ids_of("aws_instance")
-    assert f"{DESIRED_HOSTS} x t3.medium" in g.node(asg).label
-    assert heads(g, asg, one(g, "aws_db_instance")) == {POSTGRES}
+def test_the_second_region_and_the_fleet_are_drawn(synth_profile):
+    """From the real scaled stack (prod with a fleet): the fleet's count and template, the replica
+    in its own region's cluster, the session document's log group, the dashboard."""
+    g = graph_of(synth_profile("scaled").data)
+    asg = one(g, "aws_autoscaling_group")
+    assert f"{SCALED['hosts']} x " in g.node(asg).label
     assert heads(g, one(g, "aws_launch_template"), asg) == {"launches"}
-    alarm, topic = one(g, "aws_cloudwatch_metric_alarm", "host-cpu"), one(g, "aws_sns_topic", "ops")
-    assert heads(g, alarm, topic) == {"notifies"} and heads(g, alarm, asg) == {"watches"}
-    assert "email" in g.node(topic).label
-    replica = one(g, "aws_s3_bucket", "replica")
-    assert g.node(replica).cluster == f"region:{REPLICA_REGION}"
+    replica = one(g, "aws_s3_bucket", "replica_bucket")
+    assert g.node(replica).cluster == "region:us-west-2"
+    assert g.node(one(g, "aws_kms_key", "replica")).cluster == "region:us-west-2"
     assert heads(g, one(g, "aws_s3_bucket", "dicom"), replica) == {"replication"}
-    assert heads(g, one(g, "aws_kms_key", "site"), one(g, "aws_kms_replica_key")) == {"replica"}
     sessions = one(g, "aws_cloudwatch_log_group", "sessions")
-    assert heads(g, one(g, "aws_ssm_document"), sessions) == {"session logs"}
+    assert heads(g, one(g, "aws_ssm_document", "session-document"), sessions) == {"session logs"}
     assert g.ids_of("aws_cloudwatch_dashboard")
 
 
@@ -246,8 +240,8 @@ def test_cli_writes_dot_and_reports_bad_input(default_stack, tmp_path, capsys):
 
 
 @pytest.mark.programs
-def test_dot_renders_the_diagram(default_stack, tmp_path):
-    text = dot_for(with_planned_resources(default_stack.data))
+def test_dot_renders_the_diagram(default_stack, synth_profile, tmp_path):
+    text = dot_for(synth_profile("scaled").data)
     svg = diagram.svg_text(text)
     assert svg_node_ids(svg) == dot_node_ids(text)
     out = tmp_path / "site.svg"
