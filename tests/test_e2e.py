@@ -34,6 +34,7 @@ from tests.local_site import (
 from tests.readme_lines import PROGRAMS, fill, readme_lines
 from tools.harness.dicom_sender import make_instances
 from tools.harness.localsite import LocalSite
+from tools.ops.orthanc_http import OrthancHttp
 from tools.ops.validate import make_test_instance
 from tools.proc import alive, free_ports
 from userdata.site import LOGIN_FAILURE_BURST
@@ -126,23 +127,10 @@ def dicomweb(
     s: LocalSite, path: str, *, accept: str = "application/dicom+json", body: bytes | None = None, **headers: str
 ) -> tuple[int, dict[str, str], bytes]:
     """One DICOMweb request through the site's TLS front door with the admin credential."""
-    import base64
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(  # noqa: S310 - loopback https
-        f"https://127.0.0.1:{s.ports['https']}/dicom-web/{path}", data=body, method="POST" if body else "GET"
-    )
-    user, password = auth(s)
-    request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
-    request.add_header("Accept", accept)
-    for name, value in headers.items():
-        request.add_header(name.replace("_", "-"), value)
-    try:
-        with urllib.request.urlopen(request, context=s.tls_context(), timeout=60) as response:  # noqa: S310
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
+    sent = {"Accept": accept, **{name.replace("_", "-"): value for name, value in headers.items()}}
+    front = OrthancHttp(f"https://127.0.0.1:{s.ports['https']}", context=s.tls_context(), auth=auth(s))
+    answer = front.request(f"/dicom-web/{path}", method="POST" if body else "GET", data=body, headers=sent)
+    return answer.status, dict(answer.headers), answer.body
 
 
 def test_dicomweb_stow_qido_wado_through_the_front_door(site):

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import json
 import os
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import boto3
@@ -30,6 +30,7 @@ from tools.harness.dicom_sender import make_instances
 from tools.harness.localsite import LocalSite
 from tools.ops import users
 from tools.ops.modalities import Secrets
+from tools.ops.orthanc_http import OrthancHttp
 from userdata.site import ComposeValues, render_compose
 
 pytestmark = pytest.mark.e2e
@@ -172,16 +173,11 @@ def test_a_viewer_opening_the_site_in_a_browser_sees_the_start_page(site, tmp_pa
     assert {("/ui/app/", 200), ("/ui/app/app.js", 200), ("/studies", 200)} <= visits, visits
 
 
-def _head(s: LocalSite, path: str, user: tuple[str, str]) -> tuple[int, http.client.HTTPMessage]:
-    connection = http.client.HTTPSConnection("127.0.0.1", s.ports["https"], context=s.tls_context(), timeout=30)
-    token = base64.b64encode(":".join(user).encode()).decode()
-    try:
-        connection.request("GET", path, headers={"Authorization": f"Basic {token}"})
-        answer = connection.getresponse()
-        answer.read()
-        return answer.status, answer.headers
-    finally:
-        connection.close()
+def _head(s: LocalSite, path: str, user: tuple[str, str]) -> tuple[int, Mapping[str, str]]:
+    """The status and headers of a GET through the front door, a redirect answered as it is."""
+    front = OrthancHttp(f"https://127.0.0.1:{s.ports['https']}", context=s.tls_context(), auth=user)
+    answer = front.request(path, redirect=False)
+    return answer.status, answer.headers
 
 
 def test_the_viewers_get_their_policy_and_everything_else_the_strict_one(site):

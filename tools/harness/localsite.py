@@ -23,7 +23,6 @@ loopback ports, from the same rendered templates and bootstrap as on EC2.
 from __future__ import annotations
 
 import argparse
-import base64
 import csv
 import hashlib
 import io
@@ -39,8 +38,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -68,6 +65,7 @@ from tools.harness.emulator import Emulator
 from tools.harness.hostsim import bootstrap_env, host_program, run_bootstrap
 from tools.harness.localpg import LocalPostgres
 from tools.harness.pki import make_ca, make_server_cert
+from tools.ops.orthanc_http import OrthancHttp, tls_context
 from tools.ops.site import LOCAL_SITE_STATE
 from tools.proc import free_ports, stop_pid, stop_process, wait_for_port
 from userdata import HostValues, site_env
@@ -771,9 +769,7 @@ class LocalSite:
         return f"{', '.join(h.name for h in self.local_hosts)} UP in {' and '.join(BALANCED)}"
 
     def tls_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.ca_path))
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        return context
+        return tls_context(self.ca_path)
 
     def _handshake(self, port: int) -> str:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
@@ -782,9 +778,9 @@ class LocalSite:
 
     def check_rest(self, port: int) -> str:
         version = self._handshake(port)
-        status, body = self._request(
-            f"https://127.0.0.1:{port}/system", self.tls_context(), (ORTHANC_ADMIN_USER, self.admin()["password"])
-        )
+        front = OrthancHttp(f"https://127.0.0.1:{port}", context=self.tls_context())
+        answer = front.request("/system", auth=(ORTHANC_ADMIN_USER, self.admin()["password"]))
+        status, body = answer.status, answer.body
         if status != 200:
             raise RuntimeError(f"REST /system answered {status}")
         aet = json.loads(body).get("DicomAet")
@@ -870,28 +866,12 @@ class LocalSite:
         hosts), through one host's own front door (``host``), or straight to a host's Orthanc
         (``direct``; host 0 unless ``host`` says otherwise)."""
         if direct:
-            port = self.host(host or 0).ports["orthanc_http"]
-            return self._request(f"http://127.0.0.1:{port}{path}", None, auth, method, data, headers)
-        port = self.ports["https"] if host is None else self.host(host).ports["https"]
-        return self._request(f"https://127.0.0.1:{port}{path}", self.tls_context(), auth, method, data, headers)
-
-    @staticmethod
-    def _request(
-        url: str,
-        context: ssl.SSLContext | None,
-        auth: tuple[str, str] | None,
-        method: str = "GET",
-        data: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> tuple[int, bytes]:
-        request = urllib.request.Request(url, method=method, data=data, headers=dict(headers or {}))  # noqa: S310
-        if auth:
-            request.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
-        try:
-            with urllib.request.urlopen(request, context=context, timeout=60) as response:  # noqa: S310
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read()
+            client = OrthancHttp(f"http://127.0.0.1:{self.host(host or 0).ports['orthanc_http']}")
+        else:
+            port = self.ports["https"] if host is None else self.host(host).ports["https"]
+            client = OrthancHttp(f"https://127.0.0.1:{port}", context=self.tls_context())
+        answer = client.request(path, method=method, data=data, headers=headers, auth=auth, anonymous=auth is None)
+        return answer.status, answer.body
 
     def outputs(self) -> dict[str, dict[str, Any]]:
         """The local site in the form of ``terraform output -json`` of a deployed stack: what

@@ -44,22 +44,20 @@ arguments.
 from __future__ import annotations
 
 import argparse
-import base64
 import datetime as dt
 import hashlib
 import io
 import json
 import ssl
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from config.facts import ORTHANC_ADMIN_USER
+from tools.ops.orthanc_http import OrthancHttp, tls_context
 from tools.ops.validate import TEST_PATIENT
 
 DICOM_SUFFIX = ".dcm"
@@ -260,29 +258,21 @@ def iso(moment: dt.datetime) -> str:
 class Orthanc:
     def __init__(self, url: str, ca: Path, user: str, password: str):
         self.url = url.rstrip("/")
-        self.context = ssl.create_default_context(cafile=str(ca))
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.user = user
-        self._authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.http = OrthancHttp(self.url, context=tls_context(ca), auth=(user, password))
 
     def call(
         self, path: str, method: str = "GET", data: bytes | None = None, timeout: float = QUERY_TIMEOUT
     ) -> tuple[int, dict[str, Any]]:
-        request = urllib.request.Request(self.url + path, method=method, data=data)  # noqa: S310 - https only
-        request.add_header("Authorization", self._authorization)
-        if data is not None:
-            request.add_header("Content-Type", "application/dicom")
-        try:
-            with urllib.request.urlopen(request, context=self.context, timeout=timeout) as response:  # noqa: S310
-                return response.status, _json(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, _json(error.read())
+        headers = {"Content-Type": "application/dicom"} if data is not None else None
+        answer = self.http.request(path, method=method, data=data, headers=headers, timeout=timeout)
+        return answer.status, _json(answer.body)
 
     def check(self) -> str:
         """One readable line when REST does not answer with these credentials; empty when it does."""
         try:
             status, body = self.call("/system")
-        except (urllib.error.URLError, OSError) as exc:
+        except OSError as exc:
             reason = getattr(exc, "reason", exc)
             return f"cannot reach Orthanc at {self.url}: {reason}"
         if status == 401:
@@ -299,7 +289,7 @@ class Orthanc:
         does not answer: then the upload that follows fails with the reason)."""
         try:
             status, body = self.call(f"/instances/{instance}/attachments/dicom/info")
-        except (urllib.error.URLError, OSError):
+        except OSError:
             return ""
         return str(body.get("Uuid", "")) if status == 200 else ""
 
@@ -362,7 +352,7 @@ def settle(orthanc: Orthanc, outcome: Outcome, data: bytes, identity: Identity, 
         return
     try:
         status, body = orthanc.call("/instances", method="POST", data=data, timeout=UPLOAD_TIMEOUT)
-    except (urllib.error.URLError, OSError) as exc:
+    except OSError as exc:
         outcome.detail = f"POST /instances failed: {getattr(exc, 'reason', exc)}"
         return
     outcome.status = str(body.get("Status", f"HTTP {status}"))

@@ -24,14 +24,10 @@ otherwise (a site that cannot be reached or read included), 2 for bad arguments.
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import io
 import json
-import ssl
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +35,7 @@ from typing import Any
 
 from config import ROOT
 from config.facts import DEFAULT_AE_TITLE, DICOM_TLS_PORT, DICOMWEB_ROOT, HTTPS_PORT, ORTHANC_ADMIN_USER
+from tools.ops.orthanc_http import OrthancHttp, tls_context
 from tools.ops.site import (
     LOCAL_SITE_STATE,
     NoCredentials,
@@ -150,10 +147,8 @@ class Validator:
     def __init__(self, target: Target):
         self.t = target
         self.results: list[Result] = []
-        self.context = ssl.create_default_context(cafile=str(target.ca) if target.ca else None)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if target.client_cert and target.client_key:
-            self.context.load_cert_chain(str(target.client_cert), str(target.client_key))
+        self.context = tls_context(target.ca, target.client_cert, target.client_key)
+        self.http = OrthancHttp(f"https://{target.host}:{target.https_port}", context=self.context)
         self.instance_id = ""
         self.attachment_uuid = ""
 
@@ -168,16 +163,8 @@ class Validator:
     def rest(
         self, path: str, auth: tuple[str, str] | None, method: str = "GET", data: bytes | None = None
     ) -> tuple[int, bytes]:
-        url = f"https://{self.t.host}:{self.t.https_port}{path}"
-        request = urllib.request.Request(url, method=method, data=data)  # noqa: S310 - https only
-        if auth:
-            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-            request.add_header("Authorization", f"Basic {token}")
-        try:
-            with urllib.request.urlopen(request, context=self.context, timeout=60) as response:  # noqa: S310
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read()
+        answer = self.http.request(path, method=method, data=data, auth=auth, anonymous=auth is None)
+        return answer.status, answer.body
 
     @property
     def auth(self) -> tuple[str, str]:
@@ -284,16 +271,11 @@ class Validator:
 
     def rest_multipart(self, path: str) -> tuple[int, list[bytes]]:
         """GET a WADO-RS resource as multipart/related application/dicom; the parts' bodies."""
-        url = f"https://{self.t.host}:{self.t.https_port}{path}"
-        request = urllib.request.Request(url)  # noqa: S310 - https only
-        token = base64.b64encode(f"{self.t.user}:{self.t.password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-        request.add_header("Accept", 'multipart/related; type="application/dicom"')
-        try:
-            with urllib.request.urlopen(request, context=self.context, timeout=60) as response:  # noqa: S310
-                return response.status, multipart_parts(response.headers.get("Content-Type", ""), response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, []
+        accept = {"Accept": 'multipart/related; type="application/dicom"'}
+        answer = self.http.request(path, auth=self.auth, headers=accept)
+        if answer.status >= 400:
+            return answer.status, []
+        return answer.status, multipart_parts(answer.headers.get("Content-Type", ""), answer.body)
 
     def _lookup(self) -> tuple[int, str]:
         status, body = self.rest("/tools/lookup", self.auth, method="POST", data=self.sop_uid.encode())
