@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdktf import TerraformResourceLifecycle
+import jsii
+from cdktf import IAspect, TerraformResourceLifecycle
+from cdktf_cdktf_provider_aws.instance import Instance
+from cdktf_cdktf_provider_aws.lb import Lb
+from constructs import IConstruct
 
 from config.facts import EMULATOR_PLACEHOLDER_KEY
-from modules.balancer import LoadBalancer
-from modules.host import Host
 
 # Services the stack calls; the emulator target points each at the loopback emulator.
 EMULATED_SERVICES = (
@@ -55,12 +57,15 @@ def backend_settings(endpoint: str) -> dict[str, Any]:
     }
 
 
-def adapt_host(host: Host) -> None:
-    """The emulator does not implement MonitorInstances; the launch template still asks for it."""
-    if host.props.fleet is None:  # a fleet's hosts come from the template alone
-        host.instance.reset_monitoring()
+@jsii.implements(IAspect)
+class EmulatorAdjustments:
+    """A CDKTF Aspect, added to the stack for the emulator target: it visits every construct once the
+    stack is built and changes only what the emulator cannot take (module docstring)."""
 
-
-def adapt_balancer(balancer: LoadBalancer) -> None:
-    """The emulator does not keep a subnet mapping's Elastic IP (see the module docstring)."""
-    balancer.load_balancer.lifecycle = TerraformResourceLifecycle(ignore_changes=["subnet_mapping"])
+    def visit(self, node: IConstruct) -> None:
+        if isinstance(node, Instance):
+            # The emulator does not implement MonitorInstances; the launch template still asks for it.
+            node.reset_monitoring()
+        elif isinstance(node, Lb):
+            # The emulator does not keep a subnet mapping's Elastic IP.
+            node.lifecycle = TerraformResourceLifecycle(ignore_changes=["subnet_mapping"])

@@ -12,7 +12,7 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-from cdktf import Fn, TerraformOutput, TerraformStack
+from cdktf import Aspects, Fn, TerraformOutput, TerraformStack
 from cdktf_cdktf_provider_aws.provider import AwsProvider, AwsProviderDefaultTags, AwsProviderEndpoints
 from constructs import Construct
 
@@ -205,9 +205,7 @@ class OrthwebStack(TerraformStack):
             self._backup(config, name)
         self._name_study_roles(config)
         if config.target == "emulator":
-            emulator.adapt_host(self.host)
-            if config.scaled:
-                emulator.adapt_balancer(self.balancer)
+            Aspects.of(self).add(emulator.EmulatorAdjustments())
         self._outputs()
 
     def _fleet(self, config: OrthwebConfig) -> Fleet | None:
