@@ -127,10 +127,88 @@ def openssl_verify(ca: Path, cert: Path, *extra: str) -> subprocess.CompletedPro
 # -- the command ----------------------------------------------------------------------------------
 
 
-def test_issue_list_revoke(site: Site, tmp_path: Path):
-    assert "no DICOM client certificates" in site.ok("list")
+@dataclass
+class Lifecycle:
+    """One site's certificates through issue, list, revoke and a re-issue, run once for the module;
+    what each step left is kept for the tests below."""
+
+    site: Site
+    empty_listing: str
+    ct: Path
+    mr: Path
+    ca_secret: dict[str, Any]
+    clients: dict[str, Any]
+    duplicate: subprocess.CompletedProcess
+    versions_before_duplicate: int
+    versions_after_duplicate: int
+    duplicate_folder: Path
+    listing: list[str]
+    after_revoke: list[dict[str, Any]]
+    unknown: subprocess.CompletedProcess
+    twice: subprocess.CompletedProcess
+    crl_pem: str
+    host_ca: Path
+    host_crl: Path
+    ct_new: Path
+    crl_after_reissue_pem: str
+    issued_after_reissue: list[dict[str, Any]]
+    ca_secret_after_reissue: dict[str, Any]
+
+    @property
+    def ca(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.ca_secret["ca_cert"].encode())
+
+    @property
+    def crl(self) -> x509.CertificateRevocationList:
+        return x509.load_pem_x509_crl(self.crl_pem.encode())
+
+
+@pytest.fixture(scope="module")
+def lifecycle(emulator: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Lifecycle:
+    folder = tmp_path_factory.mktemp("lifecycle")
+    site = Site(emulator, folder)
+    empty_listing = site.ok("list")
     ct, mr = site.issue("CT_1"), site.issue("MR.2-b")
-    for out, name in ((ct, "CT_1"), (mr, "MR.2-b")):
+    ca_secret, clients = site.secret(CA_SECRET), site.secret(CLIENTS_SECRET)
+    before = site.versions(CLIENTS_SECRET)
+    duplicate = site.run("issue", "CT_1", "--out", str(folder / "again"))
+    after = site.versions(CLIENTS_SECRET)
+    listing = site.ok("list").splitlines()
+    site.ok("revoke", "CT_1")
+    after_revoke = json.loads(site.ok("list", "--json"))
+    unknown, twice = site.run("revoke", "US3"), site.run("revoke", "CT_1")
+    crl_pem = site.secret(CLIENTS_SECRET)["crl"]
+    host_ca, host_crl = site.host_files(folder / "host")
+    ct_new = site.issue("CT_1", "--days", "30")
+    later = site.secret(CLIENTS_SECRET)
+    return Lifecycle(
+        site,
+        empty_listing,
+        ct,
+        mr,
+        ca_secret,
+        clients,
+        duplicate,
+        before,
+        after,
+        folder / "again",
+        listing,
+        after_revoke,
+        unknown,
+        twice,
+        crl_pem,
+        host_ca,
+        host_crl,
+        ct_new,
+        later["crl"],
+        later["issued"],
+        site.secret(CA_SECRET),
+    )
+
+
+def test_issue_writes_the_key_certificate_chain_and_ca_files(lifecycle: Lifecycle):
+    assert "no DICOM client certificates" in lifecycle.empty_listing
+    for out, name in ((lifecycle.ct, "CT_1"), (lifecycle.mr, "MR.2-b")):
         assert sorted(p.name for p in out.iterdir()) == sorted(
             [f"{name}.key", f"{name}.crt", f"{name}-chain.pem", "site-client-ca.pem"]
         )
@@ -139,12 +217,12 @@ def test_issue_list_revoke(site: Site, tmp_path: Path):
             out / "site-client-ca.pem"
         ).read_text()
 
-    # The secrets, exactly as the contract says; the host's one holds no key.
-    ca_secret, clients = site.secret(CA_SECRET), site.secret(CLIENTS_SECRET)
+
+def test_the_secrets_hold_what_the_contract_says_and_the_hosts_one_no_key(lifecycle: Lifecycle):
+    ca_secret, clients, ct, mr = lifecycle.ca_secret, lifecycle.clients, lifecycle.ct, lifecycle.mr
     assert set(ca_secret) == {"ca_cert", "ca_key"} and set(clients) == {"ca_cert", "crl", "issued"}
     assert clients["ca_cert"] == ca_secret["ca_cert"] == (ct / "site-client-ca.pem").read_text()
     assert "PRIVATE KEY" not in json.dumps(clients)
-    ca_key = serialization.load_pem_private_key(ca_secret["ca_key"].encode(), password=None)
     assert ca_secret["ca_key"].startswith("-----BEGIN PRIVATE KEY-----")  # PKCS8, unencrypted
     assert [list(e) for e in clients["issued"]] == [["name", "serial", "not_after", "revoked"]] * 2
     assert [(e["name"], e["serial"], e["revoked"]) for e in clients["issued"]] == [
@@ -152,19 +230,24 @@ def test_issue_list_revoke(site: Site, tmp_path: Path):
         ("MR.2-b", serial_of(mr / "MR.2-b.crt"), False),
     ]
 
-    # The CA: a CA for end entities only, for certificates and CRLs, ten years, named after the site.
-    ca = x509.load_pem_x509_certificate(ca_secret["ca_cert"].encode())
-    assert ca.subject.rfc4514_string() == f"CN=Orthweb {site.name} DICOM client CA" and ca.issuer == ca.subject
+
+def test_the_ca_signs_end_entities_only_for_ten_years_named_after_the_site(lifecycle: Lifecycle):
+    ca = lifecycle.ca
+    assert (
+        ca.subject.rfc4514_string() == f"CN=Orthweb {lifecycle.site.name} DICOM client CA" and ca.issuer == ca.subject
+    )
     constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints)
     assert constraints.critical and constraints.value.ca and constraints.value.path_length == 0
     usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
     assert usage.key_cert_sign and usage.crl_sign and not usage.digital_signature
     assert ca.not_valid_after_utc - ca.not_valid_before_utc >= datetime.timedelta(days=3652)
+    ca_key = serialization.load_pem_private_key(lifecycle.ca_secret["ca_key"].encode(), password=None)
     assert ca.public_key() == ca_key.public_key()
 
-    # A client certificate: CN the modality, clientAuth only, not a CA, 825 days, signed by the CA.
-    cert = load_cert(ct / "CT_1.crt")
-    cert.verify_directly_issued_by(ca)
+
+def test_a_client_certificate_is_for_client_auth_only_825_days_signed_by_the_ca(lifecycle: Lifecycle):
+    cert = load_cert(lifecycle.ct / "CT_1.crt")
+    cert.verify_directly_issued_by(lifecycle.ca)
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "CT_1"
     assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
         ExtendedKeyUsageOID.CLIENT_AUTH
@@ -172,76 +255,78 @@ def test_issue_list_revoke(site: Site, tmp_path: Path):
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert datetime.timedelta(days=DEFAULT_DAYS) <= lifetime <= datetime.timedelta(days=DEFAULT_DAYS, hours=2)
-    assert clients["issued"][0]["not_after"] == cert.not_valid_after_utc.date().isoformat()
-    key = serialization.load_pem_private_key((ct / "CT_1.key").read_bytes(), password=None)
+    assert lifecycle.clients["issued"][0]["not_after"] == cert.not_valid_after_utc.date().isoformat()
+    key = serialization.load_pem_private_key((lifecycle.ct / "CT_1.key").read_bytes(), password=None)
     assert key.public_key() == cert.public_key()
 
-    # A second certificate for a name that has an unrevoked one is refused, and nothing changes.
-    before = site.versions(CLIENTS_SECRET)
-    again = site.run("issue", "CT_1", "--out", str(tmp_path / "again"))
+
+def test_a_second_certificate_for_a_name_is_refused_and_nothing_changes(lifecycle: Lifecycle):
+    again = lifecycle.duplicate
     assert again.returncode == 2 and "MODALITY: 'CT_1' already has a certificate" in again.stderr
-    assert "revoke it first" in again.stderr and site.versions(CLIENTS_SECRET) == before
-    assert not (tmp_path / "again").exists()
+    assert "revoke it first" in again.stderr
+    assert lifecycle.versions_after_duplicate == lifecycle.versions_before_duplicate
+    assert not lifecycle.duplicate_folder.exists()
 
-    listing = site.ok("list").splitlines()
-    assert listing[0].split() == ["name", "serial", "not_after", "revoked"]
-    assert [line.split() for line in listing[1:]] == [
-        [e["name"], e["serial"], e["not_after"], "no"] for e in clients["issued"]
-    ]
 
-    site.ok("revoke", "CT_1")
-    assert json.loads(site.ok("list", "--json")) == [
-        {**clients["issued"][0], "revoked": True},
-        clients["issued"][1],
+def test_list_and_revoke(lifecycle: Lifecycle):
+    issued = lifecycle.clients["issued"]
+    assert lifecycle.listing[0].split() == ["name", "serial", "not_after", "revoked"]
+    assert [line.split() for line in lifecycle.listing[1:]] == [
+        [e["name"], e["serial"], e["not_after"], "no"] for e in issued
     ]
-    unknown = site.run("revoke", "US3")
+    assert lifecycle.after_revoke == [{**issued[0], "revoked": True}, issued[1]]
+    unknown, twice = lifecycle.unknown, lifecycle.twice
     assert unknown.returncode == 2 and "MODALITY: 'US3' has no certificate" in unknown.stderr
     assert "MR.2-b" in unknown.stderr  # names what is allowed
-    twice = site.run("revoke", "CT_1")
     assert twice.returncode == 2 and "already revoked" in twice.stderr
 
-    # The CRL: signed by the CA, lists the revoked serial only, valid for years.
-    crl = x509.load_pem_x509_crl(site.secret(CLIENTS_SECRET)["crl"].encode())
-    assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
-    revoked = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
-    assert revoked is not None
-    assert crl.get_revoked_certificate_by_serial_number(load_cert(mr / "MR.2-b.crt").serial_number) is None
+
+def test_the_crl_lists_the_revoked_serial_only_signed_by_the_ca_for_years(lifecycle: Lifecycle):
+    crl, cert = lifecycle.crl, load_cert(lifecycle.ct / "CT_1.crt")
+    assert crl.is_signature_valid(lifecycle.ca.public_key())  # type: ignore[arg-type]
+    assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+    assert crl.get_revoked_certificate_by_serial_number(load_cert(lifecycle.mr / "MR.2-b.crt").serial_number) is None
     assert crl.next_update_utc is not None
     assert crl.next_update_utc - datetime.datetime.now(datetime.UTC) > datetime.timedelta(days=4 * 365)
 
-    # openssl agrees: the revoked certificate fails the CRL check, the other passes it ...
-    ca_file, crl_file = site.host_files(tmp_path / "host")
+
+def test_openssl_refuses_the_revoked_certificate_by_the_crl(lifecycle: Lifecycle):
+    ca_file, crl_file, ct, mr = lifecycle.host_ca, lifecycle.host_crl, lifecycle.ct, lifecycle.mr
     good = openssl_verify(ca_file, mr / "MR.2-b.crt", "-crl_check", "-CRLfile", str(crl_file), "-purpose", "sslclient")
     assert good.returncode == 0, good.stdout + good.stderr
     bad = openssl_verify(ca_file, ct / "CT_1.crt", "-crl_check", "-CRLfile", str(crl_file), "-purpose", "sslclient")
     assert bad.returncode != 0 and "certificate revoked" in bad.stdout + bad.stderr
-    # ... and it is the CRL that refuses it: without the CRL check the same certificate verifies,
-    # and the purpose check is real (a client certificate is no server certificate).
+    # It is the CRL that refuses it: without the CRL check the same certificate verifies, and the
+    # purpose check is real (a client certificate is no server certificate).
     assert openssl_verify(ca_file, ct / "CT_1.crt", "-purpose", "sslclient").returncode == 0
     assert openssl_verify(ca_file, mr / "MR.2-b.crt", "-purpose", "sslserver").returncode != 0
 
-    # Re-signing on a later issue keeps the revocation (with its date); a revoked name can be re-issued.
-    ct_new = site.issue("CT_1", "--days", "30")
-    crl_after = x509.load_pem_x509_crl(site.secret(CLIENTS_SECRET)["crl"].encode())
+
+def test_a_later_issue_keeps_the_revocation_and_a_revoked_name_is_issued_again(lifecycle: Lifecycle):
+    crl, cert = lifecycle.crl, load_cert(lifecycle.ct / "CT_1.crt")
+    crl_after = x509.load_pem_x509_crl(lifecycle.crl_after_reissue_pem.encode())
+    revoked = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
     carried = crl_after.get_revoked_certificate_by_serial_number(cert.serial_number)
-    assert carried is not None and carried.revocation_date_utc == revoked.revocation_date_utc
+    assert revoked is not None and carried is not None
+    assert carried.revocation_date_utc == revoked.revocation_date_utc
     assert crl_after.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == (
         crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
     )
-    new_cert = load_cert(ct_new / "CT_1.crt")
+    new_cert = load_cert(lifecycle.ct_new / "CT_1.crt")
     assert new_cert.not_valid_after_utc - new_cert.not_valid_before_utc <= datetime.timedelta(days=30, hours=2)
-    assert [(e["name"], e["revoked"]) for e in site.secret(CLIENTS_SECRET)["issued"]] == [
+    assert [(e["name"], e["revoked"]) for e in lifecycle.issued_after_reissue] == [
         ("CT_1", True),
         ("MR.2-b", False),
         ("CT_1", False),
     ]
-    assert site.secret(CA_SECRET) == ca_secret  # the CA was created once
+    assert lifecycle.ca_secret_after_reissue == lifecycle.ca_secret  # the CA was created once
 
-    # Nothing the command printed carries key material.
-    printed = "\n".join(site.outputs)
-    ca_key_body = ca_secret["ca_key"].splitlines()[5]
-    assert "PRIVATE KEY" not in printed and ca_key_body not in printed
-    assert (ct / "CT_1.key").read_text().splitlines()[5] not in printed
+
+def test_nothing_the_command_printed_carries_key_material(lifecycle: Lifecycle):
+    printed = "\n".join(lifecycle.site.outputs)
+    assert lifecycle.site.outputs, "the command printed nothing: the scan below would prove nothing"
+    assert "PRIVATE KEY" not in printed and lifecycle.ca_secret["ca_key"].splitlines()[5] not in printed
+    assert (lifecycle.ct / "CT_1.key").read_text().splitlines()[5] not in printed
 
 
 @pytest.mark.parametrize("name", ["", "a" * 65, "CT 1", "CT/1", "../x", "CT:1", "Ré", "CT\n"])

@@ -13,6 +13,8 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -164,11 +166,57 @@ def wait_past(moment: dt.datetime) -> None:
         time.sleep(0.05)
 
 
-def test_deleted_study_comes_back_and_nothing_else_does(site, tmp_path):
+@dataclass
+class Deletion:
+    """A study deleted through Orthanc after another one (deleted before ``since``), two objects that
+    are no DICOM attachments deleted too, and ``make recover`` run on it: dry, with a wrong password,
+    then for real. Run once for the module; what each step showed is kept for the tests below."""
+
+    site: LocalSite
+    folder: Path
+    since: dt.datetime
+    files: dict[str, bytes]
+    uuids: dict[str, str]
+    early_uid: str
+    early_key: str
+    early_files: dict[str, bytes]
+    deletes: list[dict[str, Any]]
+    current_keys: set[str]
+    markers_hide_the_study: bool
+    gone_from_orthanc: bool
+    listing: str
+    heads: list[str]
+    before: dict[str, list[tuple[str, bool, bool]]]
+    instances_before: list[str]
+    dry: tuple[int, str, dict[str, list[tuple[str, bool, bool]]], list[str]]
+    wrong_password: tuple[int, str, dict[str, list[tuple[str, bool, bool]]], list[str]]
+    result: tuple[int, str]
+    after: dict[str, list[tuple[str, bool, bool]]]
+
+    @property
+    def keys(self) -> dict[str, str]:
+        return {uid: f"{uuid}.dcm" for uid, uuid in self.uuids.items()}
+
+    @property
+    def report(self) -> dict[str, Any]:
+        return report(self.result[1])
+
+
+@pytest.fixture(scope="module")
+def deletion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deletion]:
+    folder = tmp_path_factory.mktemp("recover")
+    site = LocalSite(folder / "site").start()
+    try:
+        site.s3.put_bucket_versioning(Bucket=site.bucket, VersioningConfiguration={"Status": "Enabled"})
+        yield _delete_and_recover(site, folder)
+    finally:
+        site.stop()
+
+
+def _delete_and_recover(site: LocalSite, folder: Path) -> Deletion:
     s3, bucket = site.s3, site.bucket
     s3.put_object(Bucket=bucket, Key="notes/readme.txt", Body=b"not DICOM\n")
     s3.put_object(Bucket=bucket, Key="bogus.dcm", Body=b"named like DICOM, but no preamble and no DICM\n")
-
     # Negative control for --since: a study deleted BEFORE it must stay deleted.
     early_study, early_files, early_uuids = store_study(site, 1, "ORTHWEB^EARLY")
     assert site.rest(f"/studies/{early_study}", auth=auth(site), method="DELETE")[0] == 200
@@ -194,51 +242,81 @@ def test_deleted_study_comes_back_and_nothing_else_does(site, tmp_path):
         if deletes or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert [(e["user"], e["status"]) for e in deletes] == [("admin", 200)] and deletes[0]["time"]
-    keys = {uid: f"{uuid}.dcm" for uid, uuid in uuids.items()}
-    current = object_keys(site)
-    assert not set(keys.values()) & current, "the study's objects are gone from the bucket's listing"
-    assert all(latest_is_marker(site, key) for key in keys.values()), "each is hidden by a delete marker"
-    assert all(lookup(site, uid) == "" for uid in files), "and gone from Orthanc"
-    # The runbook's listing of the newest deletions shows them, with the deletion time.
-    listing = aws(
-        site,
-        "s3api",
-        "list-object-versions",
-        "--bucket",
-        bucket,
-        "--query",
-        "DeleteMarkers[?IsLatest].[LastModified,Key]",
-    )
-    assert set(keys.values()) <= {line.split()[-1] for line in listing.splitlines() if line}
+    keys = [f"{uuid}.dcm" for uuid in uuids.values()]
+    markers_hide_the_study = all(latest_is_marker(site, key) for key in keys)
+    gone_from_orthanc = all(lookup(site, uid) == "" for uid in files)
+    query = "DeleteMarkers[?IsLatest].[LastModified,Key]"
+    listing = aws(site, "s3api", "list-object-versions", "--bucket", bucket, "--query", query)
     heads = sorted(deleted_heads() - early_heads)  # Orthanc's header attachments of the study, if it wrote any
     s3.delete_object(Bucket=bucket, Key="notes/readme.txt")
     s3.delete_object(Bucket=bucket, Key="bogus.dcm")
-    assert latest_is_marker(site, "notes/readme.txt") and latest_is_marker(site, "bogus.dcm")
-    before = versions(site)
-    instances_before = instance_ids(site)
+    before, instances_before = versions(site), instance_ids(site)
+    dry = recover(site, folder, since, "--dry-run", "--json")
+    dry_state = (*dry, versions(site), instance_ids(site))
+    wrong = recover(site, folder, since, password="not-the-password")
+    wrong_state = (*wrong, versions(site), instance_ids(site))
+    result = recover(site, folder, since, "--json")
+    ((early_uid, early_uuid),) = early_uuids.items()
+    return Deletion(
+        site,
+        folder,
+        since,
+        files,
+        uuids,
+        early_uid,
+        f"{early_uuid}.dcm",
+        early_files,
+        deletes,
+        object_keys(site),
+        markers_hide_the_study,
+        gone_from_orthanc,
+        listing,
+        heads,
+        before,
+        instances_before,
+        dry_state,
+        wrong_state,
+        result,
+        versions(site),
+    )
 
-    # --dry-run reports and changes nothing (the bucket's versions and markers, Orthanc's instances).
-    code, output = recover(site, tmp_path, since, "--dry-run", "--json")
+
+def test_a_deleted_study_is_hidden_by_delete_markers_and_the_runbook_finds_who_and_when(deletion: Deletion):
+    assert [(e["user"], e["status"]) for e in deletion.deletes] == [("admin", 200)] and deletion.deletes[0]["time"]
+    keys = set(deletion.keys.values())
+    assert not keys & deletion.current_keys, "the study's objects are gone from the bucket's listing"
+    assert deletion.markers_hide_the_study, "each is hidden by a delete marker"
+    assert deletion.gone_from_orthanc, "and gone from Orthanc"
+    # The runbook's listing of the newest deletions shows them, with the deletion time.
+    assert keys <= {line.split()[-1] for line in deletion.listing.splitlines() if line}
+    for other in ("notes/readme.txt", "bogus.dcm"):
+        assert any(latest and marker for _, latest, marker in deletion.before[other]), f"{other} is deleted too"
+
+
+def test_a_dry_run_reports_and_changes_nothing(deletion: Deletion):
+    code, output, after, instances = deletion.dry
     dry = report(output)
     assert code == 0 and dry["ok"] and dry["dry_run"], output
-    assert sorted(o["sop_instance_uid"] for o in dry["objects"]) == sorted(files)
+    assert sorted(o["sop_instance_uid"] for o in dry["objects"]) == sorted(deletion.files)
     assert {o["status"] for o in dry["objects"]} == {"dry run"} and dry["summary"]["would_reingest"] == STUDY_SIZE
-    assert versions(site) == before and instance_ids(site) == instances_before
+    assert after == deletion.before and instances == deletion.instances_before
 
-    # A wrong password: exit 1, one readable line, nothing re-ingested.
-    code, output = recover(site, tmp_path, since, password="not-the-password")
+
+def test_a_wrong_password_exits_1_in_one_line_and_reingests_nothing(deletion: Deletion):
+    code, output, after, instances = deletion.wrong_password
     assert code == 1, output
     assert "refused the credentials of user 'admin' (HTTP 401)" in output and "nothing was re-ingested" in output
-    assert versions(site) == before and instance_ids(site) == instances_before
+    assert after == deletion.before and instances == deletion.instances_before
 
-    code, output = recover(site, tmp_path, since, "--json")
-    result = report(output)
+
+def test_exactly_the_study_is_chosen_and_the_rest_skipped_with_reasons(deletion: Deletion):
+    code, output = deletion.result
+    result = deletion.report
     assert code == 0 and result["ok"], output
     restored = {o["sop_instance_uid"]: o for o in result["objects"]}
-    assert sorted(restored) == sorted(files), "exactly the study's instances were chosen"
+    assert sorted(restored) == sorted(deletion.files), "exactly the study's instances were chosen"
     assert all(o["status"] == "Success" and o["ok"] for o in restored.values())
-    assert {uid: o["key"] for uid, o in restored.items()} == keys
+    assert {uid: o["key"] for uid, o in restored.items()} == deletion.keys
     assert len({o["study_instance_uid"] for o in restored.values()}) == 1, "one study, named in the report"
     assert all(o["version_id"] for o in restored.values())
     assert result["summary"] == {
@@ -252,47 +330,54 @@ def test_deleted_study_comes_back_and_nothing_else_does(site, tmp_path):
     skipped = {s["key"]: s["reason"] for s in result["skipped"]}
     assert "not a DICOM attachment" in skipped["notes/readme.txt"]
     assert "not a DICOM file" in skipped["bogus.dcm"]
-    for head in heads:
+    for head in deletion.heads:
         assert ".dcm.head attachment" in skipped[head]
-    (early_uid,) = early_uuids
-    assert "before --since" in skipped[f"{early_uuids[early_uid]}.dcm"]
+    assert "before --since" in skipped[deletion.early_key]
 
-    # Orthanc has the 5 instances again, with the same dataset bytes; the early study stays deleted.
+
+def test_orthanc_has_the_same_datasets_again_and_no_delete_marker_moved(deletion: Deletion):
+    site = deletion.site
+    restored = {o["sop_instance_uid"]: o for o in deletion.report["objects"]}
     compared = 0
-    for uid, before_bytes in files.items():
+    for uid, before_bytes in deletion.files.items():
         instance = lookup(site, uid)
         assert instance and instance == restored[uid]["orthanc_id"]
         status, body = site.rest(f"/instances/{instance}/file", auth=auth(site))
         assert status == 200 and dataset_bytes(body) == dataset_bytes(before_bytes), f"{uid} differs"
-        assert attachment_uuid(site, instance) != uuids[uid], "re-ingested under a new attachment UUID"
+        assert attachment_uuid(site, instance) != deletion.uuids[uid], "re-ingested under a new attachment UUID"
         compared += len(dataset_bytes(body))
     assert compared > STUDY_SIZE * 256, "the datasets, pixel data included, were compared"
-    assert lookup(site, early_uid) == "" and list(early_files) == [early_uid]
+    # The study deleted before --since stays deleted.
+    assert lookup(site, deletion.early_uid) == "" and list(deletion.early_files) == [deletion.early_uid]
     # No delete marker was removed or replaced: every key that was deleted is still deleted.
-    after = versions(site)
-    for key, entries in before.items():
-        assert set(entries) <= set(after[key]), key
-        assert latest_is_marker(site, key) == any(latest and marker for _, latest, marker in entries), key
+    for key, entries in deletion.before.items():
+        assert set(entries) <= set(deletion.after[key]), key
+        marked = any(latest and marker for _, latest, marker in entries)
+        assert any(latest and marker for _, latest, marker in deletion.after[key]) == marked, key
 
-    # Again: harmless. Orthanc already has every instance (found under the ID Orthanc gives it),
-    # nothing is sent, and the bucket does not change (no object written and deleted again).
+
+def test_a_second_run_is_harmless_and_an_object_deleted_behind_orthancs_back_is_named(deletion: Deletion):
+    """Runs last in the module: it changes the site the tests above read."""
+    site, folder, since, files, s3 = deletion.site, deletion.folder, deletion.since, deletion.files, deletion.site.s3
+    # Again: Orthanc already has every instance (found under the ID Orthanc gives it), nothing is
+    # sent, and the bucket does not change (no object written and deleted again).
     settled = versions(site)
-    code, output = recover(site, tmp_path, since)
+    code, output = recover(site, folder, since)
     assert code == 0, output
     assert f"0 re-ingested (Success), {STUDY_SIZE} already in Orthanc (AlreadyStored), 0 failed" in output
     found = sorted(line.rsplit("instance ", 1)[1] for line in output.splitlines() if line.startswith("IN ORTHANC"))
     assert found == sorted(lookup(site, uid) for uid in files)
     assert versions(site) == settled
 
-    proc = run_validator(site, site.ca_path, site.admin()["password"], tmp_path)
+    proc = run_validator(site, site.ca_path, site.admin()["password"], folder)
     assert proc.returncode == 0 and "site OK" in proc.stdout, proc.stdout + proc.stderr
 
     # An object deleted behind Orthanc's back (its index still refers to it, as after restoring
     # the index to a time before a deletion): re-ingesting cannot help, and the command says so.
     uid = sorted(files)[0]
     key = f"{attachment_uuid(site, lookup(site, uid))}.dcm"
-    s3.delete_object(Bucket=bucket, Key=key)
-    code, output = recover(site, tmp_path, since)
+    s3.delete_object(Bucket=site.bucket, Key=key)
+    code, output = recover(site, folder, since)
     assert code == 1, output
     # The validator's own test instance, stored and deleted on purpose, is not brought back.
     assert "the site validator's test instance (ORTHWEB^VALIDATION)" in output
@@ -302,12 +387,12 @@ def test_deleted_study_comes_back_and_nothing_else_does(site, tmp_path):
     # The runbook's remedy, with its commands: remove that delete marker; the index's reference works again.
     (marker,) = [v for v, latest, is_marker in versions(site)[key] if latest and is_marker]
     query = f"DeleteMarkers[?IsLatest && Key=='{key}'].VersionId"
-    listed = aws(site, "s3api", "list-object-versions", "--bucket", bucket, "--prefix", key, "--query", query)
+    listed = aws(site, "s3api", "list-object-versions", "--bucket", site.bucket, "--prefix", key, "--query", query)
     assert listed == marker
-    aws(site, "s3api", "delete-object", "--bucket", bucket, "--key", key, "--version-id", listed)
+    aws(site, "s3api", "delete-object", "--bucket", site.bucket, "--key", key, "--version-id", listed)
     status, body = site.rest(f"/instances/{lookup(site, uid)}/file", auth=auth(site))
     assert status == 200 and dataset_bytes(body) == dataset_bytes(files[uid])
-    code, output = recover(site, tmp_path, since)
+    code, output = recover(site, folder, since)
     assert code == 0 and "0 failed" in output, output
 
 
