@@ -91,10 +91,6 @@ def ec2_can_recover(instance_type: str) -> bool:
 # the alarms on its log filter on it (tests/test_host_program.py runs the program to hold the two together).
 HOST_PROGRAM_LOG_TAG = "orthweb-bootstrap:"
 
-# -- the host -----------------------------------------------------------------------------------
-HOST_ETC = "/etc/orthweb"  # deploy-time configuration written by cloud-init (no secrets)
-HOST_RUN = "/run/orthweb"  # tmpfs: runtime secret files
-
 # -- the AWS API emulator (rehearsals and local runs only) --------------------------------------------
 # Not a credential: the emulator accepts any key; named so no scanner mistakes it for one.
 EMULATOR_PLACEHOLDER_KEY = "emulator-placeholder"

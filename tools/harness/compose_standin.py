@@ -23,13 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-from config.facts import HOST_ETC, HOST_RUN
 from tools.harness.localsite import native_nginx_conf, native_orthanc_config
 from tools.proc import wait_for_port
+from userdata.host.bootstrap import Settings
 
 SETTINGS = Path("/etc/orthweb-standin.json")
 STATE = Path("/var/lib/orthweb-standin")
-ETC, RUN = Path(HOST_ETC), Path(HOST_RUN)
+# The host's folders, where the host program keeps them (its defaults: the one place they are written in Python).
+ETC, RUN = Settings().etc, Settings().run
 UNITS = {"orthanc": "orthweb-standin-orthanc", "nginx": "orthweb-standin-nginx"}
 
 
