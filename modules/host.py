@@ -1,4 +1,5 @@
-"""The Orthanc host: one EC2 instance from a launch template, behind an Elastic IP."""
+"""The Orthanc host(s): a launch template and what every host shares, and what runs from it: one
+instance behind the site's Elastic IP (``SingleHost``) or an Auto Scaling group (``HostFleet``)."""
 
 from __future__ import annotations
 
@@ -53,31 +54,19 @@ IMDS_V2_ONLY = {
 
 
 @dataclass(frozen=True)
-class Fleet:
-    """The scaled profile: an Auto Scaling group over these subnets, registered with these target groups."""
+class HostTemplateProps:
+    """What every host of the site shares, whichever launches it."""
 
-    subnet_ids: Sequence[str]
-    target_group_arns: Sequence[str]
-    desired: int
-    maximum: int
-
-
-@dataclass(frozen=True)
-class HostProps:
     name: str
     vpc_id: str
-    # The single host's subnet (ignored with a fleet).
-    subnet_id: str
+    # The one subnet the template puts a host in, or None when its launcher spreads the hosts over
+    # several (an Auto Scaling group's subnets).
+    subnet_id: str | None
     instance_type: str
     instance_profile_arn: str
-    instance_profile_name: str
     key_arn: str
     root_volume_gb: int
-    web_client_cidrs: Sequence[str]
-    dicom_client_cidrs: Sequence[str]
     user_data: str
-    # The single host's Elastic IP (ignored with a fleet: the load balancer holds the addresses).
-    eip_allocation_id: str
     # The boot bundle (its key names its SHA-256) and where it goes; the user data names both.
     bundle_data_base64: str
     bundle_key: str
@@ -86,7 +75,6 @@ class HostProps:
     move_destinations: Sequence[tuple[str, int]] = ()
     ami_id: str = ""
     ssh_public_key: str = ""
-    fleet: Fleet | None = None
 
 
 # Long enough for a new host to install Docker, pull the images and pass the load balancer's check.
@@ -100,28 +88,25 @@ REFRESH_MAX_HEALTHY_PERCENT = 200
 SCALE_CPU_PERCENT = 60
 
 
-class Host(Construct):
-    """The Orthanc host and its front door.
+class HostTemplate(Construct):
+    """What every Orthanc host of the site is launched from: its security group, boot bundle and
+    launch template. ``SingleHost`` or ``HostFleet`` runs hosts from it; ``admit_clients`` opens it to
+    client networks when no load balancer stands in front.
 
     Secure defaults: IMDSv2 required with a hop limit of 1 (no container reaches the host role);
     encrypted gp3 root volume with the site key; no SSH port (administer through SSM Session
-    Manager); HTTPS and DICOM TLS only from the configured client networks; egress limited to HTTPS
-    (AWS APIs, packages), the modalities Orthanc sends studies to, and what other constructs open
-    (PostgreSQL to the database); an Elastic IP so the address, and the certificate names tied to
-    it, survive host replacement; a small user data that fetches the boot bundle (KMS-encrypted,
-    checked by SHA-256) from the config bucket.
+    Manager); no ingress until a front admits its clients; egress limited to HTTPS (AWS APIs,
+    packages), the modalities Orthanc sends studies to, and what other constructs open (PostgreSQL
+    to the database); no public address of its own; a small user data that fetches the boot bundle
+    (KMS-encrypted, checked by SHA-256) from the config bucket.
     """
 
-    def __init__(self, scope: Construct, id_: str, *, props: HostProps):
+    def __init__(self, scope: Construct, id_: str, *, props: HostTemplateProps):
         super().__init__(scope, id_)
         self.props = props
         self._security_group()
         self._bundle()
         self._launch_template()
-        if props.fleet:
-            self._group(props.fleet)
-        else:
-            self._instance()
 
     def _security_group(self) -> None:
         props = self.props
@@ -132,7 +117,6 @@ class Host(Construct):
             vpc_id=props.vpc_id,
             description="Orthanc host: HTTPS and DICOM TLS in",
         )
-        allow_site_clients(self, self.security_group.id, props.web_client_cidrs, props.dicom_client_cidrs)
         VpcSecurityGroupEgressRule(
             self,
             "https-out",
@@ -154,6 +138,10 @@ class Host(Construct):
                 cidr_ipv4=f"{address}/32",
                 description="C-MOVE: Orthanc sends studies to this modality",
             )
+
+    def admit_clients(self, web_client_cidrs: Sequence[str], dicom_client_cidrs: Sequence[str]) -> None:
+        """HTTPS from the web clients and DICOM TLS from the DICOM clients, straight to the hosts."""
+        allow_site_clients(self, self.security_group.id, web_client_cidrs, dicom_client_cidrs)
 
     def _bundle(self) -> None:
         props = self.props
@@ -204,7 +192,7 @@ class Host(Construct):
             network_interfaces=[
                 LaunchTemplateNetworkInterfaces(
                     device_index=0,
-                    subnet_id=None if props.fleet else props.subnet_id,
+                    subnet_id=props.subnet_id,
                     associate_public_ip_address="false",
                     delete_on_termination="true",
                     security_groups=[self.security_group.id],
@@ -218,14 +206,32 @@ class Host(Construct):
         # Rendered text with deploy-time tokens; gzip keeps it under EC2's 16 KB user-data limit.
         self.launch_template.add_override("user_data", base64gzip_expression(props.user_data))
 
-    def _instance(self) -> None:
-        props = self.props
+
+@dataclass(frozen=True)
+class SingleHostProps:
+    # The instance's own profile setting (the template names the profile by ARN).
+    instance_profile_name: str
+    # The site's Elastic IP: the one address of the single host.
+    eip_allocation_id: str
+
+
+class SingleHost:
+    """One instance from ``template``, behind the site's Elastic IP (the single-host profile).
+
+    Its resources are children of the template's construct: they keep the Terraform addresses they
+    had when one construct built the template and the instance (a new address replaces the host).
+    Secure defaults: the template's, stated on the instance as well; an Elastic IP so the address,
+    and the certificate names tied to it, survive host replacement.
+    """
+
+    def __init__(self, template: HostTemplate, *, props: SingleHostProps):
+        shared = template.props
         self.instance = Instance(
-            self,
+            template,
             "instance",
             launch_template={
-                "id": self.launch_template.id,
-                "version": Fn.tostring(self.launch_template.latest_version),
+                "id": template.launch_template.id,
+                "version": Fn.tostring(template.launch_template.latest_version),
             },
             # Stated on the instance as well: the instance's own settings are what EC2 (and every
             # scanner) reports, whatever the template said at launch.
@@ -234,47 +240,66 @@ class Host(Construct):
             monitoring=True,
             ebs_optimized=True,
             # The boot bundle must be in place before the host fetches it.
-            depends_on=[self.bundle],
+            depends_on=[template.bundle],
             root_block_device={
                 "volume_type": "gp3",
-                "volume_size": props.root_volume_gb,
+                "volume_size": shared.root_volume_gb,
                 "encrypted": True,
-                "kms_key_id": props.key_arn,
+                "kms_key_id": shared.key_arn,
                 "delete_on_termination": True,
             },
         )
         self.eip_association = EipAssociation(
-            self, "eip-association", allocation_id=props.eip_allocation_id, instance_id=self.instance.id
+            template, "eip-association", allocation_id=props.eip_allocation_id, instance_id=self.instance.id
         )
 
-    def _group(self, fleet: Fleet) -> None:
-        props = self.props
+
+@dataclass(frozen=True)
+class FleetProps:
+    """The scaled profile: an Auto Scaling group over these subnets, registered with these target groups."""
+
+    subnet_ids: Sequence[str]
+    target_group_arns: Sequence[str]
+    desired: int
+    maximum: int
+
+
+class HostFleet:
+    """An Auto Scaling group of hosts from ``template`` (the scaled profile): replaced when the load
+    balancer finds Orthanc not answering, refreshed at full capacity when the template changes, and
+    (with room to grow) scaled on CPU.
+
+    Its resources are children of the template's construct, like ``SingleHost``'s.
+    """
+
+    def __init__(self, template: HostTemplate, *, props: FleetProps):
+        name = template.props.name
         # The group launches hosts as this role: the site key's policy must let it use the key for
         # the encrypted root volume (SiteKey.allow_autoscaling), or every launch fails with
         # Client.InternalError. A role of the site's own (a suffix on AWS's name) rather than the
         # account's shared AWSServiceRoleForAutoScaling, which may or may not exist yet: a key policy
         # naming a principal that does not exist is refused.
         self.autoscaling_role = IamServiceLinkedRole(
-            self,
+            template,
             "autoscaling-role",
             aws_service_name="autoscaling.amazonaws.com",
-            custom_suffix=props.name,
-            description=f"{props.name}: launches the site's hosts (uses the site key for their volumes)",
+            custom_suffix=name,
+            description=f"{name}: launches the site's hosts (uses the site key for their volumes)",
         )
         self.group = AutoscalingGroup(
-            self,
+            template,
             "group",
-            name=f"{props.name}-hosts",
-            min_size=fleet.desired,
+            name=f"{name}-hosts",
+            min_size=props.desired,
             # With a scaling policy AWS moves the desired count: Terraform states it only when fixed
             # (otherwise every apply would pull the site back to its minimum).
-            desired_capacity=None if fleet.maximum > fleet.desired else fleet.desired,
-            max_size=fleet.maximum,
-            vpc_zone_identifier=list(fleet.subnet_ids),
+            desired_capacity=None if props.maximum > props.desired else props.desired,
+            max_size=props.maximum,
+            vpc_zone_identifier=list(props.subnet_ids),
             launch_template=AutoscalingGroupLaunchTemplate(
-                id=self.launch_template.id, version=Fn.tostring(self.launch_template.latest_version)
+                id=template.launch_template.id, version=Fn.tostring(template.launch_template.latest_version)
             ),
-            target_group_arns=list(fleet.target_group_arns),
+            target_group_arns=list(props.target_group_arns),
             service_linked_role_arn=self.autoscaling_role.arn,
             # Replaced when the load balancer finds Orthanc not answering, not only when EC2 fails.
             health_check_type="ELB",
@@ -288,15 +313,15 @@ class Host(Construct):
                 ),
             ),
             enabled_metrics=["GroupInServiceInstances", "GroupDesiredCapacity"],
-            tag=[AutoscalingGroupTag(key="Name", value=f"{props.name}-host", propagate_at_launch=True)],
+            tag=[AutoscalingGroupTag(key="Name", value=f"{name}-host", propagate_at_launch=True)],
             # The boot bundle must be in place before a host fetches it.
-            depends_on=[self.bundle],
+            depends_on=[template.bundle],
         )
-        if fleet.maximum > fleet.desired:
+        if props.maximum > props.desired:
             AutoscalingPolicy(
-                self,
+                template,
                 "cpu-scaling",
-                name=f"{props.name}-cpu",
+                name=f"{name}-cpu",
                 autoscaling_group_name=self.group.name,
                 policy_type="TargetTrackingScaling",
                 # A new host needs its warm-up before its CPU counts.

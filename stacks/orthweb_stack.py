@@ -12,7 +12,7 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-from cdktf import Aspects, Fn, TerraformOutput, TerraformStack
+from cdktf import Aspects, TerraformOutput, TerraformStack
 from cdktf_cdktf_provider_aws.provider import AwsProvider, AwsProviderDefaultTags, AwsProviderEndpoints
 from constructs import Construct
 
@@ -23,7 +23,8 @@ from modules.account import Account
 from modules.audit import BackupProps, DatabaseBackup, DataEventTrail, TrailProps
 from modules.balancer import BalancerProps, LoadBalancer
 from modules.database import Database, DatabaseProps
-from modules.host import Fleet, Host, HostProps
+from modules.front import BalancedFront, BalancedFrontProps, ElasticIpFront, ElasticIpFrontProps, Front
+from modules.host import HostTemplate, HostTemplateProps
 from modules.key import SiteKey, SiteKeyProps
 from modules.monitoring import Monitoring, MonitoringProps
 from modules.network import Network, NetworkProps
@@ -97,6 +98,7 @@ class OrthwebStack(TerraformStack):
                 key_arn=self.key.arn,
                 log_retention_days=config.retention_days,
                 interface_endpoints=config.interface_endpoints,
+                # Read here as well as in _front: the network comes first (the front needs its subnets).
                 nat_gateways=config.scaled,
             ),
         )
@@ -152,52 +154,30 @@ class OrthwebStack(TerraformStack):
         self._grants()
         if config.replication:
             self._replica(config, name, retention)
-        if config.scaled:
-            self.balancer = LoadBalancer(
-                self,
-                "balancer",
-                props=BalancerProps(
-                    name=name,
-                    vpc_id=self.network.vpc.id,
-                    subnet_ids=[s.id for s in self.network.public_subnets],
-                    first_eip_allocation_id=self.network.site_eip.allocation_id,
-                    web_client_cidrs=config.web_client_cidrs,
-                    dicom_client_cidrs=config.dicom_client_cidrs,
-                    deletion_protection=config.db_deletion_protection,
-                ),
-            )
+        self.front = self._front(config, name)
         bundle = build_bundle(self._app_values(config))
-        self.host = Host(
+        self.host = HostTemplate(
             self,
             "host",
-            props=HostProps(
+            props=HostTemplateProps(
                 name=name,
                 vpc_id=self.network.vpc.id,
-                subnet_id=self.network.public_subnets[0].id,
+                subnet_id=self.front.host_subnet_id,
                 instance_type=config.instance_type,
                 instance_profile_arn=self.access.instance_profile.arn,
-                instance_profile_name=self.access.instance_profile.name,
                 key_arn=self.key.arn,
                 root_volume_gb=config.root_volume_gb,
-                # With a load balancer, the client lists are on its security group instead.
-                web_client_cidrs=() if config.scaled else config.web_client_cidrs,
-                dicom_client_cidrs=() if config.scaled else config.dicom_client_cidrs,
                 user_data=render_user_data(self._host_values(config), bundle),
-                eip_allocation_id=self.network.site_eip.allocation_id,
                 bundle_data_base64=base64.b64encode(bundle.data).decode(),
                 bundle_key=bundle.key,
                 config_bucket=self.storage.config_bucket.id,
                 move_destinations=[(m.host, m.port) for m in config.dicom_modalities if "move" in m.rights],
                 ami_id=config.ami_id,
                 ssh_public_key=config.ssh_public_key,
-                fleet=self._fleet(config),
             ),
         )
         self.database.allow_client("host", self.host.security_group.id)
-        if config.scaled:
-            self.balancer.allow_targets("hosts", self.host.security_group.id)
-            # The group's role launches the hosts; their root volumes are encrypted with the site key.
-            self.key.allow_autoscaling(self.host.autoscaling_role.arn)
+        self.front.launch(self.host)
         self._monitoring(config, name)
         if config.audit_trail:
             self._trail(config, name)
@@ -208,14 +188,42 @@ class OrthwebStack(TerraformStack):
             Aspects.of(self).add(emulator.EmulatorAdjustments())
         self._outputs()
 
-    def _fleet(self, config: OrthwebConfig) -> Fleet | None:
+    def _front(self, config: OrthwebConfig, name: str) -> Front:
+        """The one place the profile is picked: hosts behind a load balancer holding the client
+        allow-lists, or the single host behind the site's Elastic IP, admitting the clients itself."""
+        network = self.network
         if not config.scaled:
-            return None
-        return Fleet(
-            subnet_ids=[s.id for s in self.network.host_subnets],
-            target_group_arns=[g.arn for g in self.balancer.target_groups.values()],
-            desired=config.hosts,
-            maximum=config.hosts_max or config.hosts,
+            return ElasticIpFront(
+                props=ElasticIpFrontProps(
+                    eip=network.site_eip,
+                    subnet_id=network.public_subnets[0].id,
+                    instance_profile_name=self.access.instance_profile.name,
+                    web_client_cidrs=config.web_client_cidrs,
+                    dicom_client_cidrs=config.dicom_client_cidrs,
+                )
+            )
+        balancer = LoadBalancer(
+            self,
+            "balancer",
+            props=BalancerProps(
+                name=name,
+                vpc_id=network.vpc.id,
+                subnet_ids=[s.id for s in network.public_subnets],
+                first_eip_allocation_id=network.site_eip.allocation_id,
+                web_client_cidrs=config.web_client_cidrs,
+                dicom_client_cidrs=config.dicom_client_cidrs,
+                deletion_protection=config.db_deletion_protection,
+            ),
+        )
+        return BalancedFront(
+            balancer,
+            props=BalancedFrontProps(
+                host_subnet_ids=[s.id for s in network.host_subnets],
+                desired=config.hosts,
+                maximum=config.hosts_max or config.hosts,
+                site_eip=network.site_eip,
+                key=self.key,
+            ),
         )
 
     def _monitoring(self, config: OrthwebConfig, name: str) -> None:
@@ -229,14 +237,7 @@ class OrthwebStack(TerraformStack):
         # CloudWatch publishes to the encrypted alarm topic; the host's agent reports disk use.
         self.key.allow_alarm_notifications()
         self.access.allow_host_metrics(HOST_METRICS_NAMESPACE)
-        if config.scaled:
-            self.monitoring.fleet(
-                self.host.group.name,
-                self.balancer.load_balancer.arn_suffix,
-                {label: group.arn_suffix for label, group in self.balancer.target_groups.items()},
-            )
-        else:
-            self.monitoring.single_host(self.host.instance.id, config.instance_type)
+        self.front.watch(self.monitoring)
         self.monitoring.database(self.database.instance.identifier, config.db_allocated_storage_gb, config.hosts)
         self.monitoring.host_program(self.access.host_log_group.name)
         if config.container_logs:
@@ -336,15 +337,6 @@ class OrthwebStack(TerraformStack):
         )
 
     def _host_values(self, config: OrthwebConfig) -> HostValues:
-        eip = self.network.site_eip
-        if config.scaled:
-            # The certificate names what clients connect to: the load balancer's name and addresses.
-            site_dns, extra = (
-                self.balancer.load_balancer.dns_name,
-                [f"IP:{e.public_ip}" for e in self.balancer.extra_eips],
-            )
-        else:
-            site_dns, extra = eip.public_dns, []
         return HostValues(
             region=self.account.region,
             bucket=self.storage.bucket.bucket,
@@ -358,10 +350,10 @@ class OrthwebStack(TerraformStack):
             db_host=self.database.instance.address,
             db_port=str(POSTGRES_PORT),
             db_name=DB_NAME,
-            site_dns=site_dns,
-            site_ip=eip.public_ip,
-            site_extra_names=" ".join(extra),
-            site_mode="scaled" if config.scaled else "single",
+            site_dns=self.front.site_dns,
+            site_ip=self.network.site_eip.public_ip,
+            site_extra_names=" ".join(self.front.extra_names),
+            site_mode=self.front.site_mode,
             name=self.name,
             log_group=self.access.log_group.name,
             host_log_group=self.access.host_log_group.name,
@@ -374,8 +366,7 @@ class OrthwebStack(TerraformStack):
             s3_prefix_list=self.network.s3_ranges.id,
         )
 
-    @staticmethod
-    def _app_values(config: OrthwebConfig) -> AppValues:
+    def _app_values(self, config: OrthwebConfig) -> AppValues:
         return AppValues(
             ae_title=config.ae_title,
             modalities=config.dicom_modalities,
@@ -384,29 +375,16 @@ class OrthwebStack(TerraformStack):
             container_logs=config.container_logs,
             region_name=config.region,
             dicom_client_auth=config.dicom_client_auth,
-            several_servers=config.scaled,
+            several_servers=self.front.several_hosts,
             modality_ca=config.modality_ca,
         )
 
     def _outputs(self) -> None:
         db, region = self.database.instance, self.account.region
         document = self.access.session_document.name
-        if self.config.scaled:
-            group = self.host.group.name
-            dns = self.balancer.load_balancer.dns_name
-            first_host = (
-                f"$(aws autoscaling describe-auto-scaling-groups --auto-scaling-group-names {group} --region {region}"
-                " --query 'AutoScalingGroups[0].Instances[0].InstanceId' --output text)"
-            )
-            hostinfo = f"hosts of Auto Scaling group {group}; a shell on one: see ssm_session_command"
-        else:
-            dns = self.network.site_eip.public_dns
-            first_host = self.host.instance.id
-            hostinfo = (
-                f"instance {self.host.instance.id} (no SSH: a shell through Session Manager, see ssm_session_command)"
-            )
+        dns, hosts = self.front.site_dns, self.front.hosts(region)
         outputs = {
-            "hostinfo": (hostinfo, "The host(s) and how to open a shell on one"),
+            "hostinfo": (hosts.summary, "The host(s) and how to open a shell on one"),
             "dbinfo": (f"{db.address}:{db.port}", "PostgreSQL endpoint:port of the study index"),
             "s3bucket": (self.storage.bucket.bucket_domain_name, "Domain name of the DICOM bucket"),
             "bucket_name": (self.storage.bucket.bucket, "Name of the DICOM bucket (for aws s3 and the validator)"),
@@ -414,7 +392,7 @@ class OrthwebStack(TerraformStack):
             "dicom_endpoint": (f"{dns}:{DICOM_TLS_PORT}", "DICOM TLS endpoint (host:port)"),
             "db_secret_arn": (self.database.secret_arn, "RDS-managed master secret in Secrets Manager"),
             "ssm_session_command": (
-                f"aws ssm start-session --target {first_host} --region {region} --document-name {document}",
+                f"aws ssm start-session --target {hosts.first_host} --region {region} --document-name {document}",
                 "Shell on a host without SSH (logged, encrypted; needs the session-manager plugin)",
             ),
             "operator_policy_arn": (
@@ -439,15 +417,7 @@ class OrthwebStack(TerraformStack):
                 "The site's CloudWatch dashboard",
             ),
         }
-        if self.config.scaled:
-            outputs |= {
-                "load_balancer_dns": (dns, "DNS name of the Network Load Balancer"),
-                "load_balancer_addresses": (
-                    Fn.join(",", [self.network.site_eip.public_ip, *(e.public_ip for e in self.balancer.extra_eips)]),
-                    "The load balancer's fixed addresses, one per availability zone (for PACS configurations)",
-                ),
-                "host_group": (self.host.group.name, "Name of the hosts' Auto Scaling group"),
-            }
+        outputs |= self.front.outputs()
         if self.config.replication:
             outputs["replica_bucket"] = (
                 self.replica.bucket.bucket,
