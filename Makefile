@@ -16,6 +16,10 @@ PY := .venv/bin/python
 # The Python that creates build/bootstrap-venv, where pipenv itself lives (never in the system Python:
 # PEP 668 "externally-managed-environment"). On Debian/Ubuntu it needs the python3-venv package.
 PYTHON ?= python3
+# The project's .venv is made with the same interpreter: Pipfile.lock was locked on 3.11 (Debian 12's python3)
+# and its packages install on Debian 13's 3.13 too, where pipenv (which takes no version range) would
+# otherwise look for a 3.11 that is not there. pipenv then warns that the Pipfile asks for 3.11.
+export PIPENV_PYTHON ?= $(PYTHON)
 BOOTSTRAP_VENV := build/bootstrap-venv
 PIPENV := $(BOOTSTRAP_VENV)/bin/python -m pipenv
 # Extra flags for the cdktf CLI targets. tools/ops/terraform.py adds --skip-provider-lock (diff, deploy,
@@ -25,12 +29,17 @@ CDKTF := $(PY) -m tools.ops.terraform cdktf
 # Parallel pytest workers for `make test` (independent slow modules side by side; see docs/benchmarks.md).
 PYTEST_WORKERS ?= 6
 # Debian packages the test suite drives for real: cloud-init schema, shellcheck, nginx -t, compose
-# config, and the bootstrap against the emulator (awscli v2, PostgreSQL 15 with TLS, openssl).
+# config, and the bootstrap against the emulator (awscli v2, PostgreSQL with TLS, openssl).
+# PostgreSQL is the distribution's: 15 on Debian 12 (bookworm, pinned by name as before), the
+# `postgresql` metapackage elsewhere (17 on Debian 13); tools/harness/localpg.py finds its server.
+# `docker-compose` is Compose v1 on Debian 12 and v2 (the same command) on Debian 13.
 # The host's program runs on the system python3 with its cryptography (as on Amazon Linux); systemd-nspawn
 # and mmdebstrap boot a host under real systemd (tests/test_systemd_boot.py); iptables and iproute2 prove
 # the containers' egress rules in network namespaces (tests/test_egress.py); headless Chromium opens
 # the local site's start page as a person would (tests/test_e2e_users.py).
-APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose awscli postgresql-15 openssl \
+DEBIAN_CODENAME := $(shell . /etc/os-release 2>/dev/null && echo "$${VERSION_CODENAME:-}")
+POSTGRESQL_PACKAGE := $(if $(filter bookworm,$(DEBIAN_CODENAME)),postgresql-15,postgresql)
+APT_PACKAGES := cloud-init shellcheck nginx libnginx-mod-stream docker-compose awscli $(POSTGRESQL_PACKAGE) openssl \
 	orthanc orthanc-postgresql orthanc-python orthanc-dicomweb python3-boto3 python3-cryptography dcmtk graphviz haproxy \
 	systemd-container mmdebstrap iptables iproute2 chromium
 

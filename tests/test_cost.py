@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -206,7 +207,7 @@ def test_totals_are_positive_and_stable(default_stack):
     again = estimate(stack(json.loads(json.dumps(default_stack.data))), PriceTable.load())
     assert first.total > 0 and first.total == again.total
     assert first.text() == again.text() and first.to_json() == again.to_json()
-    assert first.total == pytest.approx(sum(x.monthly for x in first.lines), abs=0.005)
+    assert first.total == pytest.approx(math.fsum(x.monthly for x in first.lines), abs=0.005)
 
 
 def test_region_from_provider_or_option(default_stack):

@@ -226,6 +226,17 @@ def test_shellcheck(script):
     assert proc.returncode == 0, proc.stdout
 
 
+def compose_command() -> list[str]:
+    """The compose command this machine has: ``docker-compose`` (Debian 12: Compose v1; Debian 13:
+    v2 under the same name) or else Docker's v2 plugin, ``docker compose``."""
+    return ["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"]
+
+
+def read_only(volume: str | dict) -> bool:
+    """A compose volume mounted read-only: v1 prints ``src:dst:ro``, v2 the long form."""
+    return volume.get("read_only") is True if isinstance(volume, dict) else volume.endswith(":ro")
+
+
 @pytest.mark.programs
 def test_compose_file_passes_docker_compose_config(tmp_path, files):
     compose = tmp_path / "docker-compose.yml"
@@ -233,7 +244,7 @@ def test_compose_file_passes_docker_compose_config(tmp_path, files):
     env_file = tmp_path / "site.env"
     env_file.write_text("REGION=us-east-1\nLOG_GROUP=/orthweb/containers\n")
     proc = subprocess.run(
-        ["docker-compose", "--env-file", str(env_file), "-f", str(compose), "config"],
+        [*compose_command(), "--env-file", str(env_file), "-f", str(compose), "config"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -254,7 +265,7 @@ def test_compose_file_passes_docker_compose_config(tmp_path, files):
     )
     assert published == [HTTPS_PORT, DICOM_TLS_PORT]
     assert orthanc["restart"] == nginx["restart"] == "unless-stopped"
-    assert all(str(v).endswith(":ro") for v in orthanc["volumes"] + nginx["volumes"])
+    assert all(read_only(v) for v in orthanc["volumes"] + nginx["volumes"])
     # The image writes the merged configuration, secrets included, to /tmp: in memory only.
     assert any(str(t).startswith("/tmp") for t in orthanc["tmpfs"])
     assert orthanc["logging"]["options"]["awslogs-group"] == "/orthweb/containers"
@@ -270,7 +281,7 @@ def test_compose_file_passes_docker_compose_config(tmp_path, files):
 def test_compose_config_check_can_fail(tmp_path):
     bad = tmp_path / "docker-compose.yml"
     bad.write_text("services:\n  orthanc:\n    image: x:1\n    restart: sometimes-maybe\n    ports: 7\n")
-    assert subprocess.run(["docker-compose", "-f", str(bad), "config"], capture_output=True, cwd=tmp_path).returncode
+    assert subprocess.run([*compose_command(), "-f", str(bad), "config"], capture_output=True, cwd=tmp_path).returncode
 
 
 def nginx_test(tmp_path: Path, conf_text: str) -> subprocess.CompletedProcess:

@@ -1,5 +1,6 @@
-"""A throwaway PostgreSQL 15 cluster on loopback that accepts TLS logins only, like RDS with
-``rds.force_ssl=1``. Used by the bootstrap tests and the local site harness."""
+"""A throwaway PostgreSQL cluster (the distribution's server: 15 on Debian 12, 17 on Debian 13) on
+loopback that accepts TLS logins only, like RDS with ``rds.force_ssl=1``. Used by the bootstrap tests
+and the local site harness."""
 
 from __future__ import annotations
 
@@ -14,7 +15,19 @@ from pathlib import Path
 from tools.harness.pki import Certificate
 from tools.proc import free_port, stop_process
 
-PG_BIN = Path(os.environ.get("ORTHWEB_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_LIB = Path("/usr/lib/postgresql")
+
+
+def find_pg_bin(lib: Path = PG_LIB) -> Path:
+    """ORTHWEB_PG_BIN, else the newest server Debian installed under ``lib``/<major>/bin (15 on
+    Debian 12, 17 on Debian 13); the Debian 12 folder when there is none (LocalPostgres says so)."""
+    if configured := os.environ.get("ORTHWEB_PG_BIN"):
+        return Path(configured)
+    majors = [int(d.name) for d in lib.glob("*") if d.name.isdigit() and (d / "bin" / "postgres").exists()]
+    return lib / str(max(majors, default=15)) / "bin"
+
+
+PG_BIN = find_pg_bin()
 
 
 class LocalPostgres:
@@ -22,7 +35,7 @@ class LocalPostgres:
 
     def __init__(self, server_cert: Certificate, superuser: str, password: str, database: str):
         if not (PG_BIN / "postgres").exists():
-            raise RuntimeError(f"PostgreSQL 15 server not found in {PG_BIN} (apt-get install postgresql-15)")
+            raise RuntimeError(f"no PostgreSQL server in {PG_BIN} (apt-get install postgresql, or set ORTHWEB_PG_BIN)")
         self.cert = server_cert
         self.superuser, self.password, self.database = superuser, password, database
         self.port = free_port()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import math
 import sys
 import textwrap
 from collections.abc import Callable, Mapping
@@ -133,7 +134,8 @@ class Line:
 
     @property
     def monthly(self) -> float:
-        return sum(i.usd for i in self.items)
+        # fsum: the same cents on every Python (3.12 made sum() of floats compensated, 3.11's is not).
+        return math.fsum(i.usd for i in self.items)
 
     @property
     def detail(self) -> str:
@@ -150,7 +152,7 @@ class Estimate:
 
     @property
     def total(self) -> float:
-        return round(sum(line.monthly for line in self.lines), 2)
+        return round(math.fsum(line.monthly for line in self.lines), 2)
 
     def assumption_lines(self) -> list[str]:
         return [f"{name} = {_show(a['value'])}: {a['meaning']}" for name, a in self.table.assumptions.items()]

@@ -130,15 +130,17 @@ def multipart_parts(content_type: str, body: bytes) -> list[bytes]:
 
 
 def dataset_digest(data: bytes) -> str:
-    """SHA-256 of the dataset (explicit VR little endian), without the file meta header, which the
-    receiver rewrites (its own implementation UID, the negotiated transfer syntax)."""
+    """SHA-256 of the dataset (its tags and values' bytes, written as implicit VR little endian),
+    without the file meta header, which the receiver rewrites (its own implementation UID, the
+    negotiated transfer syntax). Implicit VR, as the receiver may store it (Debian 13's Orthanc 1.12
+    takes implicit VR where 1.10 took explicit): read back, Pixel Data sent as OB reads as OW."""
     from pydicom import dcmread
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
 
     ds = dcmread(io.BytesIO(data))
     out = DicomBytesIO()
-    out.is_little_endian, out.is_implicit_VR = True, False
+    out.is_little_endian, out.is_implicit_VR = True, True
     write_dataset(out, ds)
     return hashlib.sha256(out.getvalue()).hexdigest()
 
