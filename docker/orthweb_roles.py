@@ -28,11 +28,12 @@ from typing import Any
 
 ROLES = ("viewer", "uploader", "researcher", "admin")
 READS = ("GET", "HEAD")
-# What a viewer reads: the resources and their files, DICOMweb, the user interfaces and viewers, and
-# what those interfaces ask for to draw themselves.
+# What a viewer reads: the resources and their files, DICOMweb, the user interfaces and viewers, what
+# those interfaces ask for to draw themselves, and Orthanc Explorer 2's downloads of several studies
+# (GET /tools/create-archive and /tools/create-media since Orthanc 1.12.2).
 VIEWER_READ = re.compile(
     r"^/(patients|studies|series|instances|dicom-web|ui|app|stone-webviewer|ohif|wsi|volview"
-    r"|system|plugins|tools/(now|now-local|labels|generate-uid|dicom-conformance)|statistics"
+    r"|system|plugins|tools/(now|now-local|labels|generate-uid|dicom-conformance|create-archive|create-media)|statistics"
     r"|orthanc-explorer-2)(/|$)"
 )
 # POSTs an interface makes to read: the study list's search and the archive download.

@@ -202,6 +202,7 @@ def test_the_viewers_get_their_policy_and_everything_else_the_strict_one(site):
     # /ui/app goes to /ui/app/ by a relative redirect (Orthanc Explorer 2's inline script is refused).
     status, headers = _head(s, "/ui/app", viewer)
     assert status == 301 and headers["Location"] == "/ui/app/"
+    assert _head(s, "/ui/app?study=1.2.3", viewer)[1]["Location"] == "/ui/app/?study=1.2.3", "the query is kept"
 
 
 @pytest.fixture(scope="module")

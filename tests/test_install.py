@@ -4,6 +4,7 @@ themselves when the provider comes from a filesystem mirror."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -73,7 +74,11 @@ def scratch_project(folder: Path) -> Path:
 
 def run_make(project: Path, python: Path, *targets: str) -> subprocess.CompletedProcess:
     """``make`` as on a machine whose ``python3`` is ``python`` (first on PATH, and the Makefile's PYTHON)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PIPENV_ACTIVE", "MAKEFLAGS", "PYTHON")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("VIRTUAL_ENV", "PIPENV_ACTIVE", "MAKEFLAGS", "PYTHON", "PIPENV_PYTHON")
+    }
     env["PATH"] = f"{python.parent}{os.pathsep}{env['PATH']}"
     return subprocess.run(
         ["make", "--no-print-directory", *targets, f"PYTHON={python}"],
@@ -184,3 +189,16 @@ def test_the_makefile_runs_the_cdktf_targets_through_the_wrapper():
     for command in ("diff", "deploy", "destroy", "output"):
         assert f".venv/bin/python -m tools.ops.terraform cdktf {command}" in proc.stdout
     assert "npx cdktf diff" not in proc.stdout
+
+
+def test_the_operator_category_pins_the_versions_the_tests_run_with():
+    """[operator] in Pipfile.lock installs exactly the versions [dev-packages] (or [packages]) lock,
+    so what an operator runs is what CI tested; a drift fails here."""
+    lock = json.loads((ROOT / "Pipfile.lock").read_text())
+    tested = {**lock["develop"], **lock["default"]}
+    drift = {
+        name: (spec["version"], tested.get(name, {}).get("version"))
+        for name, spec in lock["operator"].items()
+        if tested.get(name, {}).get("version") != spec["version"]
+    }
+    assert lock["operator"] and not drift, drift

@@ -83,3 +83,20 @@ def test_validate_without_a_site_to_read_exits_2_saying_what_to_run_first(tmp_pa
     older.write_text(json.dumps({"site_url": {"value": "https://pacs.example.org"}}))
     proc = _run(tmp_path, "tools.ops.validate", "--outputs", str(older))
     assert proc.returncode == 2 and "deploy this version of the stack first" in proc.stderr, proc.stdout + proc.stderr
+
+
+def test_local_refuses_a_recorded_emulator_that_is_not_on_loopback(tmp_path):
+    """--local sends the emulator's placeholder keys where the local site's record says: never
+    anywhere but loopback, whatever the file holds."""
+    (tmp_path / "site.json").write_text(
+        json.dumps({"name": "orthweb", "region": "us-east-1", "emulator": "https://secretsmanager.example.org"})
+    )
+    env = {**_without_credentials(tmp_path), "ORTHWEB_LOCALSITE_DIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.ops.modalities", "--local", "list"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 2 and "not an emulator on loopback" in proc.stderr, proc.stderr

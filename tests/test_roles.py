@@ -28,6 +28,9 @@ CASES = [
     ("GET", "/stone-webviewer/index.html", {"viewer", "uploader", "admin"}),
     ("GET", "/system", set(ROLES)),
     ("POST", "/tools/find", {"viewer", "uploader", "admin"}),
+    # Orthanc Explorer 2's download of several studies (a ZIP, a DICOMDIR), by GET since Orthanc 1.12.2.
+    ("GET", "/tools/create-archive?resources=a,b", {"viewer", "uploader", "admin"}),
+    ("GET", "/tools/create-media?resources=a,b", {"viewer", "uploader", "admin"}),
     ("GET", "/dicom-web/studies", set(ROLES)),  # QIDO-RS
     ("GET", f"{STUDY}/series", set(ROLES)),
     ("GET", f"{STUDY}/metadata", set(ROLES)),

@@ -380,11 +380,13 @@ def site_arguments(p: argparse.ArgumentParser, a: argparse.Namespace) -> list[st
     variables, as `make synth` reads them) when not given, or from the local site (--local); the
     problems with --site."""
     if a.local:
-        from tools.ops.site import LOCAL_SITE_STATE
+        from tools.ops.site import LOCAL_SITE_STATE, on_loopback
 
         if not LOCAL_SITE_STATE.is_file():
             p.error("--local: no local site is up: run make local-up first")
         state = json.loads(LOCAL_SITE_STATE.read_text())
+        if not on_loopback(state["emulator"]):
+            p.error(f"--local: {LOCAL_SITE_STATE} names {state['emulator']!r}, not an emulator on loopback")
         a.site, a.region, a.endpoint_url = state["name"], state["region"], state["emulator"]
     if a.site is None or (a.region is None and a.endpoint_url is None):
         from config import ROOT

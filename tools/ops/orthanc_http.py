@@ -79,7 +79,8 @@ class OrthancHttp:
         redirect: bool = True,
     ) -> Answer:
         """One call; ``auth`` replaces the client's credentials for it, ``anonymous`` sends none,
-        ``redirect`` False answers a redirect itself."""
+        ``redirect`` False answers a redirect itself. Only reads follow one: a body (an upload, PHI)
+        is never sent again to wherever a redirect points."""
         sent = dict(headers or {})
         who = None if anonymous else (auth or self.auth)
         if who:
@@ -91,7 +92,7 @@ class OrthancHttp:
                 body=data,
                 headers=sent,
                 timeout=timeout or self.timeout,
-                redirect=redirect,
+                redirect=redirect and method in ("GET", "HEAD"),
             )
         except urllib3.exceptions.HTTPError as exc:
             raise Unreachable(f"no answer from {self.base_url}: {exc}") from exc

@@ -58,6 +58,7 @@ from typing import Any
 
 from config.facts import ORTHANC_ADMIN_USER
 from tools.ops.orthanc_http import OrthancHttp, tls_context
+from tools.ops.site import client
 from tools.ops.validate import TEST_PATIENT
 
 DICOM_SUFFIX = ".dcm"
@@ -387,7 +388,6 @@ def plan(s3: Any, options: Options, report: Report) -> list[tuple[Entry, dt.date
 
 
 def run(options: Options, out: Any = None) -> Report:
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
     out = out or sys.stdout
@@ -404,7 +404,7 @@ def run(options: Options, out: Any = None) -> Report:
     report.error = orthanc.check()
     if report.error:
         return report
-    s3 = boto3.client("s3", region_name=options.region, endpoint_url=options.endpoint_url)
+    s3 = client("s3", options.region, options.endpoint_url)
     for entry, changed_at in plan(s3, options, report):
         outcome = Outcome(entry.key, entry.version_id, iso(changed_at))
         where = f"{entry.key} (version {entry.version_id})"

@@ -18,7 +18,7 @@ def project_config() -> OrthwebConfig:
     return load_config(ROOT, os.environ)
 
 
-def _loopback(endpoint_url: str | None) -> bool:
+def on_loopback(endpoint_url: str | None) -> bool:
     """The AWS API emulator on loopback (the local site, tests), not an AWS account."""
     import ipaddress
     from urllib.parse import urlparse
@@ -47,7 +47,7 @@ def require_credentials(endpoint_url: str | None = None) -> None:
     """Raise NoCredentials, before any call, when the operator has none for a real account."""
     import boto3
 
-    if not _loopback(endpoint_url) and boto3.Session().get_credentials() is None:
+    if not on_loopback(endpoint_url) and boto3.Session().get_credentials() is None:
         raise NoCredentials(NO_CREDENTIALS)
 
 
@@ -59,7 +59,7 @@ def client(service: str, region: str | None, endpoint_url: str | None = None) ->
     from config.facts import EMULATOR_PLACEHOLDER_KEY
 
     kwargs: dict[str, Any] = {"region_name": region, "endpoint_url": endpoint_url}
-    if _loopback(endpoint_url):
+    if on_loopback(endpoint_url):
         kwargs |= {"aws_access_key_id": EMULATOR_PLACEHOLDER_KEY, "aws_secret_access_key": EMULATOR_PLACEHOLDER_KEY}
     return boto3.client(service, **kwargs)
 
