@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from config import ROOT
-from tools.ops.cost import EXIT_ERROR, CostError, Estimate, PriceTable, estimate
-from tools.ops.tfjson import Stack, TfJsonError
+from tools.ops.cost import CostError, Estimate, PriceTable, estimate, reported
+from tools.ops.tfjson import Stack
 
 DOC = ROOT / "docs" / "operations-tools.md"
 DOC_PROFILES = ("default", "prod", "scaled")
@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sources", nargs="*", type=Path, help="synthesized cdk.tf.json file(s) (default: the profiles)")
     parser.add_argument("--write", type=Path, action="append", help="fill the marked blocks of this file (repeatable)")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.sources:
             estimates = {f"{s}": estimate(Stack.load(s)) for s in args.sources}
         else:
@@ -109,10 +110,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote the cost tables into {target}")
         if not args.write:
             print(markdown(estimates))
-    except (CostError, TfJsonError) as exc:
-        print(f"cost: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    return 0
+        return 0
+
+    return reported(body)
 
 
 if __name__ == "__main__":

@@ -614,6 +614,16 @@ def configured_stack() -> Path:
     return path
 
 
+def reported(body: Callable[[], int]) -> int:
+    """Run a cost command's ``body``; a CostError or TfJsonError becomes one ``cost:`` line on stderr
+    and exit 2 (make cost and make cost-docs alike)."""
+    try:
+        return body()
+    except (CostError, TfJsonError) as exc:
+        print(f"cost: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.ops.cost", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", nargs="?", type=Path, help="a synthesized cdk.tf.json")
@@ -625,7 +635,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--region", help="price in this region instead of the provider's")
     parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         source = configured_stack() if args.configured else args.source
         if source is None:
             parser.print_usage(sys.stderr)
@@ -633,10 +644,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_ERROR
         result = estimate(Stack.load(source), region=args.region)
         print(json.dumps(result.to_json(), indent=2) if args.json else result.text(), end="\n" if args.json else "")
-    except (CostError, TfJsonError) as exc:
-        print(f"cost: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    return 0
+        return 0
+
+    return reported(body)
 
 
 if __name__ == "__main__":
