@@ -30,6 +30,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -435,6 +436,23 @@ def secrets_client(p: argparse.ArgumentParser, a: argparse.Namespace) -> Any:
         return 1
 
 
+def run_on_secrets(p: argparse.ArgumentParser, a: argparse.Namespace, body: Callable[[Secrets], list[str]]) -> int:
+    """How make modality-cert and make user end: ``body`` on the site's secrets, its lines printed
+    (exit 0); a usage error exits 2 naming it, a state error 1, no AWS credentials 2."""
+    client = secrets_client(p, a)
+    if isinstance(client, int):
+        return client
+    try:
+        lines = body(Secrets(client, a.site, client.meta.region_name))
+    except UsageError as exc:
+        p.error(str(exc))
+    except StateError as exc:
+        print(f"{p.prog.rsplit('.', 1)[-1]}: error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -446,24 +464,14 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         p.error("; ".join(problems))
 
-    client = secrets_client(p, a)
-    if isinstance(client, int):
-        return client
-    secrets = Secrets(client, a.site, client.meta.region_name)
-    try:
+    def body(secrets: Secrets) -> list[str]:
         if a.command == "issue":
-            lines = cmd_issue(secrets, a.modality, a.out, a.days)
-        elif a.command == "revoke":
-            lines = cmd_revoke(secrets, a.modality)
-        else:
-            lines = cmd_list(secrets, a.json)
-    except UsageError as exc:
-        p.error(str(exc))
-    except StateError as exc:
-        print(f"modalities: error: {exc}", file=sys.stderr)
-        return 1
-    print("\n".join(lines))
-    return 0
+            return cmd_issue(secrets, a.modality, a.out, a.days)
+        if a.command == "revoke":
+            return cmd_revoke(secrets, a.modality)
+        return cmd_list(secrets, a.json)
+
+    return run_on_secrets(p, a, body)
 
 
 if __name__ == "__main__":

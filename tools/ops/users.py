@@ -32,7 +32,7 @@ from typing import Any
 
 from config.facts import ORTHANC_ADMIN_USER, USER_ROLES, USERS_SECRET
 from config.inputs import allowed
-from tools.ops.modalities import Secrets, StateError, UsageError, add_site_arguments, secrets_client, site_arguments
+from tools.ops.modalities import Secrets, StateError, UsageError, add_site_arguments, run_on_secrets, site_arguments
 
 USER_NAME = re.compile(r"^[a-z][a-z0-9._-]{1,31}$")
 USER_RULE = f"2-32 chars: lowercase letters, digits, . _ -, starting with a letter; not {ORTHANC_ADMIN_USER}"
@@ -119,24 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(allowed("--role", a.role, ", ".join(USER_ROLES)))
     if problems:
         p.error("; ".join(problems))
-    client = secrets_client(p, a)
-    if isinstance(client, int):
-        return client
-    try:
-        lines = run(
-            Secrets(client, a.site, client.meta.region_name),
-            a.command,
-            name,
-            getattr(a, "role", ""),
-            getattr(a, "json", False),
-        )
-    except UsageError as exc:
-        p.error(str(exc))
-    except StateError as exc:
-        print(f"users: error: {exc}", file=sys.stderr)
-        return 1
-    print("\n".join(lines))
-    return 0
+    return run_on_secrets(
+        p, a, lambda secrets: run(secrets, a.command, name, getattr(a, "role", ""), getattr(a, "json", False))
+    )
 
 
 if __name__ == "__main__":
